@@ -1,0 +1,252 @@
+"""The ``ipfacediff`` command line.
+
+User-caused errors (:class:`ipfacediff.errors.IPFaceDiffError`) print one line and exit with 2;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import IPFaceDiffError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+registry_option = click.option("--registry", "registry_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                               help="A user registry YAML merged over the built-in one.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ipfacediff")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Identity-preserving, text-driven facial video editing (IP-FaceDiff)."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    ctx.obj["quiet"] = quiet
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List every plugin, its package and version, and what it registers."""
+    from .catalog import get_catalog
+
+    catalog = get_catalog()
+    rows = []
+    for info in catalog.plugins.values():
+        comps = {k: sorted(v) for k, v in info.components.items()}
+        rows.append({"name": info.name, "package": info.package, "version": info.version, "builtin": info.builtin,
+                     "hooks": info.hooks, "components": comps})
+    problems = [{"plugin": p.plugin, "message": p.message} for p in catalog.problems]
+    if as_json:
+        components = {kind: [{"name": s.name, "plugin": s.plugin, "description": s.description,
+                              "params": _describe(s.cls.Params)} for s in sorted(specs.values(), key=lambda s: s.name)]
+                      for kind, specs in catalog.specs.items()}
+        _print_json({"plugins": rows, "components": components, "problems": problems})
+        return
+    table = Table(title="ipfacediff plugins")
+    for col in ("plugin", "package", "version", "registers"):
+        table.add_column(col)
+    for r in rows:
+        regs = "; ".join(f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in r["components"].items())
+        table.add_row(r["name"], r["package"], r["version"], regs)
+    out.print(table)
+    for p in problems:
+        err.print(f"[yellow]warning:[/] {p['message']}")
+
+
+def _describe(params_cls: type) -> list[dict[str, Any]]:
+    from .params import describe_params
+
+    return describe_params(params_cls)
+
+
+@cli.command()
+@registry_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def pipelines(registry_file: Path | None, as_json: bool) -> None:
+    """List (and validate) the pipelines, backbones and recipes of the registry."""
+    from .registry import load_registry
+
+    reg = load_registry(registry_file)
+    if as_json:
+        _print_json({
+            "files": reg.files,
+            "backbones": {k: {"component": v.component.to_json(), "description": v.description, "source": v.source} for k, v in reg.backbones.items()},
+            "pipelines": {k: v.to_json() for k, v in reg.pipelines.items()},
+            "recipes": {k: v.to_json() for k, v in reg.recipes.items()},
+        })
+        return
+    for title, table_data in (("pipelines", reg.pipelines), ("recipes", reg.recipes)):
+        table = Table(title=f"{title} ({', '.join(reg.files)})")
+        for col in ("name", "backbone", "components", "description"):
+            table.add_column(col)
+        for name, p in table_data.items():
+            comps = [f"{slot}: {ref.name}" for slot, ref in p.components.items()]
+            if getattr(p, "metrics", None):
+                comps.append("metrics: " + ", ".join(m.name for m in p.metrics))
+            table.add_row(name, p.backbone, "\n".join(comps), p.description)
+        out.print(table)
+    if reg.backbones:
+        table = Table(title="backbones")
+        for col in ("name", "component", "description"):
+            table.add_column(col)
+        for name, b in reg.backbones.items():
+            table.add_row(name, b.component.name, b.description)
+        out.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Python, torch, device, and which model weights are found where."""
+    import torch
+
+    from . import models
+
+    device = "cuda" if torch.cuda.is_available() else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    optional = {}
+    for mod in ("insightface", "facenet_pytorch", "open_clip", "decord", "hnswlib", "diffusers", "peft", "av"):
+        try:
+            m = __import__(mod)
+            optional[mod] = getattr(m, "__version__", "installed")
+        except Exception as exc:  # noqa: BLE001 - report, do not fail
+            optional[mod] = f"unavailable ({type(exc).__name__}: {exc})"
+    report = {
+        "ipfacediff": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "models_env": os.environ.get(models.MODELS_ENV),
+        "cache": str(models.cache_dir()),
+        "offline": models.offline(),
+        "packages": optional,
+        "models": models.status(),
+    }
+    if as_json:
+        _print_json(report)
+        return
+    out.print(f"ipfacediff {__version__}  python {report['python']}  torch {report['torch']}  device [bold]{device}[/]")
+    out.print(f"{models.MODELS_ENV}={report['models_env'] or '(unset)'}  cache={report['cache']}  offline={report['offline']}")
+    table = Table(title="model weights")
+    for col in ("name", "found", "sha256", "how to get"):
+        table.add_column(col)
+    for r in report["models"]:
+        ok = {True: "[green]ok[/]", False: "[red]mismatch[/]", None: "-"}[r["sha256_ok"]]
+        table.add_row(r["name"], r["found"] or "[red]missing[/]", ok, r["how_to_get"] or "")
+    out.print(table)
+    for k, v in optional.items():
+        out.print(f"  {k}: {v}")
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where to write the clip (default: the user cache).")
+@click.option("--frames", default=48, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(64, 2048))
+def sample(output: Path | None, frames: int, size: int) -> None:
+    """Make the sample clip (astronaut photograph, synthetic head motion) and print its path."""
+    from .sample import sample_clip_path, write_sample_clip
+
+    path = write_sample_clip(output, frames, size) if output else sample_clip_path()
+    click.echo(str(path))
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder (default: ./<input name>-faces).")
+@click.option("--pipeline", "pipeline_name", default="face-crops", show_default=True, help="A pipeline of the registry with a face_processor.")
+@registry_option
+@click.option("--max-frames", type=int, default=None, help="Only the first N frames.")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a component parameter, e.g. face_processor.threshold=0.8.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_name: str, registry_file: Path | None, max_frames: int | None,
+          sets: tuple[str, ...], device: str, overwrite: bool, as_json: bool) -> None:
+    """Detect, track and align the face in every frame; write the crops, the round trip, a strip and a report."""
+    from .facejob import run_face_crops
+    from .params import parse_set_option
+    from .registry import load_registry
+
+    reg = load_registry(registry_file)
+    pipeline = reg.pipeline(pipeline_name)
+    output = output or Path.cwd() / f"{input_path.stem}-faces"
+    report = run_face_crops(input_path, output, pipeline, parse_set_option(sets), max_frames, device, overwrite,
+                            show_progress=not (ctx.obj["quiet"] or as_json))
+    if as_json:
+        _print_json({k: v for k, v in report.items() if k != "frames"})
+        return
+    for w in report["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}")
+    ident = report["identity_to_first_frame"]
+    out.print(f"faces found in {report['frames_with_face']}/{report['frames_processed']} frames; "
+              f"identity vs first frame: mean {ident['mean']:.3f}, min {ident['min']:.3f}" if ident["mean"] is not None else "")
+    for name, m in report["metrics"].items():
+        out.print(f"{name}: {m['value']:.3f}" if m["value"] is not None else f"{name}: n/a")
+    out.print(f"result: [bold]{output}[/] (crops.mp4, roundtrip.mp4, strip.png, faces.json)")
+
+
+def _reserved(name: str, issue: str) -> None:
+    @cli.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                 help=f"Reserved: {issue} (not in this release).")
+    def _cmd() -> None:
+        raise IPFaceDiffError(f"`ipfacediff {name}` is not available in ipfacediff {__version__} yet ({issue})")
+
+
+_reserved("edit", "the IP-FaceDiff edit pipeline")
+_reserved("finetune", "LoRA fine-tuning of the identity and edit adapters")
+_reserved("bench", "the benchmark harness")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("IPFACEDIFF_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="ipfacediff", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except IPFaceDiffError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.one_line()}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

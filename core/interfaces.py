@@ -1,0 +1,293 @@
+"""The component kinds: what a plugin implements.
+
+Every component is a class derived from one of the eight interfaces below. It declares its
+parameters once as a dataclass named ``Params`` (see :mod:`ipfacediff.params`), is constructed as
+``cls(params)``, and is registered under a name through the kind's hook (see
+:mod:`ipfacediff.hookspecs`).
+
+Conventions shared by all kinds (so a third party can implement one without reading the built-ins):
+
+* **Images** given to or returned by components are ``torch.float32`` tensors ``[B, 3, H, W]`` with
+  RGB values in ``[0, 1]`` unless stated otherwise. **Frames** read from disk are ``numpy.uint8``
+  arrays ``[H, W, 3]`` RGB.
+* **Latents** are Stable Diffusion latents ``[B, 4, H/8, W/8]`` already multiplied by the VAE's
+  scaling factor.
+* **Devices**: a component is built on the CPU; ``to(device)`` moves it. Inputs are moved to the
+  component's device by the component itself; outputs stay on that device.
+* Components must not modify their inputs in place.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from .params import NoParams
+
+KINDS: dict[str, str] = {
+    "backbone": "backbones",
+    "identity_encoder": "identity_encoders",
+    "localization_loss": "localization_losses",
+    "inverter": "inverters",
+    "editor": "editors",
+    "propagator": "propagators",
+    "face_processor": "face_processors",
+    "metric": "metrics",
+}
+"""Kind name -> plural used in hook names (``register_<plural>``)."""
+
+
+class Component(abc.ABC):
+    """Base of every component.
+
+    Class attributes a component sets:
+
+    * ``Params``: a dataclass of its parameters (defaults to no parameters).
+    * ``test_params``: parameter values that make it small and fast (tiny models) for the
+      conformance test and for ``--backbone tiny``-style runs.
+    * ``description``: one line shown by ``ipfacediff plugins``.
+
+    ``name``, ``kind`` and ``plugin`` are filled in at registration.
+    """
+
+    Params: ClassVar[type] = NoParams
+    test_params: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+
+    def __init__(self, params: Any | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "Component":
+        """Move the component's models to ``device`` and return ``self``."""
+        self.device = torch.device(device)
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.to(self.device)
+        return self
+
+    @classmethod
+    def build_for_test(cls, workdir: str) -> "Component":
+        """An instance for the conformance test: ``cls(Params(**test_params))`` by default.
+
+        Override when a test instance needs files (``workdir`` is an empty temporary folder).
+        """
+        return cls(cls.Params(**cls.test_params))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.params).items())
+        return f"{type(self).__name__}<{self.kind}:{self.name}>({fields})"
+
+
+# --------------------------------------------------------------------------------------- faces
+@dataclass
+class FaceDetection:
+    """One face in one frame, in that frame's pixel coordinates.
+
+    ``box``: ``[x0, y0, x1, y1]`` float. ``landmarks``: ``[5, 2]`` (left eye, right eye, nose tip,
+    left and right mouth corner, as seen in the image) or ``None`` when the detector has none.
+    ``score``: confidence in ``[0, 1]``.
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray | None = None
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 5),
+            "landmarks": None if self.landmarks is None else [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+        }
+
+
+@dataclass
+class AlignedFace:
+    """A face crop and the transform that made it.
+
+    ``crop``: ``uint8 [S, S, 3]`` RGB. ``matrix``: ``[2, 3]`` affine map from frame pixel coordinates
+    to crop pixel coordinates (``cv2.warpAffine`` convention); paste-back uses its inverse.
+    """
+
+    crop: np.ndarray
+    matrix: np.ndarray
+    detection: FaceDetection | None = None
+
+
+class FaceProcessor(Component):
+    """Detect faces, align one to a square crop, paste an edited crop back.
+
+    ``detect(frame)`` takes an RGB ``uint8 [H, W, 3]`` frame and returns the faces found, best first
+    (an empty list when there is none: never raise for "no face"). ``align`` and ``paste_back`` are
+    exact inverses up to resampling: ``paste_back(frame, align(frame, d).crop, ...)`` changes no
+    pixel outside the face region.
+    """
+
+    kind = "face_processor"
+
+    @abc.abstractmethod
+    def detect(self, frame: np.ndarray) -> list[FaceDetection]:
+        """Faces in ``frame`` (RGB uint8 HxWx3), best first; ``[]`` when none."""
+
+    @abc.abstractmethod
+    def align(self, frame: np.ndarray, detection: FaceDetection, size: int = 512) -> AlignedFace:
+        """The face of ``detection`` warped to a ``size`` x ``size`` crop."""
+
+    @abc.abstractmethod
+    def paste_back(self, frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """A copy of ``frame`` with ``crop`` (made by ``align`` with ``matrix``) blended back in."""
+
+
+class IdentityEncoder(Component):
+    """A face-identity network R: aligned crops to unit-norm embeddings (differentiable).
+
+    ``embed(x)``: ``x`` float ``[B, 3, S, S]`` RGB in ``[0, 1]``, aligned to the ArcFace five-point
+    template at ``input_size`` (other sizes are resized); returns ``[B, D]`` with unit L2 norm.
+    Gradients flow from the output to ``x``.
+    """
+
+    kind = "identity_encoder"
+    input_size: int = 112
+    embedding_dim: int = 0
+
+    @abc.abstractmethod
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm identity embeddings ``[B, D]`` of aligned crops ``[B, 3, S, S]`` in [0, 1]."""
+
+
+class Metric(Component):
+    """A score of an edited video against its source.
+
+    ``compute(source, edited)``: two videos of the same length as ``uint8 [T, H, W, 3]`` arrays
+    (or sequences of frames). Returns a dict with at least ``"value"`` (a float, ``nan`` when the
+    metric does not apply, then with a ``"note"`` saying why) and optionally ``"per_frame"``.
+    ``higher_is_better`` tells report tables which end is best.
+    """
+
+    kind = "metric"
+    higher_is_better: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def compute(self, source: Sequence[np.ndarray] | np.ndarray, edited: Sequence[np.ndarray] | np.ndarray) -> dict[str, Any]:
+        """Score ``edited`` against ``source`` (same length, uint8 RGB frames)."""
+
+
+# ----------------------------------------------------------------------------------- diffusion
+class Backbone(Component):
+    """A latent text-to-image diffusion model (UNet, VAE, text encoder, tokenizer, scheduler).
+
+    ``encode_images``: ``[B, 3, H, W]`` in [0, 1] -> latents ``[B, 4, H/8, W/8]`` (scaled).
+    ``decode_latents``: the inverse, output in [0, 1]. ``encode_prompt``: a list of B prompts ->
+    text embeddings ``[B, L, D]``. ``unet`` is a diffusers ``UNet2DConditionModel``;
+    ``set_adapter(name)`` switches the active LoRA adapter (``None``: the base model).
+    """
+
+    kind = "backbone"
+    unet: Any = None
+    vae: Any = None
+
+    @abc.abstractmethod
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor: ...
+
+    def set_adapter(self, name: str | None) -> None:
+        """Activate the LoRA adapter ``name`` (``None``: disable adapters). Default: no adapters."""
+        if name is not None:
+            raise NotImplementedError(f"{type(self).__name__} has no LoRA adapters")
+
+
+@dataclass
+class Inversion:
+    """The result of inverting latents ``x0`` ``[T, 4, h, w]``.
+
+    ``trajectory[i]`` is the latent at ``timesteps[i]`` (``[T, 4, h, w]``), from the least noisy
+    to the most noisy; ``trajectory[-1]`` is the starting noise for denoising.
+    """
+
+    timesteps: list[int]
+    trajectory: list[torch.Tensor]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Inverter(Component):
+    """Map clean latents to noisy latents along a sampler's trajectory (e.g. DDIM inversion).
+
+    ``invert(backbone, latents, prompt_embeds, steps)``: ``latents [T, 4, h, w]``,
+    ``prompt_embeds [1 or T, L, D]``; returns an :class:`Inversion`.
+    """
+
+    kind = "inverter"
+
+    @abc.abstractmethod
+    def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int) -> Inversion: ...
+
+
+class Editor(Component):
+    """Denoise inverted keyframe latents with a target prompt.
+
+    ``edit(backbone, inversion, key_indices, prompt_embeds, ...)`` returns edited clean latents of
+    the keyframes ``[K, 4, h, w]``.
+    """
+
+    kind = "editor"
+
+    @abc.abstractmethod
+    def edit(self, backbone: Backbone, inversion: Inversion, key_indices: Sequence[int], prompt_embeds: torch.Tensor, **context: Any) -> torch.Tensor: ...
+
+
+class Propagator(Component):
+    """Carry an edit from keyframes to every frame.
+
+    ``propagate(source, key_indices, edited_keys)``:
+
+    * ``source``: ``[T, C, h, w]`` per-frame features used to find correspondences (latents or
+      UNet features of the *unedited* frames);
+    * ``key_indices``: K sorted frame indices into ``source``;
+    * ``edited_keys``: ``[K, C2, h, w]`` the edited values at the keyframes.
+
+    Returns ``[T, C2, h, w]``; rows at ``key_indices`` equal ``edited_keys``.
+    """
+
+    kind = "propagator"
+
+    @abc.abstractmethod
+    def propagate(self, source: torch.Tensor, key_indices: Sequence[int], edited_keys: torch.Tensor) -> torch.Tensor: ...
+
+
+class LocalizationLoss(Component):
+    """A differentiable loss steering an edit (e.g. directional CLIP).
+
+    ``forward(generated, reference, target_prompts, reference_prompts)``: images ``[B, 3, H, W]`` in
+    [0, 1] and B prompts each; returns a scalar tensor (lower is better) with gradients to
+    ``generated``.
+    """
+
+    kind = "localization_loss"
+
+    @abc.abstractmethod
+    def forward(self, generated: torch.Tensor, reference: torch.Tensor, target_prompts: Sequence[str], reference_prompts: Sequence[str]) -> torch.Tensor: ...
+
+
+INTERFACES: dict[str, type[Component]] = {
+    "backbone": Backbone,
+    "identity_encoder": IdentityEncoder,
+    "localization_loss": LocalizationLoss,
+    "inverter": Inverter,
+    "editor": Editor,
+    "propagator": Propagator,
+    "face_processor": FaceProcessor,
+    "metric": Metric,
+}

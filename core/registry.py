@@ -1,0 +1,296 @@
+"""The YAML registry: named backbones, pipelines and fine-tuning recipes.
+
+The built-in ``registry.yaml`` is loaded first; a user file (``--registry FILE``) is merged over it
+entry by entry (a user pipeline with a built-in's name replaces it). Every component reference is a
+registered name plus parameters, validated against the component's declared ``Params`` when the file
+is loaded, before any model is built. There are no dotted-path imports: a registry file cannot run
+code. See docs/user-guide.md for the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .catalog import Catalog, get_catalog
+from .errors import RegistryError
+from .params import validate_params
+
+SCHEMA_VERSION = 1
+
+# slot name -> component kind, for pipelines and recipes
+PIPELINE_SLOTS: dict[str, str] = {
+    "face_processor": "face_processor",
+    "identity_encoder": "identity_encoder",
+    "inverter": "inverter",
+    "editor": "editor",
+    "propagator": "propagator",
+}
+RECIPE_SLOTS: dict[str, str] = {
+    "face_processor": "face_processor",
+    "identity_encoder": "identity_encoder",
+    "localization_loss": "localization_loss",
+}
+
+
+@dataclass
+class PipelineSettings:
+    """Pipeline-level settings (``settings:`` of a pipeline)."""
+
+    crop_size: int = field(default=512, metadata={"range": (64, 2048), "help": "side of the aligned face crop"})
+    landmark_smoothing: int = field(default=5, metadata={"range": (1, 61), "help": "frames in the temporal landmark smoothing window"})
+    min_face_frames: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "fraction of frames that must show a face"})
+
+
+@dataclass
+class RecipeSettings:
+    """Fine-tuning settings (``settings:`` of a recipe)."""
+
+    adapter: str = field(default="identity", metadata={"help": "name of the LoRA adapter trained"})
+    steps: int = field(default=500, metadata={"range": (1, None)})
+    learning_rate: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
+    lora_rank: int = field(default=4, metadata={"range": (1, 512)})
+    batch_size: int = field(default=1, metadata={"range": (1, None)})
+    resolution: int = field(default=512, metadata={"range": (64, 2048)})
+    loss_weights: dict = field(default_factory=dict, metadata={"help": "loss term -> weight"})
+
+
+@dataclass
+class ComponentRef:
+    """A registered component name plus its validated parameters."""
+
+    kind: str
+    name: str
+    params: Any
+    where: str
+
+    def raw_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    def build(self, catalog: Catalog | None = None) -> Any:
+        catalog = catalog or get_catalog()
+        return catalog.build(self.kind, self.name, self.raw_params(), self.where)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"component": self.name, "params": self.raw_params()}
+
+
+@dataclass
+class BackboneEntry:
+    name: str
+    component: ComponentRef
+    description: str
+    source: str
+
+
+@dataclass
+class PipelineEntry:
+    name: str
+    description: str
+    backbone: str
+    components: dict[str, ComponentRef]
+    metrics: list[ComponentRef]
+    settings: PipelineSettings
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "backbone": self.backbone,
+            "components": {k: v.to_json() for k, v in self.components.items()},
+            "metrics": [m.to_json() for m in self.metrics],
+            "settings": dataclasses.asdict(self.settings),
+            "source": self.source,
+        }
+
+
+@dataclass
+class RecipeEntry:
+    name: str
+    description: str
+    backbone: str
+    components: dict[str, ComponentRef]
+    settings: RecipeSettings
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "backbone": self.backbone,
+            "components": {k: v.to_json() for k, v in self.components.items()},
+            "settings": dataclasses.asdict(self.settings),
+            "source": self.source,
+        }
+
+
+@dataclass
+class Registry:
+    backbones: dict[str, BackboneEntry] = field(default_factory=dict)
+    pipelines: dict[str, PipelineEntry] = field(default_factory=dict)
+    recipes: dict[str, RecipeEntry] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def pipeline(self, name: str) -> PipelineEntry:
+        return self._get("pipeline", self.pipelines, name)
+
+    def recipe(self, name: str) -> RecipeEntry:
+        return self._get("recipe", self.recipes, name)
+
+    def backbone(self, name: str) -> BackboneEntry:
+        return self._get("backbone", self.backbones, name)
+
+    def _get(self, what: str, table: dict[str, Any], name: str) -> Any:
+        if name in table:
+            return table[name]
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(f"unknown {what} {name!r}{hint} (defined: {', '.join(sorted(table)) or 'none'}; files: {', '.join(self.files)})")
+
+
+def builtin_registry_path() -> Path:
+    """The built-in registry.yaml: next to the source tree, or installed under share/ipfacediff."""
+    here = Path(__file__).resolve().parent.parent / "registry.yaml"
+    if here.is_file():
+        return here
+    installed = Path(sys.prefix) / "share" / "ipfacediff" / "registry.yaml"
+    if installed.is_file():
+        return installed
+    raise RegistryError(f"the built-in registry.yaml is missing (looked in {here} and {installed}); reinstall ipfacediff")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise RegistryError(f"registry file {path} does not exist")
+    if not path.is_file():
+        raise RegistryError(f"registry file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"registry file {path} cannot be read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RegistryError(f"{path}: invalid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: the top level must be a mapping with keys version, backbones, pipelines, recipes; got {type(data).__name__}")
+    return data
+
+
+def _check_keys(mapping: dict[str, Any], allowed: list[str], where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(f"{where}: unknown key {key!r}{hint} (valid: {', '.join(allowed)})")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RegistryError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _str(value: Any, where: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise RegistryError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_component_ref(catalog: Catalog, kind: str, raw: Any, where: str) -> ComponentRef:
+    """``name`` or ``{component: name, params: {...}}`` -> a validated :class:`ComponentRef`."""
+    if isinstance(raw, str):
+        name, params = raw, {}
+    elif isinstance(raw, dict):
+        _check_keys(raw, ["component", "params"], where)
+        if "component" not in raw:
+            raise RegistryError(f"{where}: missing key 'component' (the registered name of a {kind.replace('_', ' ')})")
+        name = _str(raw["component"], f"{where}.component")
+        params = _mapping(raw.get("params"), f"{where}.params")
+    else:
+        raise RegistryError(f"{where}: expected a component name or {{component: NAME, params: {{...}}}}, got {raw!r}")
+    spec = catalog.get(kind, name, where)
+    validated = validate_params(spec.cls.Params, params, f"{where}.params")
+    return ComponentRef(kind, name, validated, where)
+
+
+def _parse_file(catalog: Catalog, path: Path, data: dict[str, Any], registry: Registry) -> None:
+    f = str(path)
+    _check_keys(data, ["version", "backbones", "pipelines", "recipes"], f)
+    version = data.get("version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise RegistryError(f"{f}: version: {version!r} is not supported (this ipfacediff reads version {SCHEMA_VERSION})")
+
+    for name, raw in _mapping(data.get("backbones"), f"{f}: backbones").items():
+        where = f"{f}: backbones.{name}"
+        raw = _mapping(raw, where)
+        _check_keys(raw, ["component", "params", "description"], where)
+        ref = parse_component_ref(catalog, "backbone", {k: v for k, v in raw.items() if k != "description"}, where)
+        registry.backbones[str(name)] = BackboneEntry(str(name), ref, _str(raw.get("description"), f"{where}.description"), f)
+
+    for name, raw in _mapping(data.get("pipelines"), f"{f}: pipelines").items():
+        where = f"{f}: pipelines.{name}"
+        raw = _mapping(raw, where)
+        _check_keys(raw, ["description", "backbone", "metrics", "settings", *PIPELINE_SLOTS], where)
+        comps = {slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}") for slot, kind in PIPELINE_SLOTS.items() if slot in raw}
+        metrics_raw = raw.get("metrics") or []
+        if not isinstance(metrics_raw, list):
+            raise RegistryError(f"{where}.metrics: expected a list of metric names, got {metrics_raw!r}")
+        metrics = [parse_component_ref(catalog, "metric", m, f"{where}.metrics[{i}]") for i, m in enumerate(metrics_raw)]
+        settings = validate_params(PipelineSettings, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings")
+        registry.pipelines[str(name)] = PipelineEntry(
+            str(name), _str(raw.get("description"), f"{where}.description"), _str(raw.get("backbone"), f"{where}.backbone", "auto"),
+            comps, metrics, settings, f)
+
+    for name, raw in _mapping(data.get("recipes"), f"{f}: recipes").items():
+        where = f"{f}: recipes.{name}"
+        raw = _mapping(raw, where)
+        _check_keys(raw, ["description", "backbone", "settings", *RECIPE_SLOTS], where)
+        comps = {slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}") for slot, kind in RECIPE_SLOTS.items() if slot in raw}
+        settings = validate_params(RecipeSettings, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings")
+        registry.recipes[str(name)] = RecipeEntry(
+            str(name), _str(raw.get("description"), f"{where}.description"), _str(raw.get("backbone"), f"{where}.backbone", "auto"),
+            comps, settings, f)
+
+
+def _check_backbone_refs(registry: Registry) -> None:
+    for table, what in ((registry.pipelines, "pipelines"), (registry.recipes, "recipes")):
+        for entry in table.values():
+            if entry.backbone != "auto" and entry.backbone not in registry.backbones:
+                names = ["auto", *sorted(registry.backbones)]
+                close = difflib.get_close_matches(entry.backbone, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise RegistryError(f"{entry.source}: {what}.{entry.name}.backbone: unknown backbone {entry.backbone!r}{hint} (defined: {', '.join(names)})")
+
+
+def load_registry(user_file: str | Path | None = None, catalog: Catalog | None = None, include_builtin: bool = True) -> Registry:
+    """Load and validate the built-in registry, then ``user_file`` merged over it."""
+    catalog = catalog or get_catalog()
+    registry = Registry()
+    paths = []
+    if include_builtin:
+        paths.append(builtin_registry_path())
+    if user_file is not None:
+        paths.append(Path(user_file))
+    for path in paths:
+        data = _read_yaml(path)
+        _parse_file(catalog, path, data, registry)
+        registry.files.append(str(path))
+    _check_backbone_refs(registry)
+    return registry
