@@ -1,4 +1,4 @@
-"""Rich progress bars on stderr (off with ``--quiet`` or ``--json``)."""
+"""Rich progress bars on stderr (off with ``--quiet``, ``--json``, or when stderr is not a terminal)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class _Bar:
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar | _NullBar]:
     """A progress bar for one stage: ``with progress_bar("detect", n) as bar: bar.advance()``."""
-    if not enabled:
+    if not enabled or not console.is_terminal:  # no bars in logs and pipes
         yield _NullBar()
         return
     with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -1,0 +1,58 @@
+"""Shared fixtures. Real weights come through the model resolver (IPFACEDIFF_MODELS, set by .ci/run,
+or ../shared/models when present); real videos and pictures from IPFACEDIFF_TEST_DATA or
+../shared/data. Tests that need them skip when neither is there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_SHARED = ROOT.parent / "shared"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("IPFACEDIFF_OFFLINE", "1")
+if not os.environ.get("IPFACEDIFF_MODELS") and (_SHARED / "models" / "SHA256SUMS").is_file():
+    os.environ["IPFACEDIFF_MODELS"] = str(_SHARED / "models")
+
+DATA = Path(os.environ.get("IPFACEDIFF_TEST_DATA") or _SHARED / "data")
+MODELS = Path(os.environ["IPFACEDIFF_MODELS"]) if os.environ.get("IPFACEDIFF_MODELS") else None
+
+
+def _have_models() -> bool:
+    return MODELS is not None and (MODELS / "retinaface").is_dir() and (MODELS / "mobilefacenet").is_dir()
+
+
+needs_models = pytest.mark.skipif(not _have_models(), reason="real weights not found (set IPFACEDIFF_MODELS)")
+needs_data = pytest.mark.skipif(not (DATA / "videos").is_dir(), reason="shared test data not found (set IPFACEDIFF_TEST_DATA)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    if not os.environ.get("IPFACEDIFF_CACHE"):
+        os.environ["IPFACEDIFF_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def sample_clip(tmp_path_factory) -> Path:
+    from ipfacediff.sample import write_sample_clip
+
+    return write_sample_clip(tmp_path_factory.mktemp("sample") / "astronaut.mp4", n_frames=24, size=256)
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    from ipfacediff.catalog import get_catalog
+
+    return get_catalog()
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed ``ipfacediff`` console script in a subprocess."""
+    exe = Path(sys.executable).parent / "ipfacediff"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)

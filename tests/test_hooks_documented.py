@@ -1,0 +1,30 @@
+"""Datasette-style meta-tests: every hook is documented with its exact signature, has a docstring,
+and every kind has an interface."""
+
+import inspect
+import re
+
+from conftest import ROOT
+from ipfacediff import hookspecs
+from ipfacediff.interfaces import INTERFACES, KINDS
+
+DOC = (ROOT / "docs" / "plugin-hooks.md").read_text()
+
+
+def test_hook_list_matches_kinds():
+    assert hookspecs.HOOK_NAMES == [f"register_{p}" for p in KINDS.values()]
+    assert set(INTERFACES) == set(KINDS)
+
+
+def test_every_hook_has_a_heading_with_its_signature_and_a_docstring():
+    for name in hookspecs.HOOK_NAMES:
+        fn = getattr(hookspecs, name)
+        assert fn.__doc__ and ":param register:" in fn.__doc__, name
+        sig = f"{name}(register)"
+        assert re.search(rf"^## {re.escape(sig)}$", DOC, re.M), f"docs/plugin-hooks.md has no heading '## {sig}'"
+        assert list(inspect.signature(fn).parameters) == ["register"]
+
+
+def test_documented_hooks_exist():
+    for heading in re.findall(r"^## (register_\w+)\(", DOC, re.M):
+        assert heading in hookspecs.HOOK_NAMES, f"docs/plugin-hooks.md documents an unknown hook {heading}"
