@@ -26,9 +26,13 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# The main job: edit the sample clip offline with the tiny backbone (random weights: it shows the
+# mechanics, not a real edit; give a Stable Diffusion checkpoint for real edits, see README).
 demo: install
-	$(BIN)/ipfacediff faces "$$($(BIN)/ipfacediff sample)" -o $(DEMO_OUT) --overwrite
-	@echo "demo result: $(abspath $(DEMO_OUT))"
+	mkdir -p $(DEMO_OUT)
+	$(BIN)/ipfacediff edit "$$($(BIN)/ipfacediff sample)" -p "eyeglasses" --backbone tiny --steps 20 \
+		-o $(DEMO_OUT)/astronaut-eyeglasses.mp4 --overwrite
+	@echo "demo result: $(abspath $(DEMO_OUT))/astronaut-eyeglasses.mp4 (+ .strip.png, .json)"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

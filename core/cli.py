@@ -207,6 +207,45 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
     out.print(f"result: [bold]{output}[/] (crops.mp4, roundtrip.mp4, strip.png, faces.json)")
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-p", "--prompt", required=True, help='The edit(s), comma-separated: "eyeglasses" or "blonde hair, beard".')
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output video (default: ./<input name>-edited.mp4).")
+@click.option("--pipeline", "pipeline_name", default="ip-facediff", show_default=True, help="A pipeline of the registry.")
+@registry_option
+@click.option("--backbone", default="auto", show_default=True, help="auto, tiny, stable-diffusion, or a backbone of the registry.")
+@click.option("--steps", default=50, show_default=True, type=int, help="Sampler steps.")
+@click.option("--max-frames", type=int, default=None, help="Only the first N frames (quick previews).")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter: editor.guidance_scale=5, settings.keyframe_interval=4, backbone.path=...")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None, pipeline_name: str, registry_file: Path | None,
+         backbone: str, steps: int, max_frames: int | None, sets: tuple[str, ...], seed: int, device: str, overwrite: bool, as_json: bool) -> None:
+    """Edit the face in a video (or image) with a text prompt, keeping who the person is."""
+    from .edit import EditRequest, run_edit
+    from .params import parse_set_option
+    from .registry import load_registry
+
+    reg = load_registry(registry_file)
+    req = EditRequest(input=input_path, prompt=prompt, pipeline=reg.pipeline(pipeline_name), registry=reg, output=output, backbone=backbone,
+                      steps=steps, max_frames=max_frames, sets=parse_set_option(sets), seed=seed, device=device, overwrite=overwrite,
+                      show_progress=not (ctx.obj["quiet"] or as_json))
+    report = run_edit(req)
+    if as_json:
+        _print_json(report)
+        return
+    for w in report["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}")
+    ev = report["unet_evaluations"]
+    out.print(f"{report['frames_edited']}/{report['frames']} frames edited, keyframes {report['keyframes']}; "
+              f"UNet evaluations {ev['total']} ({ev['per_output_frame']:.1f} per frame: "
+              + ", ".join(f"{k} {v}" for k, v in ev["by_stage"].items()) + f"); {report['timings_s']['total']:.1f} s")
+    out.print(f"result: [bold]{report['output']}[/]  strip: {report['strip']}  report: {report['report']}")
+
+
 def _reserved(name: str, issue: str) -> None:
     @cli.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                  help=f"Reserved: {issue} (not in this release).")
@@ -214,7 +253,6 @@ def _reserved(name: str, issue: str) -> None:
         raise IPFaceDiffError(f"`ipfacediff {name}` is not available in ipfacediff {__version__} yet ({issue})")
 
 
-_reserved("edit", "the IP-FaceDiff edit pipeline")
 _reserved("finetune", "LoRA fine-tuning of the identity and edit adapters")
 _reserved("bench", "the benchmark harness")
 

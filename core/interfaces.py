@@ -187,12 +187,24 @@ class Backbone(Component):
     ``encode_images``: ``[B, 3, H, W]`` in [0, 1] -> latents ``[B, 4, H/8, W/8]`` (scaled).
     ``decode_latents``: the inverse, output in [0, 1]. ``encode_prompt``: a list of B prompts ->
     text embeddings ``[B, L, D]``. ``unet`` is a diffusers ``UNet2DConditionModel``;
-    ``set_adapter(name)`` switches the active LoRA adapter (``None``: the base model).
+    ``scheduler_config`` a DDIM-compatible scheduler config. ``set_adapter(name)`` switches the
+    active LoRA adapter (``None``: the base model). ``resolution`` is the working image size.
+
+    Every UNet call goes through :meth:`predict_noise`, which counts evaluations (one per latent
+    in the batch) by stage in ``unet_evals`` for the edit report.
     """
 
     kind = "backbone"
     unet: Any = None
     vae: Any = None
+    scheduler_config: Any = None
+    resolution: int = 512
+    is_random: bool = False  # True for randomly initialised test backbones
+
+    def __init__(self, params: Any | None = None) -> None:
+        super().__init__(params)
+        self.unet_evals: dict[str, int] = {}
+        self.active_adapter: str | None = None
 
     @abc.abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
@@ -203,49 +215,90 @@ class Backbone(Component):
     @abc.abstractmethod
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor: ...
 
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        return []
+
     def set_adapter(self, name: str | None) -> None:
-        """Activate the LoRA adapter ``name`` (``None``: disable adapters). Default: no adapters."""
-        if name is not None:
-            raise NotImplementedError(f"{type(self).__name__} has no LoRA adapters")
+        """Activate the LoRA adapter ``name``; ``None`` or an adapter that is not loaded: the base model."""
+        self.active_adapter = None
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | int, prompt_embeds: torch.Tensor, stage: str) -> torch.Tensor:
+        """The UNet's noise prediction, counted under ``stage``. ``prompt_embeds`` is broadcast
+        when it has one row."""
+        if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
+            prompt_embeds = prompt_embeds.expand(latents.shape[0], -1, -1)
+        self.unet_evals[stage] = self.unet_evals.get(stage, 0) + int(latents.shape[0])
+        dtype = next(self.unet.parameters()).dtype
+        with torch.no_grad():
+            out = self.unet(latents.to(self.device, dtype), t, encoder_hidden_states=prompt_embeds.to(self.device, dtype)).sample
+        return out.to(torch.float32)
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the weights (for caches and reports)."""
+        return {"name": self.name, "params": dataclasses.asdict(self.params)}
 
 
 @dataclass
 class Inversion:
-    """The result of inverting latents ``x0`` ``[T, 4, h, w]``.
+    """The result of inverting clean latents ``x0`` ``[T, 4, h, w]``.
 
-    ``trajectory[i]`` is the latent at ``timesteps[i]`` (``[T, 4, h, w]``), from the least noisy
-    to the most noisy; ``trajectory[-1]`` is the starting noise for denoising.
+    ``timesteps``: the noise levels reached, ascending; ``trajectory[0]`` is ``x0`` and
+    ``trajectory[i + 1]`` the latents at ``timesteps[i]`` (for SDEdit-style noising only the last
+    level is there). ``denoise_timesteps``: the descending timesteps an editor runs, starting from
+    ``trajectory[-1]``. ``extras``: inverter-specific facts (``cached``: loaded from the cache).
     """
 
     timesteps: list[int]
     trajectory: list[torch.Tensor]
+    denoise_timesteps: list[int]
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def latent_at(self, t: int) -> torch.Tensor | None:
+        """The inverted latents at noise level ``t`` (``None`` when the trajectory lacks it)."""
+        t = int(t)
+        if t in self.timesteps:
+            return self.trajectory[self.timesteps.index(t) + 1]
+        return None
+
+    def select(self, rows: Sequence[int]) -> "Inversion":
+        """The same inversion restricted to some frames."""
+        rows = list(rows)
+        return Inversion(list(self.timesteps), [x[rows] for x in self.trajectory], list(self.denoise_timesteps), dict(self.extras))
 
 
 class Inverter(Component):
     """Map clean latents to noisy latents along a sampler's trajectory (e.g. DDIM inversion).
 
     ``invert(backbone, latents, prompt_embeds, steps)``: ``latents [T, 4, h, w]``,
-    ``prompt_embeds [1 or T, L, D]``; returns an :class:`Inversion`.
+    ``prompt_embeds [1 or T, L, D]``, ``steps`` sampler steps; returns an :class:`Inversion`. UNet
+    calls go through ``backbone.predict_noise(..., stage="inversion")``. ``seed`` makes any
+    randomness reproducible.
     """
 
     kind = "inverter"
 
     @abc.abstractmethod
-    def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int) -> Inversion: ...
+    def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0) -> Inversion: ...
 
 
 class Editor(Component):
-    """Denoise inverted keyframe latents with a target prompt.
+    """Denoise inverted keyframe latents under a target prompt.
 
-    ``edit(backbone, inversion, key_indices, prompt_embeds, ...)`` returns edited clean latents of
-    the keyframes ``[K, 4, h, w]``.
+    ``edit(backbone, inversion, prompt_embeds, uncond_embeds, source_embeds)``: ``inversion`` holds
+    the K frames to edit (edited jointly when the editor supports it); ``prompt_embeds`` the target
+    prompt ``[1, L, D]``, ``uncond_embeds`` the unconditional / negative prompt for classifier-free
+    guidance, ``source_embeds`` the prompt eps1 sees (empty). Returns edited clean latents
+    ``[K, 4, h, w]``. UNet calls go through ``backbone.predict_noise`` (stages ``feature`` and
+    ``keyframe-edit``).
     """
 
     kind = "editor"
 
     @abc.abstractmethod
-    def edit(self, backbone: Backbone, inversion: Inversion, key_indices: Sequence[int], prompt_embeds: torch.Tensor, **context: Any) -> torch.Tensor: ...
+    def edit(self, backbone: Backbone, inversion: Inversion, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,
+             source_embeds: torch.Tensor) -> torch.Tensor: ...
 
 
 class Propagator(Component):

@@ -14,7 +14,7 @@ import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -43,9 +43,19 @@ RECIPE_SLOTS: dict[str, str] = {
 class PipelineSettings:
     """Pipeline-level settings (``settings:`` of a pipeline)."""
 
-    crop_size: int = field(default=512, metadata={"range": (64, 2048), "help": "side of the aligned face crop"})
+    crop_size: int = field(default=512, metadata={"range": (64, 2048), "help": "side of the aligned face crop of the faces job (edits use the backbone's resolution)"})
     landmark_smoothing: int = field(default=5, metadata={"range": (1, 61), "help": "frames in the temporal landmark smoothing window"})
     min_face_frames: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "fraction of frames that must show a face"})
+    strategy: Literal["ip-facediff", "per-frame", "tokenflow", "sdedit"] = field(default="ip-facediff", metadata={
+        "help": "ip-facediff: invert and edit keyframes, propagate; per-frame / sdedit: edit every frame; tokenflow: denoise every frame with keyframe attention propagated"})
+    keyframe_method: Literal["uniform", "count", "pose"] = field(default="uniform", metadata={"help": "every N frames, N evenly spaced, or the most diverse head poses"})
+    keyframe_interval: int = field(default=8, metadata={"range": (1, None), "help": "uniform: a keyframe every N frames"})
+    keyframe_count: int = field(default=5, metadata={"range": (1, None), "help": "count / pose: number of keyframes"})
+    source_prompt: str = field(default="a photo of a face", metadata={"help": "describes the source; the target prompt is '<source>, <edits>'"})
+    guidance_prompt: str = field(default="", metadata={"help": "the unconditional (negative) prompt of classifier-free guidance"})
+    refine_steps: int = field(default=0, metadata={"range": (0, 50), "help": "low-noise denoising steps on propagated frames (0: none)"})
+    refine_strength: float = field(default=0.2, metadata={"range": (0.0, 1.0), "help": "noise level of the refinement, fraction of the schedule"})
+    batch_size: int = field(default=8, metadata={"range": (1, 1024), "help": "frames per VAE / UNet batch outside joint keyframe editing"})
 
 
 @dataclass

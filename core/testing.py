@@ -115,7 +115,65 @@ def conformance_check(component: Component) -> dict[str, Any]:
         e = component.encode_prompt(["a face"])
         assert e.ndim == 3 and _finite(e)
         return {"latent": list(z.shape)}
-    if isinstance(component, (Inverter, Editor)):
-        # checked with a tiny backbone by the pipeline tests; here only that it builds
-        return {}
+    if isinstance(component, Inverter):
+        bb = tiny_backbone()
+        z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        inv = component.invert(bb, z, bb.encode_prompt([""]), 3, seed=0)
+        assert inv.trajectory[0].shape == z.shape and all(_finite(x) for x in inv.trajectory)
+        assert inv.denoise_timesteps == sorted(inv.denoise_timesteps, reverse=True) and len(inv.denoise_timesteps) >= 1
+        return {"levels": len(inv.timesteps)}
+    if isinstance(component, Editor):
+        from .catalog import get_catalog
+
+        bb = tiny_backbone()
+        z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        empty = bb.encode_prompt([""])
+        inv = get_catalog().build("inverter", "ddim", {"cache": False}).invert(bb, z, empty, 3)
+        out = component.edit(bb, inv, bb.encode_prompt(["eyeglasses"]), empty, empty)
+        assert out.shape == z.shape and _finite(out)
+        return {"shape": list(out.shape)}
     raise AssertionError(f"{component!r} is not an instance of any component interface")
+
+
+_TINY: dict[str, Any] = {}
+
+
+def tiny_backbone(resolution: int = 64, vae: str = "random") -> Backbone:
+    """A cached tiny backbone (random UNet, CLIP text encoder and autoencoder) for fast checks."""
+    key = f"{resolution}-{vae}"
+    if key not in _TINY:
+        from .catalog import get_catalog
+
+        _TINY[key] = get_catalog().build("backbone", "tiny", {"resolution": resolution, "vae": vae})
+    return _TINY[key]
+
+
+def make_tiny_sd_folder(path: str, seed: int = 0) -> str:
+    """Save a tiny Stable-Diffusion-shaped diffusers folder (random UNet, CLIP text encoder,
+    AutoencoderKL, DDIM scheduler, CLIP tokenizer) for tests of the ``stable-diffusion`` backbone."""
+    import json
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .diffusion import clip_tokenizer
+
+    root = Path(path)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                         cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32).save_pretrained(root / "unet")
+    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                 max_position_embeddings=77, projection_dim=32)).save_pretrained(root / "text_encoder")
+    AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(root / "vae")
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                  steps_offset=1).save_pretrained(root / "scheduler")
+    clip_tokenizer(77).save_pretrained(root / "tokenizer")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                                                      "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+                                                      "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+                                                      "safety_checker": [None, None], "feature_extractor": [None, None],
+                                                      "requires_safety_checker": False}))
+    return str(root)

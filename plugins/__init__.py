@@ -8,4 +8,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipfacediff.plugins.mobilefacenet",
     "ipfacediff.plugins.insightface_arcface",
     "ipfacediff.plugins.metrics",
+    "ipfacediff.plugins.backbones",
+    "ipfacediff.plugins.inverters",
+    "ipfacediff.plugins.editors",
+    "ipfacediff.plugins.propagators",
 )

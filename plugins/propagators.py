@@ -1,0 +1,140 @@
+"""Propagators: ``latent-nn`` (hnswlib approximate nearest neighbours) and ``exact-nn`` (torch,
+brute force; the reference ``latent-nn`` is tested against).
+
+Every token (latent pixel) of a non-key frame finds its nearest neighbour among the tokens of the
+two temporally nearest keyframes, in a token feature space built from the *source* features; the
+edited keyframe values at those tokens are carried over and blended by temporal distance. Raw
+4-channel latent tokens match poorly (measured: worse than copying the nearest keyframe), so the
+default token feature is the 3x3 neighbourhood patch of the source latents plus a weighted
+position term that keeps matches local.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import ipfacediff
+from ipfacediff.interfaces import Propagator
+
+
+def token_features(source: torch.Tensor, patch: int, pos_weight: float) -> torch.Tensor:
+    """``[T, C, h, w]`` -> ``[T, h*w, D]``: per-token neighbourhood patches (standardised) plus
+    ``pos_weight`` x normalised (x, y)."""
+    t, c, h, w = source.shape
+    x = source.float()
+    x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
+    if patch > 1:
+        x = F.unfold(F.pad(x, [patch // 2] * 4, mode="replicate"), patch).view(t, c * patch * patch, h, w) / patch
+    feats = x.flatten(2).transpose(1, 2)  # [T, hw, D]
+    if pos_weight > 0:
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        pos = torch.stack([xs, ys], -1).view(1, h * w, 2).expand(t, -1, -1) * pos_weight * (feats.shape[-1] ** 0.5)
+        feats = torch.cat([feats, pos], -1)
+    return feats.contiguous()
+
+
+def neighbour_keys(i: int, keys: Sequence[int], mode: str) -> list[tuple[int, float]]:
+    """(row in keys, weight) of the keyframes frame ``i`` takes its values from."""
+    before = [j for j, k in enumerate(keys) if k <= i]
+    after = [j for j, k in enumerate(keys) if k >= i]
+    if mode == "nearest" or not before or not after:
+        j = min(range(len(keys)), key=lambda j: (abs(keys[j] - i), keys[j]))
+        return [(j, 1.0)]
+    a, b = before[-1], after[0]
+    if a == b:
+        return [(a, 1.0)]
+    wb = (i - keys[a]) / (keys[b] - keys[a])
+    return [(a, 1.0 - wb), (b, wb)]
+
+
+class _NNPropagator(Propagator):
+    @dataclass
+    class Params:
+        features: Literal["patch", "raw"] = field(default="patch", metadata={"help": "token features: 3x3 patches or raw channels"})
+        patch: int = field(default=3, metadata={"range": (1, 9)})
+        pos_weight: float = field(default=0.3, metadata={"range": (0.0, 10.0), "help": "weight of the token position in matching"})
+        keyframes: Literal["two-nearest", "nearest"] = field(default="two-nearest", metadata={"help": "blend the keyframes on both sides, or copy from the nearest"})
+
+    def _features(self, source: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        return token_features(source, p.patch if p.features == "patch" else 1, p.pos_weight)
+
+    def match(self, feats: torch.Tensor, key_row: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def propagate(self, source: torch.Tensor, key_indices: Sequence[int], edited_keys: torch.Tensor) -> torch.Tensor:
+        keys = list(key_indices)
+        t = source.shape[0]
+        k, c2, h, w = edited_keys.shape
+        feats = self._features(source)
+        self._prepare(feats, keys)
+        values = edited_keys.flatten(2).transpose(1, 2)  # [K, hw, C2]
+        out = torch.empty((t, h * w, c2), dtype=edited_keys.dtype)
+        for i in range(t):
+            if i in keys:
+                out[i] = values[keys.index(i)]
+                continue
+            acc = 0.0
+            for j, wgt in neighbour_keys(i, keys, self.params.keyframes):
+                idx = self.match(feats[i], j)
+                acc = acc + wgt * values[j][idx]
+            out[i] = acc
+        return out.transpose(1, 2).reshape(t, c2, h, w)
+
+    def nearest(self, source: torch.Tensor, key_indices: Sequence[int]) -> dict[tuple[int, int], torch.Tensor]:
+        """(frame, keyframe row) -> nearest token index for every token of the frame (for recall tests)."""
+        keys = list(key_indices)
+        feats = self._features(source)
+        self._prepare(feats, keys)
+        return {(i, j): self.match(feats[i], j) for i in range(source.shape[0]) if i not in keys for j, _ in neighbour_keys(i, keys, "two-nearest")}
+
+    def _prepare(self, feats: torch.Tensor, keys: list[int]) -> None:
+        self._keys_feats = [feats[k] for k in keys]
+
+
+class ExactNN(_NNPropagator):
+    """Brute-force nearest neighbours (torch.cdist): the reference."""
+
+    description = "exact nearest-neighbour token propagation from the two nearest keyframes (torch, brute force)"
+
+    def match(self, feats: torch.Tensor, key_row: int) -> torch.Tensor:
+        return torch.cdist(feats[None], self._keys_feats[key_row][None])[0].argmin(-1)
+
+
+class LatentNN(_NNPropagator):
+    """Approximate nearest neighbours with one hnswlib index per keyframe."""
+
+    description = "nearest-neighbour token propagation from the two nearest keyframes with hnswlib indexes"
+
+    @dataclass
+    class Params(_NNPropagator.Params):
+        ef: int = field(default=64, metadata={"range": (1, 4096), "help": "hnswlib query breadth (recall vs time)"})
+        m: int = field(default=16, metadata={"range": (2, 128), "help": "hnswlib graph degree"})
+        threads: int = field(default=1, metadata={"range": (1, 256)})
+
+    def _prepare(self, feats: torch.Tensor, keys: list[int]) -> None:
+        import hnswlib
+
+        self._indexes = []
+        for k in keys:
+            data = feats[k].numpy()
+            index = hnswlib.Index(space="l2", dim=data.shape[1])
+            index.init_index(max_elements=len(data), ef_construction=max(100, self.params.ef), M=self.params.m, random_seed=0)
+            index.set_num_threads(self.params.threads)
+            index.add_items(data, list(range(len(data))))
+            index.set_ef(self.params.ef)
+            self._indexes.append(index)
+
+    def match(self, feats: torch.Tensor, key_row: int) -> torch.Tensor:
+        labels, _ = self._indexes[key_row].knn_query(feats.numpy(), k=1)
+        return torch.from_numpy(labels[:, 0].astype("int64"))
+
+
+@ipfacediff.hookimpl
+def register_propagators(register):
+    register(LatentNN, name="latent-nn")
+    register(ExactNN, name="exact-nn")

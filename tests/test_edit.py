@@ -1,0 +1,221 @@
+"""The IP-FaceDiff edit: inversion, injection, propagation, costs, the CLI, bad input."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, needs_data, needs_models, run_cli
+from ipfacediff.video import open_frames, probe
+
+pytestmark = needs_models
+
+
+@pytest.fixture(scope="module")
+def tiny(catalog):
+    return catalog.build("backbone", "tiny", {"resolution": 256})
+
+
+@pytest.fixture(scope="module")
+def sample_latents(tiny):
+    from ipfacediff.sample import sample_frames
+
+    frames = torch.from_numpy(sample_frames(24, 256)[::8]).permute(0, 3, 1, 2).float() / 255
+    return tiny.encode_images(frames)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_ddim_inversion_then_reconstruction_reproduces_latents(tiny, sample_latents, catalog):
+    empty = tiny.encode_prompt([""])
+    plain = catalog.build("editor", "identity-injection", {"guidance_scale": 1.0, "injection": False})
+    errs = {}
+    for steps in (5, 50):
+        inv = catalog.build("inverter", "ddim", {"cache": False}).invert(tiny, sample_latents, empty, steps)
+        assert len(inv.trajectory) == steps + 1 and inv.timesteps == sorted(inv.timesteps)
+        errs[steps] = _rel(plain.edit(tiny, inv, empty, empty, empty), sample_latents)
+    print(f"DDIM inversion + reconstruction, relative latent error: 5 steps {errs[5]:.4f}, 50 steps {errs[50]:.4f}")
+    assert errs[50] < 0.03 and errs[50] < errs[5]
+
+
+def test_full_injection_with_the_same_prompt_reproduces_the_source(tiny, sample_latents, catalog):
+    empty = tiny.encode_prompt([""])
+    inv = catalog.build("inverter", "ddim", {"cache": False}).invert(tiny, sample_latents, empty, 20)
+    same = catalog.build("editor", "identity-injection", {"guidance_scale": 1.0, "attn_fraction": 1.0, "residual_fraction": 1.0,
+                                                          "joint": False, "identity_adapter": False, "edit_adapter": False})
+    err_inj = _rel(same.edit(tiny, inv, empty, empty, empty), sample_latents)
+    edit = catalog.build("editor", "identity-injection", {"guidance_scale": 7.5, "injection": False})
+    err_edit = _rel(edit.edit(tiny, inv, tiny.encode_prompt(["a photo of a face, eyeglasses"]), empty, empty), sample_latents)
+    print(f"relative error to the source: full injection {err_inj:.4f}, free edit {err_edit:.4f}")
+    assert err_inj < 0.03 and err_inj < 0.5 * err_edit
+    # the processors are restored afterwards
+    assert all(type(p).__name__ != "ControlledSelfAttention" for p in tiny.unet.attn_processors.values())
+
+
+def test_injection_changes_the_edit(tiny, sample_latents, catalog):
+    empty = tiny.encode_prompt([""])
+    inv = catalog.build("inverter", "ddim", {"cache": False}).invert(tiny, sample_latents, empty, 10)
+    target = tiny.encode_prompt(["a photo of a face, eyeglasses"])
+    a = catalog.build("editor", "identity-injection", {"injection": True}).edit(tiny, inv, target, empty, empty)
+    b = catalog.build("editor", "identity-injection", {"injection": False}).edit(tiny, inv, target, empty, empty)
+    c = catalog.build("editor", "identity-injection", {"injection": True, "joint": False}).edit(tiny, inv, target, empty, empty)
+    assert _rel(a, sample_latents) < _rel(b, sample_latents)  # identity guidance pulls towards the source
+    assert not torch.allclose(a, c)  # joint (extended) attention changes the keyframes
+
+
+def test_ddpm_noise_is_seeded(tiny, sample_latents, catalog):
+    inv = catalog.build("inverter", "ddpm-noise", {"strength": 0.5})
+    a = inv.invert(tiny, sample_latents, tiny.encode_prompt([""]), 10, seed=3)
+    b = inv.invert(tiny, sample_latents, tiny.encode_prompt([""]), 10, seed=3)
+    assert torch.equal(a.trajectory[-1], b.trajectory[-1]) and len(a.denoise_timesteps) == 5
+
+
+@pytest.fixture(scope="module")
+def clip_latents(tiny):
+    """TAESD latents of 9 real frames of d0 (face crops) and their TAESD round trip."""
+    if not (DATA / "videos").is_dir():
+        pytest.skip("shared data missing")
+    import torch.nn.functional as F
+
+    frames = open_frames(DATA / "videos" / "d0.mp4").get(list(range(0, 36, 4)))
+    x = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, size=(256, 256), mode="area")
+    z = tiny.encode_images(x)
+    return z, tiny.decode_latents(z)
+
+
+def _psnr(a, b):
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+@needs_data
+def test_latent_nn_matches_exact_nn(clip_latents, catalog):
+    z, _ = clip_latents
+    keys = [0, 4, 8]
+    approx = catalog.build("propagator", "latent-nn").nearest(z, keys)
+    exact = catalog.build("propagator", "exact-nn").nearest(z, keys)
+    recall = np.mean([float((approx[k] == exact[k]).float().mean()) for k in exact])
+    print(f"latent-nn recall@1 vs exact-nn: {recall:.4f}")
+    assert recall >= 0.95
+
+
+@needs_data
+def test_propagating_unedited_keyframes_rebuilds_the_other_frames(clip_latents, tiny, catalog):
+    z, roundtrip = clip_latents
+    keys = [0, 4, 8]
+    others = [i for i in range(z.shape[0]) if i not in keys]
+    scores = {}
+    for name, params in [("latent-nn", {}), ("exact-nn", {}), ("raw-4ch latent-nn", {"features": "raw", "pos_weight": 0.0}),
+                         ("nearest-keyframe copy", None)]:
+        if params is None:
+            prop = torch.stack([z[min(keys, key=lambda k: (abs(k - i), k))] for i in range(z.shape[0])])
+        else:
+            comp = catalog.build("propagator", "exact-nn" if name == "exact-nn" else "latent-nn", params)
+            prop = comp.propagate(z, keys, z[keys])
+            assert torch.equal(prop[keys], z[keys])
+        rec = tiny.decode_latents(prop[others])
+        scores[name] = _psnr(rec, roundtrip[others])
+    print("non-key frames of d0 rebuilt from keyframes, PSNR vs TAESD round trip (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    # measured here: latent-nn 34.26, exact-nn 34.26, raw 4-channel tokens 35.82, nearest-keyframe copy 33.42
+    assert scores["latent-nn"] > 32.0
+    assert scores["latent-nn"] > scores["nearest-keyframe copy"]
+    assert abs(scores["latent-nn"] - scores["exact-nn"]) < 0.5
+
+
+def _edit(*args, env=None):
+    return run_cli("--quiet", "edit", *args, "--json", env=env)
+
+
+CHEAP = ["--backbone", "tiny", "--set", "backbone.vae=random", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+
+
+def test_unet_evaluations_ip_facediff_vs_baselines(tmp_path):
+    from ipfacediff.sample import write_sample_clip
+
+    clip = write_sample_clip(tmp_path / "clip40.mp4", n_frames=40, size=128, audio=False)
+    per_frame = {}
+    for pipeline in ("ip-facediff", "ip-facediff-fast", "tokenflow", "per-frame", "sdedit"):
+        r = _edit(str(clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "10", "-o", str(tmp_path / f"{pipeline}.mp4"), *CHEAP,
+                  env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(r.stdout)
+        assert rep["frames"] == 40 and probe(tmp_path / f"{pipeline}.mp4").n_frames == 40
+        per_frame[pipeline] = rep["unet_evaluations"]["per_output_frame"]
+    print("UNet evaluations per output frame (40 frames, 10 steps): " + ", ".join(f"{k} {v:.2f}" for k, v in per_frame.items()))
+    assert per_frame["ip-facediff"] < per_frame["per-frame"] and per_frame["ip-facediff"] < per_frame["tokenflow"]
+    assert per_frame["ip-facediff"] <= 0.2 * per_frame["tokenflow"]
+    assert per_frame["ip-facediff-fast"] <= 0.1 * per_frame["tokenflow"]
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_edit_cli_on_the_sample_clip_and_cached_re_edit(sample_clip, tmp_path):
+    before = _sha(sample_clip)
+    env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out.mp4"
+    r = _edit(str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "4", "--max-frames", "12", "-o", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    info = probe(out)
+    assert (info.n_frames, info.fps, info.width, info.height, info.has_audio) == (12, 24.0, 256, 256, True)
+    assert rep["keyframes"] == [0, 8] and rep["inversion_cached"] is False
+    assert set(rep["unet_evaluations"]["by_stage"]) == {"inversion", "feature", "keyframe-edit"}
+    assert rep["unet_evaluations"]["by_stage"]["inversion"] == 2 * 4
+    assert "random-weight backbone: shows the mechanics, not a real edit" in rep["warnings"]
+    assert (tmp_path / "out.strip.png").is_file() and json.loads((tmp_path / "out.json").read_text())["output"] == str(out)
+    assert _sha(sample_clip) == before
+
+    # a new prompt on the same clip skips inversion
+    r = _edit(str(sample_clip), "-p", "blonde hair, beard", "--backbone", "tiny", "--steps", "4", "--max-frames", "12", "-o", str(tmp_path / "b.mp4"), env=env)
+    rep2 = json.loads(r.stdout)
+    assert rep2["inversion_cached"] is True and "inversion" not in rep2["unet_evaluations"]["by_stage"]
+    assert rep2["edits"] == ["blonde hair", "beard"] and rep2["target_prompt"] == "a photo of a face, blonde hair, beard"
+
+    # same seed and settings: the same frames
+    r = _edit(str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "4", "--max-frames", "12", "-o", str(tmp_path / "c.mp4"), env=env)
+    a, b = open_frames(out).get(list(range(12))), open_frames(tmp_path / "c.mp4").get(list(range(12)))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-p", "  "], "the prompt is empty"),
+    (["-p", "eyeglasses", "--steps", "0"], "--steps 0"),
+    (["-p", "eyeglasses", "--set", "settings.keyframe_interval=100"], "larger than the video"),
+    (["-p", "eyeglasses", "--pipeline", "ipfacediff"], "did you mean 'ip-facediff'"),
+    (["-p", "eyeglasses", "--set", "editor.guidance=3"], "did you mean 'guidance_scale'"),
+])
+def test_edit_bad_requests_one_line_exit_2(sample_clip, tmp_path, args, needle):
+    r = run_cli("edit", str(sample_clip), *args, "--max-frames", "6", "-o", str(tmp_path / "o.mp4"), *CHEAP)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_data
+def test_edit_no_face_and_unreadable(tmp_path):
+    r = run_cli("edit", str(DATA / "images" / "non-human" / "s23.jpg"), "-p", "eyeglasses", "-o", str(tmp_path / "o.png"), *CHEAP[:-2])
+    assert r.returncode == 2 and "no face found in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "bad.mp4").write_text("text")
+    r = run_cli("edit", str(tmp_path / "bad.mp4"), "-p", "eyeglasses", *CHEAP)
+    assert r.returncode == 2 and "not a readable video" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
+
+
+@needs_data
+def test_in_the_wild_edit_changes_only_the_face_region(tmp_path):
+    out = tmp_path / "s13.mp4"
+    r = _edit(str(DATA / "videos" / "s13.mp4"), "-p", "eyeglasses", "--steps", "3", "--max-frames", "3", "-o", str(out),
+              "--backbone", "tiny", "--set", "backbone.resolution=128")
+    assert r.returncode == 0, r.stderr
+    a = open_frames(DATA / "videos" / "s13.mp4").get([0, 1, 2]).astype(int)
+    b = open_frames(out).get([0, 1, 2]).astype(int)
+    assert probe(out).has_audio
+    far = np.abs(a[:, 720:] - b[:, 720:]).mean()  # the bottom third: legs and floor
+    print(f"s13: mean abs change far from the face {far:.2f} (codec noise)")
+    assert far < 3.0
