@@ -10,7 +10,7 @@ export IPFACEDIFF_MODELS ?= $(if $(wildcard $(SHARED_MODELS)/SHA256SUMS),$(SHARE
 export HF_HUB_OFFLINE ?= 1
 DEMO_OUT ?= demo-output
 
-.PHONY: install test demo clean
+.PHONY: install test test-slow demo clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: install
 
 # The main job: edit the sample clip offline with the tiny backbone (random weights: it shows the
 # mechanics, not a real edit; give a Stable Diffusion checkpoint for real edits, see README).
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
 demo: install
 	mkdir -p $(DEMO_OUT)
 	$(BIN)/ipfacediff edit "$$($(BIN)/ipfacediff sample)" -p "eyeglasses" --backbone tiny --steps 20 \

@@ -214,6 +214,7 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
 @click.option("--pipeline", "pipeline_name", default="ip-facediff", show_default=True, help="A pipeline of the registry.")
 @registry_option
 @click.option("--backbone", default="auto", show_default=True, help="auto, tiny, stable-diffusion, or a backbone of the registry.")
+@click.option("--face-processor", default=None, help="Replace the pipeline's face processor: full-frame for talking-head crops, mtcnn, retinaface.")
 @click.option("--steps", default=50, show_default=True, type=int, help="Sampler steps.")
 @click.option("--max-frames", type=int, default=None, help="Only the first N frames (quick previews).")
 @click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter: editor.guidance_scale=5, settings.keyframe_interval=4, backbone.path=...")
@@ -223,7 +224,8 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None, pipeline_name: str, registry_file: Path | None,
-         backbone: str, steps: int, max_frames: int | None, sets: tuple[str, ...], seed: int, device: str, overwrite: bool, as_json: bool) -> None:
+         backbone: str, face_processor: str | None, steps: int, max_frames: int | None, sets: tuple[str, ...], seed: int, device: str,
+         overwrite: bool, as_json: bool) -> None:
     """Edit the face in a video (or image) with a text prompt, keeping who the person is."""
     from .edit import EditRequest, run_edit
     from .params import parse_set_option
@@ -231,7 +233,8 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
 
     reg = load_registry(registry_file)
     req = EditRequest(input=input_path, prompt=prompt, pipeline=reg.pipeline(pipeline_name), registry=reg, output=output, backbone=backbone,
-                      steps=steps, max_frames=max_frames, sets=parse_set_option(sets), seed=seed, device=device, overwrite=overwrite,
+                      steps=steps, max_frames=max_frames, sets=parse_set_option(sets), seed=seed, face_processor=face_processor, device=device,
+                      overwrite=overwrite,
                       show_progress=not (ctx.obj["quiet"] or as_json))
     report = run_edit(req)
     if as_json:

@@ -56,6 +56,7 @@ class EditRequest:
     max_frames: int | None = None
     sets: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    face_processor: str | None = None  # replaces the pipeline's face processor (e.g. full-frame for talking heads)
     device: str = "cpu"
     overwrite: bool = False
     show_progress: bool = True
@@ -180,7 +181,9 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     torch.manual_seed(req.seed)
 
     comps = {slot: catalog.build(ref.kind, ref.name, _slot_params(ref, req.sets, slot), ref.where).to(device)
-             for slot, ref in pipeline.components.items() if slot != "identity_encoder"}
+             for slot, ref in pipeline.components.items() if slot != "identity_encoder" and not (slot == "face_processor" and req.face_processor)}
+    if req.face_processor:
+        comps["face_processor"] = catalog.build("face_processor", req.face_processor, req.sets.get("face_processor", {}), "--face-processor").to(device)
     processor: FaceProcessor = comps["face_processor"]
     backbone, bw = resolve_backbone(req.backbone, req)
     warnings += bw

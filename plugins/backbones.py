@@ -90,7 +90,8 @@ class _DiffusersBackbone(Backbone):
         out = []
         for p in prompts:
             if p not in self._prompt_cache:
-                ids = self.tokenizer([p], padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+                length = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
+                ids = self.tokenizer([p], padding="max_length", max_length=length, truncation=True,
                                      return_tensors="pt").input_ids.to(self.device)
                 with torch.no_grad():
                     self._prompt_cache[p] = self.text_encoder(ids)[0].float()
