@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .catalog import get_catalog
-from .errors import InputError, NoFaceError, OutputExistsError, ParameterError
+from .errors import InputError, NoFaceError, ParameterError
 from .face import pick_primary, smooth_track
 from .interfaces import Backbone, FaceDetection, FaceProcessor, Inversion
 from .keyframes import select_keyframes

@@ -23,10 +23,11 @@ import numpy as np
 
 from .catalog import get_catalog
 from .errors import NoFaceError, OutputExistsError, ParameterError
-from .face import arcface_crop, pick_primary, smooth_track
+from .face import arcface_crop
 from .interfaces import FaceDetection
 from .progress import progress_bar
 from .registry import PipelineEntry
+from .edit import detect_track
 from .video import VideoWriter, open_frames
 
 
@@ -102,16 +103,7 @@ def run_face_crops(input_path: str | Path, output_dir: str | Path, pipeline: Pip
 
     # pass 1: detect and track
     t0 = time.perf_counter()
-    raw: list[FaceDetection | None] = []
-    previous = None
-    with progress_bar("detect", n, show_progress) as bar:
-        for _, chunk in source.iter_chunks(16, n):
-            for f in chunk:
-                d = pick_primary(processor.detect(f), previous)
-                raw.append(d)
-                previous = d or previous
-                bar.advance()
-    track = smooth_track(raw, settings.landmark_smoothing)
+    track = detect_track(processor, source, n, settings.landmark_smoothing, show_progress)
     found = sum(d is not None for d in track)
     timings["detect"] = time.perf_counter() - t0
     if found == 0:
