@@ -338,14 +338,20 @@ def _run_strategy(settings: PipelineSettings, comps: dict[str, Any], backbone: B
     strategy = settings.strategy
     steps, bs, show = req.steps, settings.batch_size, req.show_progress
     inverter, editor = comps["inverter"], comps.get("editor")
-    if strategy == "ip-facediff":
+
+    def invert(lat: torch.Tensor) -> Inversion:
+        """Invert ``lat`` with eps1 (the identity adapter), timed and reported."""
         t0 = time.perf_counter()
         backbone.set_adapter("identity")
-        with progress_bar("invert", len(keys), show) as bar:
-            inv = inverter.invert(backbone, latents[keys], empty, steps, req.seed)
-            bar.advance(len(keys))
+        with progress_bar("invert", lat.shape[0], show) as bar:
+            inv = inverter.invert(backbone, lat, empty, steps, req.seed)
+            bar.advance(lat.shape[0])
         stage_info["inversion_cached"] = bool(inv.extras.get("cached"))
         timings["invert"] = time.perf_counter() - t0
+        return inv
+
+    if strategy == "ip-facediff":
+        inv = invert(latents[keys])
         t0 = time.perf_counter()
         with progress_bar("edit keys", len(keys), show) as bar:
             edited_keys = editor.edit(backbone, inv, target, uncond, empty).cpu()
@@ -363,11 +369,7 @@ def _run_strategy(settings: PipelineSettings, comps: dict[str, Any], backbone: B
         timings["propagate"] = time.perf_counter() - t0
         return out
     if strategy in ("per-frame", "sdedit"):
-        t0 = time.perf_counter()
-        backbone.set_adapter("identity")
-        inv = inverter.invert(backbone, latents, empty, steps, req.seed)
-        stage_info["inversion_cached"] = bool(inv.extras.get("cached"))
-        timings["invert"] = time.perf_counter() - t0
+        inv = invert(latents)
         t0 = time.perf_counter()
         outs = []
         with progress_bar("edit", latents.shape[0], show) as bar:
@@ -378,11 +380,7 @@ def _run_strategy(settings: PipelineSettings, comps: dict[str, Any], backbone: B
         timings["edit_frames"] = time.perf_counter() - t0
         return torch.cat(outs)
     if strategy == "tokenflow":
-        t0 = time.perf_counter()
-        backbone.set_adapter("identity")
-        inv = inverter.invert(backbone, latents, empty, steps, req.seed)
-        stage_info["inversion_cached"] = bool(inv.extras.get("cached"))
-        timings["invert"] = time.perf_counter() - t0
+        inv = invert(latents)
         t0 = time.perf_counter()
         guidance = getattr(editor.params, "guidance_scale", 7.5) if editor is not None else 7.5
         out = tokenflow_denoise(backbone, inv, keys, target, uncond, guidance, show)
