@@ -59,6 +59,14 @@ def main() -> None:
         for name, p in CONFIGS.items():
             prop = c.build("propagator", "exact-nn", p).propagate(z, keys, z[keys])
             row[f"exact-nn {name}"] = _psnr(bb.decode_latents(prop[others]), rt[others])
+        # eps1 source: the UNet's last decoder features (here the tiny random UNet: a random conv feature,
+        # not what a fine-tuned SD gives; read it as "does a deeper token feature help at all")
+        from ipfacediff.diffusion import decoder_token_features
+
+        feats = decoder_token_features(bb, z, 100, bb.encode_prompt([""]), seed=0)
+        for name, p in {"eps1 features (tiny UNet), patch 1": {"patch": 1}, "eps1 features (tiny UNet), patch 3": {}}.items():
+            prop = c.build("propagator", "exact-nn", p).propagate(feats, keys, z[keys])
+            row[f"exact-nn {name}"] = _psnr(bb.decode_latents(prop[others]), rt[others])
         rows[v] = row
     names = list(next(iter(rows.values())))
     table = Table(title="non-key frames rebuilt from keyframes (PSNR dB vs TAESD round trip; 17 frames, keys 0/8/16)")

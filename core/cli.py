@@ -249,6 +249,42 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
     out.print(f"result: [bold]{report['output']}[/]  strip: {report['strip']}  report: {report['report']}")
 
 
+@cli.command()
+@click.argument("recipe_name", metavar="RECIPE")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="A folder of face images and/or videos (or one file); never written to.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Adapter folder to write (diffusers LoRA format).")
+@registry_option
+@click.option("--backbone", default="auto", show_default=True, help="auto, tiny, stable-diffusion, or a backbone of the registry.")
+@click.option("--max-steps", type=int, default=None, help="Train this many steps in all (overrides the recipe's steps).")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter: settings.learning_rate=1e-4, identity_encoder=..., backbone.path=...")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this output (interrupted, or finished and asked for more steps).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda (under `accelerate launch`, accelerate picks the device)")
+@click.option("--overwrite", is_flag=True, help="Replace an existing adapter folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def finetune(ctx: click.Context, recipe_name: str, data: Path, output: Path, registry_file: Path | None, backbone: str, max_steps: int | None,
+             sets: tuple[str, ...], resume: bool, seed: int, device: str, overwrite: bool, as_json: bool) -> None:
+    """Train a LoRA adapter of a recipe: identity (eps1, ArcFace identity loss) or edit (eps2, directional CLIP loss)."""
+    from .finetune import FinetuneRequest, run_finetune
+    from .params import parse_set_option
+    from .registry import load_registry
+
+    reg = load_registry(registry_file)
+    req = FinetuneRequest(recipe=reg.recipe(recipe_name), registry=reg, data=data, output=output, backbone=backbone, max_steps=max_steps,
+                          sets=parse_set_option(sets), seed=seed, device=device, resume=resume, overwrite=overwrite,
+                          show_progress=not (ctx.obj["quiet"] or as_json))
+    report = run_finetune(req)
+    if as_json:
+        _print_json(report)
+        return
+    for w in report["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}")
+    out.print(f"{report['steps']} steps on {report['data']['faces']} faces, {report['seconds_per_step']:.2f} s/step; loss terms "
+              + ", ".join(f"{k} {report['eval_start'][k]:.4f} -> {v:.4f}" for k, v in report["eval_end"].items()))
+    out.print(f"adapter: [bold]{report['output']}[/] (pytorch_lora_weights.safetensors, README.md, losses.png)")
+
+
 def _reserved(name: str, issue: str) -> None:
     @cli.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                  help=f"Reserved: {issue} (not in this release).")
@@ -256,7 +292,6 @@ def _reserved(name: str, issue: str) -> None:
         raise IPFaceDiffError(f"`ipfacediff {name}` is not available in ipfacediff {__version__} yet ({issue})")
 
 
-_reserved("finetune", "LoRA fine-tuning of the identity and edit adapters")
 _reserved("bench", "the benchmark harness")
 
 

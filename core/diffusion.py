@@ -228,3 +228,29 @@ def file_digest(path: str | Path, limit: int | None = None) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def decoder_token_features(backbone, latents: torch.Tensor, timestep: int, prompt_embeds: torch.Tensor, seed: int,
+                           batch_size: int = 8, stage: str = "propagation") -> torch.Tensor:
+    """The UNet's last decoder block output (full latent resolution, ``[T, C, h, w]``) for clean
+    ``latents`` noised to ``timestep`` with one seeded noise shared by all frames (so features differ
+    by content only): the token features eps1 gives the propagator (one UNet evaluation per frame,
+    counted under ``stage``). Run with the adapter that is active (the caller picks ``identity``)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(backbone.scheduler_config)
+    noise = torch.randn((1, *latents.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    t = torch.tensor([int(timestep)])
+    block = backbone.unet.up_blocks[-1]
+    captured: list[torch.Tensor] = []
+    handle = block.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().float().cpu()))
+    try:
+        out = []
+        for s in range(0, latents.shape[0], batch_size):
+            x = sched.add_noise(latents[s:s + batch_size].float(), noise.expand(min(batch_size, latents.shape[0] - s), -1, -1, -1), t)
+            captured.clear()
+            backbone.predict_noise(x, int(timestep), prompt_embeds, stage)
+            out.append(captured[-1].half())
+    finally:
+        handle.remove()
+    return torch.cat(out)

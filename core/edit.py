@@ -92,21 +92,23 @@ def _slot_params(ref, sets: dict[str, Any], slot: str) -> dict[str, Any]:
     return {**ref.raw_params(), **extra}
 
 
-def resolve_backbone(name: str, req: EditRequest) -> tuple[Backbone, list[str]]:
-    """``auto``: a configured or locally cached Stable Diffusion, else ``tiny`` (with a warning);
-    otherwise a backbone entry of the registry or a registered backbone component."""
+def resolve_backbone(name: str, sets: dict[str, Any], registry: Registry, default: str = "auto") -> tuple[Backbone, list[str]]:
+    """``auto``: ``default`` (the pipeline's or recipe's backbone) unless that is ``auto`` too, then a
+    configured or locally cached Stable Diffusion, else ``tiny`` (with a warning); otherwise a
+    backbone entry of the registry or a registered backbone component. ``sets["backbone"]``
+    overrides parameters."""
     catalog = get_catalog()
     warnings: list[str] = []
-    extra = req.sets.get("backbone", {})
+    extra = sets.get("backbone", {})
     if not isinstance(extra, dict):
         raise ParameterError(f"--set backbone={extra!r}: give a parameter, e.g. backbone.NAME=VALUE")
     if name == "auto":
-        name = req.pipeline.backbone
+        name = default
     if name == "auto":
         found = None
         if os.environ.get("IPFACEDIFF_SD_MODEL"):
             found = ("stable-diffusion", {"path": os.environ["IPFACEDIFF_SD_MODEL"]})
-        for entry in req.registry.backbones.values():
+        for entry in registry.backbones.values():
             path = entry.component.raw_params().get("path")
             if found is None and entry.component.name == "stable-diffusion" and path and Path(path).expanduser().exists():
                 found = ("stable-diffusion", entry.component.raw_params())
@@ -125,8 +127,8 @@ def resolve_backbone(name: str, req: EditRequest) -> tuple[Backbone, list[str]]:
             found = ("tiny", {})
         comp, params = found
         return catalog.build("backbone", comp, {**params, **extra}, "--backbone auto"), warnings
-    if name in req.registry.backbones:
-        entry = req.registry.backbones[name]
+    if name in registry.backbones:
+        entry = registry.backbones[name]
         return catalog.build("backbone", entry.component.name, {**entry.component.raw_params(), **extra}, entry.component.where), warnings
     return catalog.build("backbone", name, extra, "--backbone"), warnings
 
@@ -188,7 +190,7 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     if req.face_processor:
         comps["face_processor"] = catalog.build("face_processor", req.face_processor, req.sets.get("face_processor", {}), "--face-processor").to(device)
     processor: FaceProcessor = comps["face_processor"]
-    backbone, bw = resolve_backbone(req.backbone, req)
+    backbone, bw = resolve_backbone(req.backbone, req.sets, req.registry, pipeline.backbone)
     warnings += bw
     backbone.to(device)
     backbone.unet_evals.clear()
@@ -358,8 +360,17 @@ def _run_strategy(settings: PipelineSettings, comps: dict[str, Any], backbone: B
             bar.advance(len(keys))
         timings["edit_keyframes"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        source = latents
+        if settings.propagation_source == "eps1":
+            from .diffusion import decoder_token_features
+
+            backbone.set_adapter("identity")
+            with progress_bar("features", latents.shape[0], show) as bar:
+                source = decoder_token_features(backbone, latents, settings.propagation_timestep, empty, req.seed, bs)
+                bar.advance(latents.shape[0])
+            backbone.set_adapter(None)
         with progress_bar("propagate", latents.shape[0], show) as bar:
-            out = comps["propagator"].propagate(latents, keys, edited_keys)
+            out = comps["propagator"].propagate(source, keys, edited_keys)
             bar.advance(latents.shape[0])
         if settings.refine_steps > 0:
             others = [i for i in range(latents.shape[0]) if i not in keys]

@@ -185,7 +185,8 @@ class Backbone(Component):
     """A latent text-to-image diffusion model (UNet, VAE, text encoder, tokenizer, scheduler).
 
     ``encode_images``: ``[B, 3, H, W]`` in [0, 1] -> latents ``[B, 4, H/8, W/8]`` (scaled).
-    ``decode_latents``: the inverse, output in [0, 1]. ``encode_prompt``: a list of B prompts ->
+    ``decode_latents``: the inverse, output in [0, 1] (``grad=True``: differentiable with respect
+    to the latents, for losses on decoded images in fine-tuning). ``encode_prompt``: a list of B prompts ->
     text embeddings ``[B, L, D]``. ``unet`` is a diffusers ``UNet2DConditionModel``;
     ``scheduler_config`` a DDIM-compatible scheduler config. ``set_adapter(name)`` switches the
     active LoRA adapter (``None``: the base model). ``resolution`` is the working image size.
@@ -210,7 +211,7 @@ class Backbone(Component):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def decode_latents(self, latents: torch.Tensor, grad: bool = False) -> torch.Tensor: ...
 
     @abc.abstractmethod
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor: ...

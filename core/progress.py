@@ -12,7 +12,7 @@ console = Console(stderr=True)
 
 
 class _NullBar:
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, description: str | None = None) -> None:
         pass
 
 
@@ -20,7 +20,10 @@ class _Bar:
     def __init__(self, progress: Progress, task: int):
         self.progress, self.task = progress, task
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, description: str | None = None) -> None:
+        """Advance by ``n``; ``description`` replaces the label (e.g. running loss values)."""
+        if description is not None:
+            self.progress.update(self.task, description=description)
         self.progress.advance(self.task, n)
 
 

@@ -53,6 +53,9 @@ class PipelineSettings:
     keyframe_count: int = field(default=5, metadata={"range": (1, None), "help": "count / pose: number of keyframes"})
     source_prompt: str = field(default="a photo of a face", metadata={"help": "describes the source; the target prompt is '<source>, <edits>'"})
     guidance_prompt: str = field(default="", metadata={"help": "the unconditional (negative) prompt of classifier-free guidance"})
+    propagation_source: Literal["latents", "eps1"] = field(default="latents", metadata={
+        "help": "token features the propagator matches on: the source latents, or eps1's last decoder features (one more UNet pass per frame)"})
+    propagation_timestep: int = field(default=100, metadata={"range": (0, 999), "help": "eps1 source: noise level the features are taken at"})
     refine_steps: int = field(default=0, metadata={"range": (0, 50), "help": "low-noise denoising steps on propagated frames (0: none)"})
     refine_strength: float = field(default=0.2, metadata={"range": (0.0, 1.0), "help": "noise level of the refinement, fraction of the schedule"})
     batch_size: int = field(default=8, metadata={"range": (1, 1024), "help": "frames per VAE / UNet batch outside joint keyframe editing"})
@@ -62,13 +65,28 @@ class PipelineSettings:
 class RecipeSettings:
     """Fine-tuning settings (``settings:`` of a recipe)."""
 
-    adapter: str = field(default="identity", metadata={"help": "name of the LoRA adapter trained"})
-    steps: int = field(default=500, metadata={"range": (1, None)})
+    objective: Literal["identity", "edit"] = field(default="identity", metadata={
+        "help": "identity: eps1, empty prompt, noise + identity loss; edit: eps2, target prompts, directional CLIP + locality + identity"})
+    adapter: str = field(default="identity", metadata={"help": "name of the LoRA adapter trained (the edit pipeline uses identity and edit)"})
+    steps: int = field(default=500, metadata={"range": (1, None), "help": "optimizer steps (--max-steps overrides)"})
     learning_rate: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
     lora_rank: int = field(default=4, metadata={"range": (1, 512)})
+    lora_alpha: float = field(default=0.0, metadata={"range": (0.0, 4096.0), "help": "LoRA alpha (0: equal to the rank, scale 1)"})
+    lora_targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], metadata={"help": "UNet module names that get LoRA"})
     batch_size: int = field(default=1, metadata={"range": (1, None)})
-    resolution: int = field(default=512, metadata={"range": (64, 2048)})
-    loss_weights: dict = field(default_factory=dict, metadata={"help": "loss term -> weight"})
+    gradient_accumulation: int = field(default=1, metadata={"range": (1, 1024)})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory in the UNet"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "accelerate mixed precision (GPU)"})
+    resolution: int = field(default=0, metadata={"range": (0, 2048), "help": "face crop size (0: the backbone's resolution)"})
+    loss_weights: dict = field(default_factory=dict, metadata={"help": "loss term -> weight (noise, identity, directional, locality)"})
+    loss_warmup: dict = field(default_factory=dict, metadata={"help": "loss term -> steps over which its weight ramps up from 0"})
+    timestep_range: list = field(default_factory=lambda: [1, 999], metadata={"help": "[low, high] training timesteps"})
+    identity_max_timestep: int = field(default=600, metadata={"range": (0, 999), "help": "the identity term only where t <= this (x0_hat is a face)"})
+    prompts: str = field(default="", metadata={"help": "edit: prompt list file, one per line, optional ' | part' (empty: built-in list)"})
+    reference_prompt: str = field(default="a photo of a face", metadata={"help": "edit: p_ref of the directional loss"})
+    frames_per_video: int = field(default=16, metadata={"range": (1, 10000), "help": "frames sampled from each training video"})
+    checkpoint_every: int = field(default=100, metadata={"range": (1, None), "help": "steps between checkpoints (and one at the end)"})
+    eval_samples: int = field(default=4, metadata={"range": (1, 64), "help": "fixed samples the loss terms are evaluated on at start and end"})
 
 
 @dataclass

@@ -177,3 +177,68 @@ def make_tiny_sd_folder(path: str, seed: int = 0) -> str:
                                                       "safety_checker": [None, None], "feature_extractor": [None, None],
                                                       "requires_safety_checker": False}))
     return str(root)
+
+
+def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.Tensor], text_sd: dict[str, torch.Tensor],
+                     layers_per_block: int, n_blocks: int) -> dict[str, torch.Tensor]:
+    """State dicts of a diffusers SD 1.x UNet / AutoencoderKL / CLIPTextModel -> one checkpoint in the
+    original (LDM) key layout that ``from_single_file`` reads. For tests of the single-file path:
+    real SD weights are not available offline, so random ones of the real sizes are saved this way."""
+    import re
+
+    out: dict[str, torch.Tensor] = {}
+    resnet = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+              ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+    top = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2", "conv_in": "input_blocks.0.0",
+           "conv_norm_out": "out.0", "conv_out": "out.2"}
+    per = layers_per_block + 1
+    for key, value in unet_sd.items():
+        new = None
+        for a, b in top.items():
+            if key.startswith(a + "."):
+                new = b + key[len(a):]
+        if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            new = f"input_blocks.{per * i + j + 1}.{0 if kind == 'resnets' else 1}.{rest}"
+        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+            new = f"input_blocks.{per * (int(m[1]) + 1)}.0.op.{m[2]}"
+        elif m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
+            new = f"middle_block.{2 * int(m[1])}.{m[2]}"
+        elif m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
+            new = f"middle_block.1.{m[1]}"
+        elif m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            new = f"output_blocks.{per * i + j}.{0 if kind == 'resnets' else 1}.{rest}"
+        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+            i = int(m[1])
+            has_attn = any(k.startswith(f"up_blocks.{i}.attentions.") for k in unet_sd)
+            new = f"output_blocks.{per * i + per - 1}.{2 if has_attn else 1}.conv.{m[2]}"
+        if new is None:
+            raise KeyError(f"no LDM name for UNet key {key}")
+        if re.match(r"(input_blocks\.\d+\.0|output_blocks\.\d+\.0|middle_block\.[02])\.", new) and not new.startswith("input_blocks.0."):
+            for a, b in resnet:
+                new = new.replace(f".{a}.", f".{b}.")
+        out["model.diffusion_model." + new] = value
+    for key, value in vae_sd.items():
+        new = key.replace("conv_norm_out", "norm_out")
+        if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+            new = f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}"
+        elif m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.*)", key):
+            new = f"encoder.down.{m[1]}.downsample.{m[2]}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+            new = f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}.{m[3]}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
+            new = f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample.{m[2]}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
+            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
+            rest = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+            name, param = m[2].rsplit(".", 1)
+            new = f"{m[1]}.mid.attn_1.{rest[name]}.{param}"
+            if value.ndim == 2:
+                value = value[:, :, None, None]  # linear -> 1x1 conv, as the original layout stores it
+        new = new.replace("conv_shortcut", "nin_shortcut")
+        out["first_stage_model." + new] = value
+    for key, value in text_sd.items():  # original checkpoints nest the text model (transformers >= 5.6 flattens it)
+        out["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = value
+    return {k: v.contiguous() for k, v in out.items()}

@@ -12,4 +12,5 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipfacediff.plugins.inverters",
     "ipfacediff.plugins.editors",
     "ipfacediff.plugins.propagators",
+    "ipfacediff.plugins.clip_directional",
 )

@@ -45,7 +45,9 @@ def load_taesd(dtype: torch.dtype = torch.float32):
         sd[f"decoder.layers.{int(i) - 1}.{rest}"] = v
     vae = AutoencoderTiny()
     vae.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    return vae.to(dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:  # (a to() call on AutoencoderTiny warns even when it changes nothing)
+        vae = vae.to(dtype)
+    return vae.eval().requires_grad_(False)
 
 
 class _DiffusersBackbone(Backbone):
@@ -77,9 +79,9 @@ class _DiffusersBackbone(Backbone):
                 z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
         return z.float()
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, grad: bool = False) -> torch.Tensor:
         z = latents.to(self.device, self.vae.dtype)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             if self.vae_kind == "taesd":
                 x = self.vae.decode(z).sample
             else:
@@ -116,7 +118,12 @@ class _DiffusersBackbone(Backbone):
         if not p.exists():
             raise ModelNotFoundError(f"LoRA adapter {name!r}: {p} does not exist (make one with `ipfacediff finetune`)")
         try:
-            self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name=name)
+            if p.is_file():
+                self.unet.load_lora_adapter(str(p.parent), weight_name=p.name, prefix="unet", adapter_name=name)
+            else:
+                st = sorted(p.glob("*.safetensors"))
+                kw = {"weight_name": "pytorch_lora_weights.safetensors" if (p / "pytorch_lora_weights.safetensors").is_file() else st[0].name} if st else {}
+                self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name=name, **kw)
         except Exception as exc:  # noqa: BLE001 - a bad adapter folder is a user error
             raise InputError(f"LoRA adapter {name!r} at {p} cannot be loaded: {str(exc).splitlines()[0][:200]}") from exc
         self._adapters.append(name)
@@ -233,10 +240,11 @@ class StableDiffusionBackbone(_DiffusersBackbone):
 
         self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
         self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
-        try:
+        # transformers 5 builds an empty tokenizer (ids 0, 2, 2, ...) from a missing subfolder instead of
+        # raising: only a folder with a vocabulary counts, else CLIP's own BPE (what SD 1.x uses)
+        self.tokenizer = clip_tokenizer(77)
+        if any((folder / "tokenizer" / f).is_file() for f in ("vocab.json", "tokenizer.json")):
             self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
-        except (OSError, ValueError):
-            self.tokenizer = clip_tokenizer(77)
         if self.params.vae == "own":
             self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).eval().requires_grad_(False)
             self.vae_kind = "kl"

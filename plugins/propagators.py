@@ -70,6 +70,9 @@ class _NNPropagator(Propagator):
         keys = list(key_indices)
         t = source.shape[0]
         k, c2, h, w = edited_keys.shape
+        if source.shape[-2:] != (h, w) or source.shape[0] <= max(keys, default=-1):
+            raise ValueError(f"{self.name}: source features {tuple(source.shape)} do not fit edited keyframes {tuple(edited_keys.shape)} "
+                             f"at frames {keys}")
         feats = self._features(source)
         self._prepare(feats, keys)
         values = edited_keys.flatten(2).transpose(1, 2)  # [K, hw, C2]

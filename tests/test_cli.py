@@ -43,7 +43,7 @@ def test_doctor_says_how_to_get_missing(tmp_path):
     assert all(m["found"] is None and "https://" in m["how_to_get"] for m in data["models"])
 
 
-@pytest.mark.parametrize("name", ["finetune", "bench"])
+@pytest.mark.parametrize("name", ["bench"])
 def test_reserved_commands(name):
     r = run_cli(name, "whatever")
     assert r.returncode == 2 and "not available" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -136,14 +136,21 @@ def test_unet_evaluations_ip_facediff_vs_baselines(tmp_path):
     from ipfacediff.sample import write_sample_clip
 
     clip = write_sample_clip(tmp_path / "clip40.mp4", n_frames=40, size=128, audio=False)
-    per_frame = {}
-    for pipeline in ("ip-facediff", "ip-facediff-fast", "tokenflow", "per-frame", "sdedit"):
-        r = _edit(str(clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "10", "-o", str(tmp_path / f"{pipeline}.mp4"), *CHEAP,
+    per_frame, reports = {}, {}
+    runs = {p: (p,) for p in ("ip-facediff", "ip-facediff-fast", "tokenflow", "per-frame", "sdedit")}
+    runs["ip-facediff eps1-matching"] = ("ip-facediff", "--set", "settings.propagation_source=eps1", "--set", "propagator.patch=1")
+    for name, (pipeline, *extra) in runs.items():
+        out = tmp_path / f"{name.replace(' ', '_')}.mp4"
+        r = _edit(str(clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "10", "-o", str(out), *CHEAP, *extra,
                   env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
         assert r.returncode == 0, r.stderr
-        rep = json.loads(r.stdout)
-        assert rep["frames"] == 40 and probe(tmp_path / f"{pipeline}.mp4").n_frames == 40
-        per_frame[pipeline] = rep["unet_evaluations"]["per_output_frame"]
+        rep = reports[name] = json.loads(r.stdout)
+        assert rep["frames"] == 40 and probe(out).n_frames == 40
+        per_frame[name] = rep["unet_evaluations"]["per_output_frame"]
+    # matching on eps1's decoder features costs one identity-adapter pass per frame, counted as propagation
+    assert reports["ip-facediff eps1-matching"]["unet_evaluations"]["by_stage"]["propagation"] == 40
+    assert "propagation" not in reports["ip-facediff"]["unet_evaluations"]["by_stage"]
+    assert per_frame["ip-facediff eps1-matching"] <= 0.2 * per_frame["tokenflow"]
     print("UNet evaluations per output frame (40 frames, 10 steps): " + ", ".join(f"{k} {v:.2f}" for k, v in per_frame.items()))
     assert per_frame["ip-facediff"] < per_frame["per-frame"] and per_frame["ip-facediff"] < per_frame["tokenflow"]
     assert per_frame["ip-facediff"] <= 0.2 * per_frame["tokenflow"]
@@ -219,3 +226,26 @@ def test_in_the_wild_edit_changes_only_the_face_region(tmp_path):
     far = np.abs(a[:, 720:] - b[:, 720:]).mean()  # the bottom third: legs and floor
     print(f"s13: mean abs change far from the face {far:.2f} (codec noise)")
     assert far < 3.0
+
+
+def test_diffusers_to_ldm_round_trips_through_diffusers_own_converters(tmp_path):
+    """The helper that saves single-file checkpoints for the slow test: diffusers' LDM -> diffusers
+    converters (what ``from_single_file`` runs) give back exactly the original state dicts."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+    from transformers import CLIPTextModel
+
+    from ipfacediff.testing import diffusers_to_ldm, make_tiny_sd_folder
+
+    folder = make_tiny_sd_folder(str(tmp_path / "sd"))
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    ldm = diffusers_to_ldm(unet.state_dict(), vae.state_dict(), text.state_dict(), unet.config.layers_per_block,
+                           len(vae.config.block_out_channels))
+    assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.")) for k in ldm)
+    for back, model in ((convert_ldm_unet_checkpoint(ldm, dict(unet.config)), unet), (convert_ldm_vae_checkpoint(ldm, dict(vae.config)), vae),
+                        ({k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(ldm).items()}, text)):
+        want = {k.removeprefix("text_model."): v for k, v in model.state_dict().items()}
+        assert back.keys() == want.keys()
+        assert all(torch.equal(back[k], want[k]) for k in want)
