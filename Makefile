@@ -16,11 +16,11 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	# insightface's metadata pulls the GUI opencv-python; its real needs (onnx, onnxruntime,
 	# scipy, scikit-image, opencv-python-headless) are dependencies of ipfacediff itself.
 	$(BIN)/python -m pip install --quiet --no-deps 'insightface==2.1'
-	$(BIN)/python -c "import torch, insightface, facenet_pytorch, decord, hnswlib, ipfacediff; print('installed: ipfacediff', ipfacediff.__version__, 'torch', torch.__version__)"
+	$(BIN)/python -c "import torch, insightface, facenet_pytorch, decord, hnswlib, ray, ipfacediff; print('installed: ipfacediff', ipfacediff.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
 test: install

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ipfacediff.catalog import get_catalog
+from ipfacediff.plugins.video_metrics import optical_flow, warp_back
 from ipfacediff.video import open_frames
 
 CONFIGS = {"patch, pos 0.3 (default)": {}, "patch, pos 0": {"pos_weight": 0.0}, "patch, pos 1": {"pos_weight": 1.0},
@@ -56,9 +57,26 @@ def main() -> None:
             lerp[i] = (1 - (i - a) / (b - a)) * z[a] + (i - a) / (b - a) * z[b]
         row = {"nearest-keyframe copy": _psnr(bb.decode_latents(copy[others]), rt[others]),
                "linear blend of keyframes": _psnr(bb.decode_latents(lerp[others]), rt[others])}
+        # optical-flow warping (the usual bar): each key's decoded image warped to the non-key frame by
+        # the flow between the *source* crops (known at edit time), the two keys blended by distance
+        rt_np = (rt.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for name, both in (("flow warp (DIS), nearest keyframe", False), ("flow warp (DIS), two keyframes blended", True)):
+            warped = []
+            for i in others:
+                a, b = max(k for k in keys if k < i), min(k for k in keys if k > i)
+                pairs = [(a, 1 - (i - a) / (b - a)), (b, (i - a) / (b - a))] if both else [(min((a, b), key=lambda k: (abs(k - i), k)), 1.0)]
+                acc = 0.0
+                for k, wgt in pairs:
+                    flow = optical_flow(crops[i], crops[k])  # frame i -> key k on the source
+                    acc = acc + wgt * warp_back(rt_np[k], flow).astype(np.float32) / 255
+                warped.append(acc)
+            warped_t = torch.from_numpy(np.stack(warped)).permute(0, 3, 1, 2).float()
+            row[name] = _psnr(warped_t, rt[others])
         for name, p in CONFIGS.items():
             prop = c.build("propagator", "exact-nn", p).propagate(z, keys, z[keys])
             row[f"exact-nn {name}"] = _psnr(bb.decode_latents(prop[others]), rt[others])
+        prop = c.build("propagator", "latent-nn").propagate(z, keys, z[keys])
+        row["latent-nn (hnswlib), default"] = _psnr(bb.decode_latents(prop[others]), rt[others])
         # eps1 source: the UNet's last decoder features (here the tiny random UNet: a random conv feature,
         # not what a fine-tuned SD gives; read it as "does a deeper token feature help at all")
         from ipfacediff.diffusion import decoder_token_features

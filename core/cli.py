@@ -285,14 +285,46 @@ def finetune(ctx: click.Context, recipe_name: str, data: Path, output: Path, reg
     out.print(f"adapter: [bold]{report['output']}[/] (pytorch_lora_weights.safetensors, README.md, losses.png)")
 
 
-def _reserved(name: str, issue: str) -> None:
-    @cli.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                 help=f"Reserved: {issue} (not in this release).")
-    def _cmd() -> None:
-        raise IPFaceDiffError(f"`ipfacediff {name}` is not available in ipfacediff {__version__} yet ({issue})")
+@cli.command()
+@click.option("--videos", "videos", multiple=True, metavar="FILES|DIR", help="Clips: files or folders (repeat or comma-separate). Default: the sample clip.")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None, help="YAML or CSV of clip -> prompts (default: eyeglasses for every clip).")
+@click.option("--pipelines", default=",".join(["ip-facediff", "per-frame", "tokenflow", "sdedit"]), show_default=True, help="Pipelines of the registry, comma-separated.")
+@registry_option
+@click.option("--backbone", default="auto", show_default=True, help="auto, tiny, stable-diffusion, or a backbone of the registry.")
+@click.option("--steps", default=10, show_default=True, type=int)
+@click.option("--max-frames", type=int, default=16, show_default=True, help="Frames per clip (0: all).")
+@click.option("--metrics", default=None, help="Metrics, comma-separated (default: all of them).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--face-processor", default=None, help="Replace the pipelines' face processor (full-frame for talking-head crops).")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter in every job (backbone.resolution=128, ...).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (reruns skip finished jobs).")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
+@click.pass_context
+def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None, pipelines: str, registry_file: Path | None, backbone: str, steps: int,
+          max_frames: int, metrics: str | None, executor: str, face_processor: str | None, sets: tuple[str, ...], seed: int, device: str,
+          output: Path, as_json: bool) -> None:
+    """Compare pipelines on clips and prompts: metrics, cost, results.json, a table and report.html."""
+    from .bench import DEFAULT_METRICS, BenchRequest, find_videos, load_prompts_file, run_bench
+    from .params import parse_set_option
 
+    if not videos:
+        from .sample import sample_clip_path
 
-_reserved("bench", "the benchmark harness")
+        videos = (str(sample_clip_path()),)
+    req = BenchRequest(videos=find_videos(list(videos)), output=output, prompts=load_prompts_file(prompts_file),
+                       pipelines=[p.strip() for p in pipelines.split(",") if p.strip()],
+                       metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
+                       backbone=backbone, steps=steps, max_frames=max_frames or None, sets=parse_set_option(sets),
+                       registry_file=str(registry_file) if registry_file else None, face_processor=face_processor, seed=seed, device=device,
+                       executor=executor, show_progress=not (ctx.obj["quiet"] or as_json))
+    result = run_bench(req, console=None if as_json else out)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"{result['jobs']} jobs ({result['jobs_skipped']} already done, skipped) in {result['seconds']:.0f} s; "
+              f"results: [bold]{output / 'results.json'}[/]  report: [bold]{result['report']}[/]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class EditRequest:
     device: str = "cpu"
     overwrite: bool = False
     show_progress: bool = True
+    null_edit: bool = False  # the source prompt only (no edit): what the pipeline does to a face it should keep
 
 
 def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_progress: bool) -> list[FaceDetection | None]:
@@ -74,6 +75,41 @@ def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_
                 previous = d or previous
                 bar.advance()
     return smooth_track(raw, smoothing)
+
+
+def align_and_encode(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
+                     batch_size: int, show: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Pass 2: aligned crops at the backbone's resolution (``uint8 [F, r, r, 3]``), their matrices
+    and their latents, for the frames in ``face_frames``."""
+    r = backbone.resolution
+    crops = np.empty((len(face_frames), r, r, 3), np.uint8)
+    matrices = np.empty((len(face_frames), 2, 3))
+    pos = {f: k for k, f in enumerate(face_frames)}
+    with progress_bar("align", n, show) as bar:
+        for start, chunk in source.iter_chunks(16, n):
+            for j, f in enumerate(chunk):
+                i = start + j
+                if i in pos:
+                    a = processor.align(f, track[i], r)
+                    crops[pos[i]], matrices[pos[i]] = a.crop, a.matrix
+                bar.advance()
+    latents = []
+    with progress_bar("encode", len(face_frames), show) as bar:
+        for s in range(0, len(face_frames), batch_size):
+            latents.append(backbone.encode_images(_to_tensor(crops[s:s + batch_size])).cpu())
+            bar.advance(min(batch_size, len(face_frames) - s))
+    return crops, matrices, torch.cat(latents)
+
+
+def pick_keyframes(settings: PipelineSettings, asked: dict[str, Any], face_frames: list[int], track: list[FaceDetection | None]) -> list[int]:
+    """Keyframe rows (into ``face_frames``) by the pipeline's settings; on a clip shorter than the
+    pipeline's default interval / count (not asked for explicitly) the clip gets one / all."""
+    interval, count = settings.keyframe_interval, settings.keyframe_count
+    if "keyframe_interval" not in asked:
+        interval = min(interval, len(face_frames))
+    if "keyframe_count" not in asked:
+        count = min(count, len(face_frames))
+    return select_keyframes(len(face_frames), settings.keyframe_method, interval, count, [track[i] for i in face_frames])
 
 
 def parse_prompt(prompt: str, source_prompt: str) -> tuple[list[str], str]:
@@ -173,7 +209,10 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
                                  f"(has: {', '.join([*pipeline.components, 'settings', 'backbone'])})")
     settings: PipelineSettings = validate_params(PipelineSettings, {**asdict(pipeline.settings), **req.sets.get("settings", {})},
                                                  f"pipeline {pipeline.name} settings")
-    edits, target_prompt = parse_prompt(req.prompt, settings.source_prompt)
+    if req.null_edit:
+        edits, target_prompt = [], settings.source_prompt
+    else:
+        edits, target_prompt = parse_prompt(req.prompt, settings.source_prompt)
     info_in = open_frames(req.input).info  # validates the input before anything is built
     out = req.output or Path.cwd() / (f"{req.input.stem}-edited" + (".png" if info_in.kind == "image" else ".mp4"))
     out = check_output(out, req.overwrite, [req.input])
@@ -215,36 +254,15 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
         # 2. align and encode
         t0 = time.perf_counter()
         r = backbone.resolution
-        crops = np.empty((len(face_frames), r, r, 3), np.uint8)
-        matrices = np.empty((len(face_frames), 2, 3))
         pos = {f: k for k, f in enumerate(face_frames)}
-        with progress_bar("align", n, req.show_progress) as bar:
-            for start, chunk in source.iter_chunks(16, n):
-                for j, f in enumerate(chunk):
-                    i = start + j
-                    if i in pos:
-                        a = processor.align(f, track[i], r)
-                        crops[pos[i]], matrices[pos[i]] = a.crop, a.matrix
-                    bar.advance()
-        latents = []
-        with progress_bar("encode", len(face_frames), req.show_progress) as bar:
-            for s in range(0, len(face_frames), settings.batch_size):
-                latents.append(backbone.encode_images(_to_tensor(crops[s:s + settings.batch_size])).cpu())
-                bar.advance(min(settings.batch_size, len(face_frames) - s))
-        latents = torch.cat(latents)
+        crops, matrices, latents = align_and_encode(processor, backbone, source, n, track, face_frames, settings.batch_size, req.show_progress)
         timings["align_encode"] = time.perf_counter() - t0
 
         # 3. edit
         empty = backbone.encode_prompt([""])
         target_emb = backbone.encode_prompt([target_prompt])
         uncond = backbone.encode_prompt([settings.guidance_prompt])
-        interval, count = settings.keyframe_interval, settings.keyframe_count
-        asked = req.sets.get("settings", {})
-        if "keyframe_interval" not in asked:  # the pipeline's default on a short clip: one keyframe
-            interval = min(interval, len(face_frames))
-        if "keyframe_count" not in asked:
-            count = min(count, len(face_frames))
-        keys = select_keyframes(len(face_frames), settings.keyframe_method, interval, count, [track[i] for i in face_frames])
+        keys = pick_keyframes(settings, req.sets.get("settings", {}), face_frames, track)
         stage_info: dict[str, Any] = {}
         edited = _run_strategy(settings, comps, backbone, latents, keys, empty, target_emb, uncond, req, timings, stage_info)
 

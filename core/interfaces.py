@@ -174,10 +174,21 @@ class Metric(Component):
 
     kind = "metric"
     higher_is_better: ClassVar[bool] = True
+    #: what the benchmark harness feeds it: ``"edit"`` (source vs edited video), ``"null-edit"``
+    #: (source vs the pipeline's output with the source prompt only: reconstruction), or
+    #: ``"propagation"`` (source face crops vs the crops rebuilt by propagating the keyframes'
+    #: own latents: what a propagator loses, independent of any edit)
+    inputs: ClassVar[str] = "edit"
 
     @abc.abstractmethod
     def compute(self, source: Sequence[np.ndarray] | np.ndarray, edited: Sequence[np.ndarray] | np.ndarray) -> dict[str, Any]:
         """Score ``edited`` against ``source`` (same length, uint8 RGB frames)."""
+
+    def compute_with_context(self, source: Sequence[np.ndarray] | np.ndarray, edited: Sequence[np.ndarray] | np.ndarray,
+                             context: dict[str, Any]) -> dict[str, Any]:
+        """What the harness calls; ``context`` holds ``target_prompt``, ``source_prompt``, ``fps``.
+        Metrics that need the prompts (CLIP scores) override this; the default ignores it."""
+        return self.compute(source, edited)
 
 
 # ----------------------------------------------------------------------------------- diffusion

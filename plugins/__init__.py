@@ -13,4 +13,5 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipfacediff.plugins.editors",
     "ipfacediff.plugins.propagators",
     "ipfacediff.plugins.clip_directional",
+    "ipfacediff.plugins.video_metrics",
 )

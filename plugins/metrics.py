@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -44,6 +46,51 @@ class PSNR(Metric):
         return {"value": float(np.mean(per)), "per_frame": per}
 
 
+_LANDMARKS: "OrderedDict[str, list]" = OrderedDict()
+_EMBEDDINGS: "OrderedDict[str, np.ndarray]" = OrderedDict()
+
+
+def digest(frames: np.ndarray) -> str:
+    """A quick content key of a frame array (a strided sample of its bytes, and its shape)."""
+    flat = np.ascontiguousarray(frames).reshape(-1)
+    return hashlib.sha1(flat[:: max(1, flat.size // 2_000_000)].tobytes() + str(frames.shape).encode()).hexdigest()
+
+
+def _remember(cache: OrderedDict, key: str, value, size: int):
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
+
+
+def source_landmarks(detector, source: np.ndarray) -> list:
+    """Five landmarks of the primary face of every source frame (None without a face), cached per
+    clip: the identity metrics of every job on one clip share one detection pass."""
+    key = f"{digest(source)}|{detector.name}|{detector.params}"
+    if key not in _LANDMARKS:
+        out = []
+        for a in source:
+            dets = detector.detect(a)
+            out.append(dets[0].landmarks if dets and dets[0].landmarks is not None else None)
+        _remember(_LANDMARKS, key, out, 4)
+    return _LANDMARKS[key]
+
+
+def face_embeddings(encoder, frames: np.ndarray, landmarks: list) -> np.ndarray:
+    """Identity embeddings ``[F, D]`` of ``frames`` cropped at ``landmarks`` (frames with a landmark only)."""
+    key = f"{digest(frames)}|{hashlib.sha1(str([None if l is None else l.round(2).tolist() for l in landmarks]).encode()).hexdigest()}|{encoder.name}"
+    if key not in _EMBEDDINGS:
+        crops = [arcface_crop(f, lm) for f, lm in zip(frames, landmarks) if lm is not None]
+        if not crops:
+            return _remember(_EMBEDDINGS, key, np.zeros((0, 1), np.float32), 8)
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            e = torch.cat([encoder.embed(x[i:i + 64]) for i in range(0, len(x), 64)]).cpu().numpy()
+        _remember(_EMBEDDINGS, key, e, 8)
+    return _EMBEDDINGS[key]
+
+
 class IdSimilarity(Metric):
     """Mean cosine between identity embeddings of each edited frame and its source frame."""
 
@@ -71,20 +118,15 @@ class IdSimilarity(Metric):
 
     def compute(self, source, edited) -> dict[str, Any]:
         src, ed = _as_array(source), _as_array(edited)
-        per: list[float | None] = []
-        for a, b in zip(src, ed):
-            dets = self.detector.detect(a)
-            if not dets or dets[0].landmarks is None:
-                per.append(None)
-                continue
-            crops = np.stack([arcface_crop(a, dets[0].landmarks), arcface_crop(b, dets[0].landmarks)])
-            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
-            with torch.no_grad():
-                e = self.encoder.embed(x)
-            per.append(float((e[0] * e[1]).sum()))
+        if src.shape != ed.shape:
+            raise ValueError(f"id-similarity: source {src.shape} and edited {ed.shape} differ")
+        lms = source_landmarks(self.detector, src)
+        es, ee = face_embeddings(self.encoder, src, lms), face_embeddings(self.encoder, ed, lms)
+        if len(es) == 0:
+            return {"value": float("nan"), "per_frame": [None] * len(src), "note": "no face found in any source frame"}
+        cos = iter(np.sum(es * ee, -1).tolist())
+        per = [None if lm is None else float(next(cos)) for lm in lms]
         vals = [v for v in per if v is not None]
-        if not vals:
-            return {"value": float("nan"), "per_frame": per, "note": "no face found in any source frame"}
         return {"value": float(np.mean(vals)), "per_frame": per, "frames_with_face": len(vals)}
 
 

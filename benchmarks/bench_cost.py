@@ -1,0 +1,139 @@
+"""Cost benchmarks (issue 5): how editing cost grows with clip length, what a cached inversion saves,
+and latent-nn (hnswlib) against exact-nn at growing token counts. Prints tables, writes JSON.
+
+    IPFACEDIFF_MODELS=../shared/models .venv/bin/python benchmarks/bench_cost.py [--lengths 40,120,480] [-o benchmarks/results/cost.json]
+
+Edits use the tiny backbone (random UNet, real TAESD) at 64 px with the RetinaFace face processor on
+the synthetic sample clip: UNet evaluations are exact counts and scale as with any backbone; wall
+times are this machine's, dominated by the VAE and detection at this size, so read them as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ipfacediff.catalog import get_catalog
+from ipfacediff.edit import EditRequest, run_edit
+from ipfacediff.registry import load_registry
+from ipfacediff.sample import write_sample_clip
+
+SETS = {"backbone": {"resolution": 64, "vae": "taesd"}, "face_processor": {"verify": "none"}}
+
+
+def edit(clip: Path, pipeline: str, out: Path, steps: int, registry, **kw) -> dict:
+    req = EditRequest(input=clip, prompt="eyeglasses", pipeline=registry.pipeline(pipeline), registry=registry, output=out, backbone="tiny",
+                      steps=steps, sets=SETS, overwrite=True, show_progress=False, **kw)
+    t0 = time.perf_counter()
+    rep = run_edit(req)
+    rep["wall_s"] = time.perf_counter() - t0
+    return rep
+
+
+def length_scaling(lengths: list[int], steps: int, work: Path, console: Console) -> list[dict]:
+    reg = load_registry()
+    rows = []
+    for n in lengths:
+        clip = write_sample_clip(work / f"clip{n}.mp4", n_frames=n, size=128, audio=False)
+        for pipeline in ("ip-facediff", "ip-facediff-fast", "per-frame", "tokenflow"):
+            rep = edit(clip, pipeline, work / f"{pipeline}-{n}.mp4", steps, reg)
+            rows.append({"frames": n, "pipeline": pipeline, "unet_evals_per_frame": rep["unet_evaluations"]["per_output_frame"],
+                         "wall_s": round(rep["wall_s"], 2), "s_per_frame": round(rep["wall_s"] / n, 4), "peak_memory_mb": rep["peak_memory_mb"]})
+            console.print(f"  {n} frames, {pipeline}: {rows[-1]}")
+    table = Table(title=f"editing cost vs clip length (tiny backbone, 64 px, {steps} steps)")
+    for c in ("frames", "pipeline", "UNet evals/frame", "vs tokenflow", "wall s", "s/frame", "wall vs tokenflow"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        tf = next(x for x in rows if x["frames"] == r["frames"] and x["pipeline"] == "tokenflow")
+        r["evals_ratio_vs_tokenflow"] = round(r["unet_evals_per_frame"] / tf["unet_evals_per_frame"], 4)
+        r["wall_ratio_vs_tokenflow"] = round(r["wall_s"] / tf["wall_s"], 4)
+        table.add_row(str(r["frames"]), r["pipeline"], f"{r['unet_evals_per_frame']:.2f}", f"{r['evals_ratio_vs_tokenflow']:.1%}", f"{r['wall_s']:.1f}",
+                      f"{r['s_per_frame']:.3f}", f"{r['wall_ratio_vs_tokenflow']:.1%}")
+    console.print(table)
+    return rows
+
+
+def cached_reedit(steps: int, work: Path, console: Console) -> dict:
+    import os
+
+    reg = load_registry()
+    clip = write_sample_clip(work / "clip-cache.mp4", n_frames=40, size=128, audio=False)
+    os.environ["IPFACEDIFF_CACHE"] = str(work / "inv-cache")
+    first = edit(clip, "per-frame", work / "first.mp4", steps, reg)
+    req = EditRequest(input=clip, prompt="blonde hair", pipeline=reg.pipeline("per-frame"), registry=reg, output=work / "again.mp4", backbone="tiny",
+                      steps=steps, sets=SETS, overwrite=True, show_progress=False)
+    t0 = time.perf_counter()
+    again = run_edit(req)
+    again["wall_s"] = time.perf_counter() - t0
+    res = {"first": {"wall_s": round(first["wall_s"], 2), "unet_evals": first["unet_evaluations"]["total"],
+                     "invert_s": round(first["timings_s"].get("invert", 0), 2)},
+           "re_edit": {"wall_s": round(again["wall_s"], 2), "unet_evals": again["unet_evaluations"]["total"],
+                       "invert_s": round(again["timings_s"].get("invert", 0), 2), "inversion_cached": again.get("inversion_cached")}}
+    table = Table(title=f"re-edit with a cached inversion (per-frame pipeline, 40 frames, {steps} steps)")
+    for c in ("run", "wall s", "UNet evals", "inversion s"):
+        table.add_column(c, justify="right")
+    for k in ("first", "re_edit"):
+        table.add_row(k, f"{res[k]['wall_s']:.1f}", str(res[k]["unet_evals"]), f"{res[k]['invert_s']:.2f}")
+    console.print(table)
+    return res
+
+
+def nn_scaling(console: Console) -> list[dict]:
+    c = get_catalog()
+    rows = []
+    for side in (16, 32, 64, 96):
+        g = torch.Generator().manual_seed(0)
+        src = torch.randn(9, 4, side, side, generator=g).cumsum(0) * 0.3  # frames that drift: neighbours exist but are not identical
+        keys = [0, 8]
+        exact, approx = c.build("propagator", "exact-nn"), c.build("propagator", "latent-nn")
+        t0 = time.perf_counter()
+        ne = exact.nearest(src, keys)
+        te = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        na = approx.nearest(src, keys)
+        ta = time.perf_counter() - t0
+        recall = sum(int((ne[k] == na[k]).sum()) for k in ne) / sum(int(v.numel()) for v in ne.values())
+        rows.append({"tokens_per_frame": side * side, "exact_s": round(te, 3), "hnswlib_s": round(ta, 3), "recall_at_1": round(recall, 4)})
+    table = Table(title="latent-nn (hnswlib) vs exact-nn: 7 non-key frames x 2 keyframes, 3x3 patch features")
+    for col in ("tokens/frame", "exact-nn s", "latent-nn s", "recall@1"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["tokens_per_frame"]), f"{r['exact_s']:.3f}", f"{r['hnswlib_s']:.3f}", f"{r['recall_at_1']:.3f}")
+    console.print(table)
+    return rows
+
+
+def main() -> None:
+    root = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="40,120,480")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ipfacediff-bench-cost"))
+    ap.add_argument("--only", default="length,cache,nn")
+    ap.add_argument("-o", "--output", type=Path, default=root / "results" / "cost.json")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    only = set(args.only.split(","))
+    res: dict = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+                 "date": time.strftime("%Y-%m-%d")}
+    if "nn" in only:
+        res["nn_scaling"] = nn_scaling(console)
+    if "cache" in only:
+        res["cached_reedit"] = cached_reedit(args.steps, args.work, console)
+    if "length" in only:
+        res["length_scaling"] = length_scaling([int(x) for x in args.lengths.split(",")], args.steps, args.work, console)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(res, indent=1))
+    console.print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

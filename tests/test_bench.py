@@ -1,0 +1,206 @@
+"""The benchmark: metrics checked against values computed by hand, the harness end to end on the
+shared videos (tiny backbone, a few frames), resumability, the HTML report in a real headless
+Chromium, and the Ray executor against the local one."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DATA, needs_data, needs_models, run_cli
+
+
+@pytest.fixture(scope="module")
+def metric(catalog):
+    return lambda name, **p: catalog.build("metric", name, p)
+
+
+def _moving_texture(n=6, step=2, size=128, seed=0):
+    """A smooth random texture translated by ``step`` pixels per frame (kept away from 0/255)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(40, 200, (24, 24, 3)).astype(np.float32), (size * 2, size * 2), interpolation=cv2.INTER_CUBIC)
+    base = np.clip(base, 30, 220)
+    return np.stack([base[40:40 + size, 40 + step * t: 40 + step * t + size] for t in range(n)]).astype(np.uint8)
+
+
+def test_warp_error_of_a_known_brightness_flicker(metric):
+    src = _moving_texture()
+    delta = 10
+    ed = src.astype(int)
+    ed[1::2] += delta  # every other frame brighter: each adjacent pair differs by delta after warping
+    ed = ed.astype(np.uint8)
+    w = metric("warp-error").compute(src, ed)
+    want = (delta / 255) ** 2
+    print(f"warp-error: {w['value']:.6f} (by hand {want:.6f}), source alone {w['source_value']:.2e}, valid {w['valid_fraction']:.2f}")
+    assert abs(w["value"] - want) < 0.05 * want
+    assert w["valid_fraction"] > 0.8  # the shift leaves only a border strip occluded
+    same = metric("warp-error").compute(src, src)
+    assert same["value"] == pytest.approx(same["source_value"]) and same["value"] < 0.02 * want
+
+
+def test_flicker_by_hand(metric):
+    src = _moving_texture()
+    ed = src.astype(int)
+    ed[1::2] += 10
+    assert metric("flicker").compute(src, ed.astype(np.uint8))["value"] == pytest.approx(10 / 255)
+    assert metric("flicker").compute(src, src)["value"] == 0.0
+
+
+def test_fidelity_metrics_by_hand(metric):
+    src = _moving_texture(n=3)
+    for name in ("reconstruction", "propagation"):
+        r = metric(name).compute(src, src)
+        assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0)
+    noisy = np.clip(src.astype(int) + 8, 0, 255).astype(np.uint8)  # +8 everywhere: MSE 64
+    r = metric("reconstruction").compute(src, noisy)
+    assert r["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 64), abs=1e-6)
+
+
+def test_clip_metrics_say_na_without_weights(metric):
+    src = _moving_texture(n=2)
+    ctx = {"target_prompt": "a photo of a face, eyeglasses", "source_prompt": "a photo of a face"}
+    for name in ("clip-text", "clip-directional"):
+        for params in ({}, {"model": "tiny"}):
+            r = metric(name, **params).compute_with_context(src, src, ctx)
+            assert np.isnan(r["value"]) and r["note"].startswith("n/a: no CLIP weights")
+
+
+@needs_models
+@needs_data
+def test_identity_metrics_of_identical_videos_are_one(metric):
+    from ipfacediff.video import open_frames
+
+    src = open_frames(DATA / "videos" / "d18.mp4").get([0, 4, 8, 12])
+    tl, tg = metric("tl-id").compute(src, src), metric("tg-id").compute(src, src)
+    assert tl["value"] == pytest.approx(1.0) and tg["value"] == pytest.approx(1.0)
+    assert metric("id-similarity").compute(src, src)["value"] == pytest.approx(1.0, abs=1e-5)
+    # another person's frames in place of the edited ones: lower identity to the source
+    other = open_frames(DATA / "videos" / "d3.mp4").get([0, 4, 8, 12])
+    other = np.stack([cv2.resize(f, (src.shape[2], src.shape[1])) for f in other])
+    assert metric("id-similarity").compute(src, other)["value"] < 0.6
+
+
+FAST = ["--backbone", "tiny", "--steps", "2", "--max-frames", "3", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    cache = tmp_path_factory.mktemp("cache")
+    r = run_cli("bench", "--videos", str(DATA / "videos"), *FAST, "-o", str(out), env={"IPFACEDIFF_CACHE": str(cache), "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    return out, r, cache
+
+
+@needs_models
+@needs_data
+def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
+    out, r, _ = bench_run
+    res = json.loads((out / "results.json").read_text())
+    clips = sorted(p.stem for p in (DATA / "videos").glob("*.mp4"))
+    pipelines = ["ip-facediff", "per-frame", "tokenflow", "sdedit"]
+    assert res["schema"] == "ipfacediff.bench/1"
+    # per clip: 4 edits, 4 null edits, and 1 propagation job (only ip-facediff has a propagator)
+    assert res["jobs"] == len(clips) * 9 and res["jobs_skipped"] == 0
+    edits = [row for row in res["rows"] if row["kind"] == "edit"]
+    assert sorted({row["clip"] for row in edits}) == clips and sorted({row["pipeline"] for row in edits}) == sorted(pipelines)
+    for row in edits:
+        assert row["frames"] == 3 and row["cost"]["unet_evals_per_frame"] > 0 and row["cost"]["peak_memory_mb"] > 0
+        for m in ("id-similarity", "tl-id", "tg-id", "warp-error", "flicker"):
+            assert row["metrics"][m]["value"] is not None, (row["clip"], row["pipeline"], m, row["metrics"][m])
+        assert row["metrics"]["clip-text"]["value"] is None and "n/a" in row["metrics"]["clip-text"]["note"]
+    s = res["summary"]
+    assert s["ip-facediff"]["unet_evals_per_frame"] < s["tokenflow"]["unet_evals_per_frame"]
+    assert s["ip-facediff"]["propagation"] is not None and s["per-frame"]["propagation"] is None
+    assert all(s[p]["reconstruction"] is not None for p in pipelines)
+    # the terminal table: pipelines x metrics, best of a column marked
+    assert "ipfacediff bench" in r.stdout and all(p in r.stdout for p in pipelines) and "*" in r.stdout
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r"<img[^>]+src='([^']+)'", html)
+    assert len(imgs) >= 2 * len(clips) + 1 and all((out / i).is_file() for i in imgs)
+
+
+@needs_models
+@needs_data
+def test_bench_rerun_skips_finished_jobs(bench_run):
+    out, _, cache = bench_run
+    before = json.loads((out / "results.json").read_text())
+    r = run_cli("bench", "--videos", str(DATA / "videos"), *FAST, "-o", str(out), "--json", env={"IPFACEDIFF_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["jobs_skipped"] == again["jobs"] == before["jobs"]
+    assert again["summary"] == before["summary"]
+    print(f"first run {before['seconds']:.1f} s, rerun {again['seconds']:.1f} s")
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("IPFACEDIFF_REQUIRE_BROWSER"):
+        pytest.fail("no Chromium on this machine (CI installs Debian's chromium)")
+    pytest.skip("no Chromium on this machine (apt-get install chromium)")
+
+
+@needs_models
+@needs_data
+def test_report_renders_in_headless_chromium_with_its_images(bench_run, tmp_path):
+    out, _, _ = bench_run
+    browser = _chromium()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+             "--allow-file-access-from-files"]
+    url = (out / "report.html").resolve().as_uri()
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    m = re.search(r'id="image-check" data-images="(\d+)" data-broken="(\d+)"', dom.stdout)
+    assert m, dom.stdout[:500] + dom.stderr[-500:]
+    images, broken = int(m[1]), int(m[2])
+    print(f"Chromium: {images} pictures in the report, {broken} did not load")
+    assert images >= 3 and broken == 0
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,1600", url], capture_output=True, timeout=120)
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[1] == 1280 and img.std() > 10  # something was drawn, not a blank page
+
+
+@needs_models
+@needs_data
+def test_ray_executor_gives_the_local_results(tmp_path):
+    pytest.importorskip("ray")
+    args = ["--videos", str(DATA / "videos" / "d18.mp4"), "--pipelines", "ip-facediff,sdedit", "--metrics", "id-similarity,flicker,propagation", *FAST]
+    env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
+    local = run_cli("bench", *args, "-o", str(tmp_path / "local"), "--json", env=env)
+    assert local.returncode == 0, local.stderr
+    remote = run_cli("bench", *args, "-o", str(tmp_path / "ray"), "--executor", "ray", "--json", env=env)
+    assert remote.returncode == 0, remote.stderr
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert a["jobs"] == b["jobs"] == 3 and b["settings"]["executor"] == "ray"  # 2 edits + ip-facediff's propagation job
+    key = lambda r: (r["clip"], r["pipeline"], r["kind"])  # noqa: E731
+    for ra, rb in zip(sorted(a["rows"], key=key), sorted(b["rows"], key=key)):
+        assert key(ra) == key(rb)
+        for m, v in ra["metrics"].items():
+            # same jobs; Ray's workers run torch on one thread, so floats may differ in the last bits
+            assert v["value"] == pytest.approx(rb["metrics"][m]["value"], rel=1e-3, abs=1e-4), (key(ra), m)
+
+
+def test_bench_bad_requests_one_line_exit_2(tmp_path):
+    bad_prompts = tmp_path / "p.yaml"
+    bad_prompts.write_text("d0: [\n")
+    cases = [
+        (["--videos", str(tmp_path / "none.mp4")], "no such file"),
+        (["--videos", str(tmp_path), "--max-frames", "3"], "holds no videos"),
+        (["--pipelines", "nope"], "unknown pipeline"),
+        (["--metrics", "nope"], "nope"),
+        (["--prompts", str(bad_prompts)], "not valid YAML"),
+        (["--max-frames", "1"], "at least 2 frames"),
+    ]
+    for args, needle in cases:
+        r = run_cli("bench", *args, "-o", str(tmp_path / "out"), env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
+        assert r.returncode == 2, (args, r.stderr)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and needle in lines[0], (needle, r.stderr)
