@@ -237,16 +237,23 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
                       overwrite=overwrite,
                       show_progress=not (ctx.obj["quiet"] or as_json))
     report = run_edit(req)
-    if as_json:
-        _print_json(report)
+    if _json_or_warnings(report, as_json):
         return
-    for w in report["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
     ev = report["unet_evaluations"]
     out.print(f"{report['frames_edited']}/{report['frames']} frames edited, keyframes {report['keyframes']}; "
               f"UNet evaluations {ev['total']} ({ev['per_output_frame']:.1f} per frame: "
               + ", ".join(f"{k} {v}" for k, v in ev["by_stage"].items()) + f"); {report['timings_s']['total']:.1f} s")
     out.print(f"result: [bold]{report['output']}[/]  strip: {report['strip']}  report: {report['report']}")
+
+
+def _json_or_warnings(report: dict, as_json: bool) -> bool:
+    """Print the report as JSON (True: nothing else to print), or its warnings (False)."""
+    if as_json:
+        _print_json(report)
+        return True
+    for w in report["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}")
+    return False
 
 
 @cli.command()
@@ -275,11 +282,8 @@ def finetune(ctx: click.Context, recipe_name: str, data: Path, output: Path, reg
                           sets=parse_set_option(sets), seed=seed, device=device, resume=resume, overwrite=overwrite,
                           show_progress=not (ctx.obj["quiet"] or as_json))
     report = run_finetune(req)
-    if as_json:
-        _print_json(report)
+    if _json_or_warnings(report, as_json):
         return
-    for w in report["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
     out.print(f"{report['steps']} steps on {report['data']['faces']} faces, {report['seconds_per_step']:.2f} s/step; loss terms "
               + ", ".join(f"{k} {report['eval_start'][k]:.4f} -> {v:.4f}" for k, v in report["eval_end"].items()))
     out.print(f"adapter: [bold]{report['output']}[/] (pytorch_lora_weights.safetensors, README.md, losses.png)")

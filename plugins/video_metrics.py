@@ -14,7 +14,7 @@ import torch
 
 import ipfacediff
 from ipfacediff.interfaces import Metric
-from ipfacediff.plugins.metrics import face_embeddings, source_landmarks
+from ipfacediff.plugins.metrics import IdSimilarity, face_embeddings, source_landmarks
 
 
 def _arr(frames) -> np.ndarray:
@@ -29,28 +29,11 @@ def _check(src: np.ndarray, ed: np.ndarray, name: str) -> None:
 
 # ------------------------------------------------------------------------------ identity over time
 
-class _IdentityOverTime(Metric):
+class _IdentityOverTime(IdSimilarity):
+    """Shares ``id-similarity``'s parameters (encoder, detector) and its cached detections."""
+
     higher_is_better = True
     pairs = "adjacent"
-
-    @dataclass
-    class Params:
-        encoder: str = field(default="mobilefacenet", metadata={"help": "identity encoder plugin"})
-        detector: str = field(default="retinaface", metadata={"help": "face processor giving the landmarks (on the source)"})
-
-    def __init__(self, params=None) -> None:
-        super().__init__(params)
-        from ipfacediff.catalog import get_catalog
-
-        c = get_catalog()
-        self.encoder = c.build("identity_encoder", self.params.encoder)
-        self.detector = c.build("face_processor", self.params.detector)
-
-    def to(self, device):  # type: ignore[override]
-        super().to(device)
-        self.encoder.to(device)
-        self.detector.to(device)
-        return self
 
     def embeddings(self, src: np.ndarray, ed: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Identity embeddings of source and edited frames, both cropped with the source's landmarks
