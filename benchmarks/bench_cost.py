@@ -28,9 +28,12 @@ from ipfacediff.sample import write_sample_clip
 SETS = {"backbone": {"resolution": 64, "vae": "taesd"}, "face_processor": {"verify": "none"}}
 
 
-def edit(clip: Path, pipeline: str, out: Path, steps: int, registry, **kw) -> dict:
+def edit(clip: Path, pipeline: str, out: Path, steps: int, registry, cache: bool = False, **kw) -> dict:
+    sets = dict(SETS)
+    if not cache and pipeline != "sdedit":  # no run may reuse another pipeline's cached inversion
+        sets["inverter"] = {"cache": False}
     req = EditRequest(input=clip, prompt="eyeglasses", pipeline=registry.pipeline(pipeline), registry=registry, output=out, backbone="tiny",
-                      steps=steps, sets=SETS, overwrite=True, show_progress=False, **kw)
+                      steps=steps, sets=sets, overwrite=True, show_progress=False, **kw)
     t0 = time.perf_counter()
     rep = run_edit(req)
     rep["wall_s"] = time.perf_counter() - t0
@@ -66,7 +69,7 @@ def cached_reedit(steps: int, work: Path, console: Console) -> dict:
     reg = load_registry()
     clip = write_sample_clip(work / "clip-cache.mp4", n_frames=40, size=128, audio=False)
     os.environ["IPFACEDIFF_CACHE"] = str(work / "inv-cache")
-    first = edit(clip, "per-frame", work / "first.mp4", steps, reg)
+    first = edit(clip, "per-frame", work / "first.mp4", steps, reg, cache=True)
     req = EditRequest(input=clip, prompt="blonde hair", pipeline=reg.pipeline("per-frame"), registry=reg, output=work / "again.mp4", backbone="tiny",
                       steps=steps, sets=SETS, overwrite=True, show_progress=False)
     t0 = time.perf_counter()
@@ -110,13 +113,37 @@ def nn_scaling(console: Console) -> list[dict]:
     return rows
 
 
+def peak_memory(lengths: list[int], steps: int, work: Path, console: Console) -> list[dict]:
+    """Peak memory of an ip-facediff edit per clip length, each in a fresh process (ru_maxrss is a
+    process-wide maximum)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for n in lengths:
+        clip = write_sample_clip(work / f"mem{n}.mp4", n_frames=n, size=128, audio=False)
+        cmd = [sys.executable, "-m", "ipfacediff.cli", "--quiet", "edit", str(clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", str(steps),
+               "--set", "backbone.resolution=64", "--set", "face_processor.verify=none", "--set", "inverter.cache=false",
+               "-o", str(work / f"mem{n}-out.mp4"), "--overwrite", "--json"]
+        rep = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        rows.append({"frames": n, "peak_memory_mb": rep["peak_memory_mb"], "wall_s": rep["timings_s"]["total"]})
+    table = Table(title=f"peak memory of an ip-facediff edit (tiny backbone, 64 px, {steps} steps, one process per run)")
+    for c in ("frames", "peak MB", f"vs {lengths[0]} frames", "wall s"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(str(r["frames"]), f"{r['peak_memory_mb']:.0f}", f"{r['peak_memory_mb'] / rows[0]['peak_memory_mb']:.2f}x", f"{r['wall_s']:.1f}")
+    console.print(table)
+    return rows
+
+
 def main() -> None:
     root = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="40,120,480")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ipfacediff-bench-cost"))
-    ap.add_argument("--only", default="length,cache,nn")
+    ap.add_argument("--only", default="length,cache,nn,memory")
+    ap.add_argument("--memory-lengths", default="100,1000")
     ap.add_argument("-o", "--output", type=Path, default=root / "results" / "cost.json")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -130,7 +157,11 @@ def main() -> None:
         res["cached_reedit"] = cached_reedit(args.steps, args.work, console)
     if "length" in only:
         res["length_scaling"] = length_scaling([int(x) for x in args.lengths.split(",")], args.steps, args.work, console)
+    if "memory" in only:
+        res["peak_memory"] = peak_memory([int(x) for x in args.memory_lengths.split(",")], args.steps, args.work, console)
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.output.is_file() and only != {"length", "cache", "nn", "memory"}:  # a partial run keeps the other sections
+        res = {**json.loads(args.output.read_text()), **res}
     args.output.write_text(json.dumps(res, indent=1))
     console.print(f"wrote {args.output}")
 

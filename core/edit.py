@@ -222,6 +222,8 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
         if slot not in pipeline.components:
             raise ParameterError(f"pipeline {pipeline.name!r} (strategy {settings.strategy}) needs a {slot}")
     device = torch.device(req.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the report's peak is this edit's, not the process's
     torch.manual_seed(req.seed)
 
     comps = {slot: catalog.build(ref.kind, ref.name, _slot_params(ref, req.sets, slot), ref.where).to(device)
