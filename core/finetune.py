@@ -426,6 +426,7 @@ def run_finetune(req: FinetuneRequest) -> dict[str, Any]:
     if not params:
         raise ParameterError(f"lora_targets {settings.lora_targets}: no UNet module matches")
     for p in params.values():
+        p.data = p.data.float()  # LoRA weights train in fp32 even when the base UNet is fp16/bf16 on a GPU
         p.requires_grad_(True)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
