@@ -236,8 +236,6 @@ class _RssPeak:
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job (in this process); returns its row, also written to ``<job dir>/result.json``."""
-    import torch
-
     from .edit import EditRequest, run_edit
     from .registry import load_registry
 
@@ -248,7 +246,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         if row.get("job_id") == job["id"] and row.get("schema") == SCHEMA:
             return row | {"skipped": True}
     job_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     reg = load_registry(job["registry_file"])
     pipeline = reg.pipeline(job["pipeline"])
     t0 = time.perf_counter()

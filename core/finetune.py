@@ -304,7 +304,7 @@ def _fingerprint(recipe: RecipeEntry, settings: RecipeSettings, weights: dict, d
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(work: Path, step: int, unet, adapter: str, optimizer, log: list[dict], fingerprint: str) -> None:
+def _save_checkpoint(work: Path, step: int, unet, adapter: str, optimizer, log: list[dict], fingerprint: str, eval_start: dict) -> None:
     from safetensors.torch import save_file
 
     final = work / "checkpoints" / f"step-{step:07d}"
@@ -313,7 +313,7 @@ def _save_checkpoint(work: Path, step: int, unet, adapter: str, optimizer, log: 
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in _lora_params(unet, adapter).items()}, str(tmp / "lora.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "log": log}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "log": log, "eval_start": eval_start}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted((work / "checkpoints").glob("step-*"))[:-1]:
@@ -489,10 +489,7 @@ def run_finetune(req: FinetuneRequest) -> dict[str, Any]:
             log.append(row)
             bar.advance(description=f"finetune {adapter} " + " ".join(f"{k} {row[k]:.4f}" for k in terms_used if k in row))
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total_steps:
-                _save_checkpoint(work, step + 1, unet, adapter, optimizer, log, fingerprint)
-                state = json.loads((work / "checkpoints" / f"step-{step + 1:07d}" / "state.json").read_text())
-                state["eval_start"] = eval_start
-                (work / "checkpoints" / f"step-{step + 1:07d}" / "state.json").write_text(json.dumps(state))
+                _save_checkpoint(work, step + 1, unet, adapter, optimizer, log, fingerprint, eval_start)
     train_s = time.perf_counter() - t_train
     eval_end = evaluate()
     unet.eval()
