@@ -264,7 +264,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             rep = run_edit(EditRequest(input=Path(job["clip"]), prompt=job["prompt"] or "", pipeline=pipeline, registry=reg, output=out,
                                        backbone=job["backbone"], steps=job["steps"], max_frames=job["max_frames"], sets=sets, seed=job["seed"],
                                        face_processor=job["face_processor"], device=job["device"], overwrite=True, show_progress=False,
-                                       null_edit=job["kind"] == "null-edit"))
+                                       null_edit=job["kind"] == "null-edit", cache=False))
         n = rep["frames"]
         source, edited = _read_frames(job["clip"], n), _read_frames(str(out), n)
         context = {"target_prompt": rep["target_prompt"], "source_prompt": rep["settings"]["source_prompt"], "fps": rep["input"].get("fps")}

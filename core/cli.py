@@ -36,12 +36,19 @@ registry_option = click.option("--registry", "registry_file", type=click.Path(di
 @click.version_option(__version__, prog_name="ipfacediff")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--cache-limit", default=None, metavar="SIZE",
+              help="Bound the cache of finished stages (e.g. 5GB; default $IPFACEDIFF_CACHE_LIMIT or 20GB); least recently used entries go first.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, cache_limit: str | None) -> None:
     """Identity-preserving, text-driven facial video editing (IP-FaceDiff)."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
+    if cache_limit is not None:
+        from .cache import LIMIT_ENV, parse_size
+
+        parse_size(cache_limit)
+        os.environ[LIMIT_ENV] = cache_limit
 
 
 @cli.command()
@@ -221,11 +228,12 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, mps")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--no-cache", is_flag=True, help="Neither reuse nor keep finished stages (face track, latents, inversions, keyframe edits).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None, pipeline_name: str, registry_file: Path | None,
          backbone: str, face_processor: str | None, steps: int, max_frames: int | None, sets: tuple[str, ...], seed: int, device: str,
-         overwrite: bool, as_json: bool) -> None:
+         overwrite: bool, no_cache: bool, as_json: bool) -> None:
     """Edit the face in a video (or image) with a text prompt, keeping who the person is."""
     from .edit import EditRequest, run_edit
     from .params import parse_set_option
@@ -234,7 +242,7 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
     reg = load_registry(registry_file)
     req = EditRequest(input=input_path, prompt=prompt, pipeline=reg.pipeline(pipeline_name), registry=reg, output=output, backbone=backbone,
                       steps=steps, max_frames=max_frames, sets=parse_set_option(sets), seed=seed, face_processor=face_processor, device=device,
-                      overwrite=overwrite,
+                      overwrite=overwrite, cache=not no_cache,
                       show_progress=not (ctx.obj["quiet"] or as_json))
     report = run_edit(req)
     if _json_or_warnings(report, as_json):
@@ -244,6 +252,57 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
               f"UNet evaluations {ev['total']} ({ev['per_output_frame']:.1f} per frame: "
               + ", ".join(f"{k} {v}" for k, v in ev["by_stage"].items()) + f"); {report['timings_s']['total']:.1f} s")
     out.print(f"result: [bold]{report['output']}[/]  strip: {report['strip']}  report: {report['report']}")
+    if report["reused_stages"]:
+        out.print(f"reused from the cache: {', '.join(report['reused_stages'])}")
+
+
+@cli.group()
+def cache() -> None:
+    """List or clear the cache of finished stages (face tracks, latents, inversions, keyframe edits)."""
+
+
+@cache.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cache_list(as_json: bool) -> None:
+    """Disk use of the cache, per category."""
+    import time as _time
+
+    from .cache import CATEGORIES, cache_limit, human, usage
+    from .models import cache_dir
+
+    use = usage()
+    evictable = sum(u["bytes"] for u in use.values() if u["evictable"])
+    if as_json:
+        _print_json({"dir": str(cache_dir()), "limit_bytes": cache_limit(), "evictable_bytes": evictable,
+                     "total_bytes": sum(u["bytes"] for u in use.values()), "categories": use})
+        return
+    table = Table(title=f"ipfacediff cache ({cache_dir()})")
+    for col in ("category", "entries", "size", "last used", "evicted", "holds"):
+        table.add_column(col, justify="right" if col in ("entries", "size") else "left")
+    for cat in CATEGORIES:
+        if cat in use:
+            u = use[cat]
+            table.add_row(cat, str(u["entries"]), human(u["bytes"]), _time.strftime("%Y-%m-%d %H:%M", _time.localtime(u["newest"])),
+                          "yes" if u["evictable"] else "no", u["description"])
+    out.print(table)
+    out.print(f"evictable: {human(evictable)} of a {human(cache_limit())} limit (--cache-limit / $IPFACEDIFF_CACHE_LIMIT)")
+
+
+@cache.command("clear")
+@click.argument("categories", nargs=-1)
+@click.option("--older-than", type=float, default=None, metavar="DAYS", help="Only entries not used for this many days.")
+@click.option("--all", "everything", is_flag=True, help="Also the downloaded models, sample clip, tokenizer and configs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cache_clear(categories: tuple[str, ...], older_than: float | None, everything: bool, as_json: bool) -> None:
+    """Remove cache entries: CATEGORIES (default: every evictable one: tracks, latents, inversions, keyframe-edits, finetune-data)."""
+    from .cache import CATEGORIES, EVICTABLE, clear, human
+
+    cats = tuple(categories) or (tuple(CATEGORIES) if everything else EVICTABLE)
+    res = clear(cats, older_than)
+    if as_json:
+        _print_json({"categories": list(cats), **res})
+        return
+    out.print(f"removed {res['removed']} entries ({human(res['freed'])}) from {', '.join(cats)}")
 
 
 def _json_or_warnings(report: dict, as_json: bool) -> bool:
@@ -331,13 +390,26 @@ def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None
               f"results: [bold]{output / 'results.json'}[/]  report: [bold]{result['report']}[/]")
 
 
+INTERRUPTED = "interrupted: nothing was written under the output name; run the same command again to resume after the finished stages"
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a kill cleans up like Ctrl-C: temporary outputs are removed
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("IPFACEDIFF_DEBUG") == "1"
     try:
+        signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (e.g. called from a test runner thread)
+        pass
+    try:
         cli.main(args=argv, prog_name="ipfacediff", standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("aborted")
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        err.print(INTERRUPTED, soft_wrap=True)
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -349,9 +421,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {exc.one_line()}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        return 130
     return 0
 
 

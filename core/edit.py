@@ -17,6 +17,7 @@ edited keyframes (PNG) and a JSON report beside it. UNet evaluations are counted
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import resource
@@ -38,7 +39,7 @@ from .keyframes import select_keyframes
 from .params import validate_params
 from .progress import progress_bar
 from .registry import PipelineEntry, PipelineSettings, Registry
-from .video import IMAGE_EXTS, VideoWriter, check_output, open_frames
+from .video import IMAGE_EXTS, VideoWriter, check_output, check_size, open_frames
 
 RANDOM_NOTE = "random-weight backbone: shows the mechanics, not a real edit"
 SD_HUB_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4")
@@ -61,6 +62,7 @@ class EditRequest:
     overwrite: bool = False
     show_progress: bool = True
     null_edit: bool = False  # the source prompt only (no edit): what the pipeline does to a face it should keep
+    cache: bool = True  # keep finished stages in the cache (resume, re-edits); False: nothing read or kept
 
 
 def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_progress: bool) -> list[FaceDetection | None]:
@@ -68,7 +70,7 @@ def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_
     raw: list[FaceDetection | None] = []
     previous = None
     with progress_bar("detect", n, show_progress) as bar:
-        for _, chunk in source.iter_chunks(16, n):
+        for _, chunk in source.iter_chunks(source.batch, n):
             for f in chunk:
                 d = pick_primary(processor.detect(f), previous)
                 raw.append(d)
@@ -86,7 +88,7 @@ def align_and_encode(processor: FaceProcessor, backbone: Backbone, source, n: in
     matrices = np.empty((len(face_frames), 2, 3))
     pos = {f: k for k, f in enumerate(face_frames)}
     with progress_bar("align", n, show) as bar:
-        for start, chunk in source.iter_chunks(16, n):
+        for start, chunk in source.iter_chunks(source.batch, n):
             for j, f in enumerate(chunk):
                 i = start + j
                 if i in pos:
@@ -193,7 +195,107 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def track_to_arrays(track: list[FaceDetection | None]) -> dict[str, np.ndarray]:
+    n = len(track)
+    found = np.array([d is not None for d in track], bool)
+    has_lm = np.array([d is not None and d.landmarks is not None for d in track], bool)
+    boxes, scores, lms = np.zeros((n, 4)), np.zeros(n), np.zeros((n, 5, 2))
+    for i, d in enumerate(track):
+        if d is not None:
+            boxes[i], scores[i] = d.box, d.score
+            if d.landmarks is not None:
+                lms[i] = d.landmarks
+    sources = np.array([d.source if d is not None else "" for d in track], dtype=str)
+    return {"found": found, "has_landmarks": has_lm, "boxes": boxes, "scores": scores, "landmarks": lms, "sources": sources}
+
+
+def track_from_arrays(a: dict[str, np.ndarray]) -> list[FaceDetection | None]:
+    return [FaceDetection(a["boxes"][i].copy(), float(a["scores"][i]), a["landmarks"][i].copy() if a["has_landmarks"][i] else None, str(a["sources"][i]))
+            if a["found"][i] else None for i in range(len(a["found"]))]
+
+
+def encode_faces(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
+                 batch_size: int, folder: Path, show: bool) -> None:
+    """Pass 2, streamed: align each face frame at the backbone's resolution, encode the crops in
+    batches and write the latents into ``folder/latents.npy`` (memory-mapped, ``float32 [F, C, h, w]``)
+    and the alignment matrices into ``folder/matrices.npy``. Only one batch of crops is in memory."""
+    r = backbone.resolution
+    pos = {f: k for k, f in enumerate(face_frames)}
+    matrices = np.zeros((len(face_frames), 2, 3))
+    store: dict[str, Any] = {}
+    rows: list[int] = []
+    crops: list[np.ndarray] = []
+
+    def flush() -> None:
+        z = backbone.encode_images(_to_tensor(np.stack(crops))).float().cpu().numpy()
+        if "latents" not in store:
+            store["latents"] = np.lib.format.open_memmap(folder / "latents.npy", mode="w+", dtype=np.float32, shape=(len(face_frames), *z.shape[1:]))
+        store["latents"][rows[0]:rows[0] + len(rows)] = z
+        rows.clear()
+        crops.clear()
+
+    with progress_bar("encode", n, show) as bar:
+        for start, chunk in source.iter_chunks(source.batch, n):
+            for j, f in enumerate(chunk):
+                if start + j in pos:
+                    a = processor.align(f, track[start + j], r)
+                    rows.append(pos[start + j])
+                    crops.append(a.crop)
+                    matrices[pos[start + j]] = a.matrix
+                    if len(rows) == batch_size:
+                        flush()
+            bar.advance(len(chunk))
+    if rows:
+        flush()
+    store["latents"].flush()
+    del store["latents"]
+    np.save(folder / "matrices.npy", matrices)
+
+
+def keyframe_groups(keys: list[int], size: int) -> list[list[int]]:
+    """Keyframes in groups of at most ``size`` edited jointly; each group after the first starts with
+    the previous group's last keyframe (an anchor whose edit is already fixed), so consecutive groups
+    see each other through extended attention."""
+    if len(keys) <= size:
+        return [list(keys)]
+    groups, i = [list(keys[:size])], size
+    while i < len(keys):
+        groups.append([keys[i - 1], *keys[i:i + size - 1]])
+        i += size - 1
+    return groups
+
+
+def chunk_with_borders(rows: list[int], keys: list[int]) -> tuple[list[int], list[int], int]:
+    """For a run of consecutive face rows: the rows to hand the propagator (the nearest keyframe
+    before the run, the run, the nearest keyframe after it), the positions of the keyframes among
+    them, and where the run starts. Every frame of the run sees the same two keyframes it would see
+    in the whole clip, so chunked propagation equals whole-clip propagation."""
+    keyset = set(keys)
+    left = [k for k in keys if k < rows[0]][-1:]
+    right = [k for k in keys if k > rows[-1]][:1]
+    sub = [*left, *rows, *right]
+    return sub, [p for p, r in enumerate(sub) if r in keyset], len(left)
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
 def run_edit(req: EditRequest) -> dict[str, Any]:
+    """Edit ``req.input``. Long clips stream: faces are encoded to a memory-mapped file, keyframes
+    are edited in groups, and propagation, decoding and writing run ``settings.chunk_frames`` frames
+    at a time with the keyframes on both sides of each chunk. Finished stages (face track, latents,
+    inversions, keyframe edits) are kept in the cache (``req.cache``), so an interrupted run resumes
+    after them and a re-edit of the same clip skips detection and encoding."""
+    from .cache import StageCache, input_fingerprint, prune, stage_key
+
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     warnings: list[str] = []
@@ -214,8 +316,12 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     else:
         edits, target_prompt = parse_prompt(req.prompt, settings.source_prompt)
     info_in = open_frames(req.input).info  # validates the input before anything is built
+    check_size(info_in, settings.max_input_side)
     out = req.output or Path.cwd() / (f"{req.input.stem}-edited" + (".png" if info_in.kind == "image" else ".mp4"))
     out = check_output(out, req.overwrite, [req.input])
+    n_in = info_in.n_frames if req.max_frames is None else min(info_in.n_frames, req.max_frames)
+    if out.suffix.lower() in IMAGE_EXTS and n_in != 1:
+        raise InputError(f"{out}: an image output needs a one-frame input; use .mp4 for {n_in} frames")
     needed = {"ip-facediff": ("face_processor", "inverter", "editor", "propagator"), "per-frame": ("face_processor", "inverter", "editor"),
               "sdedit": ("face_processor", "inverter", "editor"), "tokenflow": ("face_processor", "inverter")}[settings.strategy]
     for slot in needed:
@@ -230,6 +336,8 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
              for slot, ref in pipeline.components.items() if slot != "identity_encoder" and not (slot == "face_processor" and req.face_processor)}
     if req.face_processor:
         comps["face_processor"] = catalog.build("face_processor", req.face_processor, req.sets.get("face_processor", {}), "--face-processor").to(device)
+    if not req.cache and hasattr(comps["inverter"].params, "cache"):
+        comps["inverter"].params.cache = False
     processor: FaceProcessor = comps["face_processor"]
     backbone, bw = resolve_backbone(req.backbone, req.sets, req.registry, pipeline.backbone)
     warnings += bw
@@ -237,13 +345,23 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     backbone.unet_evals.clear()
     timings["load_models"] = time.perf_counter() - t_start
 
+    cache = StageCache(enabled=req.cache)
+    reused: list[str] = []
     source = open_frames(req.input)
     info = source.info
     n = len(source) if req.max_frames is None else min(len(source), req.max_frames)
     try:
-        # 1. detect and track
+        # 1. detect and track (cached per clip, processor and smoothing)
         t0 = time.perf_counter()
-        track = detect_track(processor, source, n, settings.landmark_smoothing, req.show_progress)
+        k_track = stage_key(stage="track", input=input_fingerprint(req.input), frames=n, processor=processor.name,
+                            params=asdict(processor.params), smoothing=settings.landmark_smoothing, v=1)
+        cached_track = cache.load_npz("tracks", k_track)
+        if cached_track is not None:
+            track = track_from_arrays(cached_track)
+            reused.append("detect")
+        else:
+            track = detect_track(processor, source, n, settings.landmark_smoothing, req.show_progress)
+            cache.save_npz("tracks", k_track, **track_to_arrays(track))
         face_frames = [i for i, d in enumerate(track) if d is not None]
         timings["detect"] = time.perf_counter() - t0
         if not face_frames:
@@ -252,64 +370,83 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
             warnings.append(f"no face in {n - len(face_frames)} of {n} frames: those frames pass through unedited")
         if len(face_frames) / n < settings.min_face_frames:
             raise NoFaceError(f"a face was found in only {len(face_frames)} of {n} frames of {req.input}")
+        keys = pick_keyframes(settings, req.sets.get("settings", {}), face_frames, track)
 
-        # 2. align and encode
+        # 2. align and encode, streamed to a memory-mapped file (cached per track and backbone)
         t0 = time.perf_counter()
         r = backbone.resolution
-        pos = {f: k for k, f in enumerate(face_frames)}
-        crops, matrices, latents = align_and_encode(processor, backbone, source, n, track, face_frames, settings.batch_size, req.show_progress)
+        k_lat = stage_key(stage="latents", track=k_track, backbone=backbone.identity(), resolution=r, batch=settings.batch_size, v=1)
+        folder = cache.find_dir("latents", k_lat, ("latents.npy", "matrices.npy"))
+        if folder is not None:
+            reused.append("encode")
+        else:
+            tmp = cache.new_dir("latents", k_lat)
+            encode_faces(processor, backbone, source, n, track, face_frames, settings.batch_size, tmp, req.show_progress)
+            folder = cache.commit_dir(tmp, "latents", k_lat)
+        latents = np.load(folder / "latents.npy", mmap_mode="r")
+        matrices = np.load(folder / "matrices.npy")
         timings["align_encode"] = time.perf_counter() - t0
 
-        # 3. edit
-        empty = backbone.encode_prompt([""])
-        target_emb = backbone.encode_prompt([target_prompt])
-        uncond = backbone.encode_prompt([settings.guidance_prompt])
-        keys = pick_keyframes(settings, req.sets.get("settings", {}), face_frames, track)
+        # 3. edit: the strategy's global stage (keyframes), then chunk by chunk
+        embeds = {"empty": backbone.encode_prompt([""]), "target": backbone.encode_prompt([target_prompt]),
+                  "uncond": backbone.encode_prompt([settings.guidance_prompt])}
         stage_info: dict[str, Any] = {}
-        edited = _run_strategy(settings, comps, backbone, latents, keys, empty, target_emb, uncond, req, timings, stage_info)
+        run = _Strategy(settings, comps, backbone, latents, keys, embeds, req, timings, stage_info, cache, reused, face_frames)
+        run.prepare()
 
-        # 4. decode, paste back, write
-        t0 = time.perf_counter()
-        edited_crops = np.empty_like(crops)
-        with progress_bar("decode", len(face_frames), req.show_progress) as bar:
-            for s in range(0, len(face_frames), settings.batch_size):
-                edited_crops[s:s + settings.batch_size] = _to_uint8(backbone.decode_latents(edited[s:s + settings.batch_size]).cpu())
-                bar.advance(min(settings.batch_size, len(face_frames) - s))
-        timings["decode"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        strip_src, strip_edit = [], []
-        key_frames_abs = {face_frames[k] for k in keys}
-        as_image = out.suffix.lower() in IMAGE_EXTS
-        if as_image and n != 1:
-            raise InputError(f"{out}: an image output needs a one-frame input; use .mp4 for {n} frames")
+        # 4. chunk by chunk: edited latents of the chunk's face frames, decode, paste back, write
+        pos = {f: k for k, f in enumerate(face_frames)}
+        strip_src: list[np.ndarray] = []
+        strip_edit: list[np.ndarray] = []
+        strip_keys = {face_frames[k] for k in keys[:8]}
         audio = info.path if info.kind == "video" and info.has_audio else None
-        writer = None if as_image else VideoWriter(out, info.fps_fraction, info.width, info.height, audio_from=audio, overwrite=True)
+        as_image = out.suffix.lower() in IMAGE_EXTS
+        writer = None if as_image else VideoWriter(out, info.fps_fraction, info.width, info.height, audio_from=audio, overwrite=True,
+                                                   timestamps=info.timestamps[:n] if info.variable_frame_rate and len(info.timestamps or []) >= n else None,
+                                                   time_base=info.time_base)
+        chunk = settings.chunk_frames
         try:
-            with progress_bar("write", n, req.show_progress) as bar:
-                for start, chunk in source.iter_chunks(16, n):
-                    result = chunk.copy()
-                    for j, f in enumerate(chunk):
-                        i = start + j
-                        if i in pos:
-                            result[j] = processor.paste_back(f, edited_crops[pos[i]], matrices[pos[i]])
-                        if i in key_frames_abs and len(strip_src) < 8:
-                            strip_src.append(crops[pos[i]])
-                            strip_edit.append(edited_crops[pos[i]])
-                        bar.advance()
-                    if writer is not None:
-                        writer.write(result)
-                    else:
-                        ok, buf = cv2.imencode(out.suffix, cv2.cvtColor(result[0], cv2.COLOR_RGB2BGR))
-                        _write_atomic(out, buf.tobytes())
+            with progress_bar("render", n, req.show_progress) as bar:
+                for a in range(0, n, chunk):
+                    b = min(n, a + chunk)
+                    rows = [pos[i] for i in range(a, b) if i in pos]
+                    edited_crops = None
+                    if rows:
+                        z = run.chunk(rows)
+                        with _Timer(timings, "decode"):
+                            edited_crops = np.concatenate([_to_uint8(backbone.decode_latents(z[s:s + settings.batch_size]).cpu())
+                                                           for s in range(0, len(rows), settings.batch_size)])
+                    with _Timer(timings, "paste_write"):
+                        for s in range(a, b, source.batch):
+                            frames = source.get(list(range(s, min(b, s + source.batch))))
+                            result = frames.copy()
+                            for j, f in enumerate(frames):
+                                i = s + j
+                                if i in pos:
+                                    crop = edited_crops[pos[i] - rows[0]]
+                                    result[j] = processor.paste_back(f, crop, matrices[pos[i]])
+                                    if i in strip_keys:
+                                        strip_src.append(processor.align(f, track[i], r).crop)
+                                        strip_edit.append(crop.copy())  # a view would keep the chunk's array alive
+                            if writer is not None:
+                                writer.write(result)
+                            else:
+                                ok, buf = cv2.imencode(out.suffix, cv2.cvtColor(result[0], cv2.COLOR_RGB2BGR))
+                                _write_atomic(out, buf.tobytes())
+                            bar.advance(len(frames))
             if writer is not None:
                 writer.close()
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        timings["paste_write"] = time.perf_counter() - t0
+        del latents
     finally:
         source.close()
+        cache_report = {"enabled": cache.enabled}
+        if cache.enabled:
+            cache_report.update(prune(protect=cache.used))
+        cache.close()
 
     from .facejob import make_strip
 
@@ -341,6 +478,9 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
         "frames_edited": len(face_frames),
         "frames_passed_through": n - len(face_frames),
         "keyframes": [face_frames[k] for k in keys],
+        "chunks": -(-n // settings.chunk_frames),
+        "reused_stages": reused,
+        "cache": _cache_report(cache_report),
         "unet_evaluations": {"by_stage": evals, "total": total_evals, "per_output_frame": total_evals / n},
         **stage_info,
         "timings_s": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t_start}.items()},
@@ -354,82 +494,153 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     return report
 
 
-def _run_strategy(settings: PipelineSettings, comps: dict[str, Any], backbone: Backbone, latents: torch.Tensor, keys: list[int],
-                  empty: torch.Tensor, target: torch.Tensor, uncond: torch.Tensor, req: EditRequest, timings: dict[str, float],
-                  stage_info: dict[str, Any]) -> torch.Tensor:
-    strategy = settings.strategy
-    steps, bs, show = req.steps, settings.batch_size, req.show_progress
-    inverter, editor = comps["inverter"], comps.get("editor")
+def _cache_report(pruned: dict[str, Any]) -> dict[str, Any]:
+    """The cache's state after the run's pruning: size and limit (bytes and MB), entries evicted."""
+    out: dict[str, Any] = {"enabled": pruned["enabled"]}
+    for k, name in (("bytes", "size"), ("limit", "limit"), ("freed", "freed")):
+        if k in pruned:
+            out[f"{name}_bytes"], out[f"{name}_mb"] = pruned[k], round(pruned[k] / 2 ** 20, 2)
+    if "evicted" in pruned:
+        out["evicted"] = pruned["evicted"]
+    return out
 
-    def invert(lat: torch.Tensor) -> Inversion:
+
+class _Strategy:
+    """How a pipeline's strategy turns source latents into edited latents: :meth:`prepare` runs the
+    clip-wide stage (ip-facediff: invert and edit the keyframes, group by group, cached), :meth:`chunk`
+    the edited latents of a run of consecutive face rows."""
+
+    def __init__(self, settings: PipelineSettings, comps: dict[str, Any], backbone: Backbone, latents: np.ndarray, keys: list[int],
+                 embeds: dict[str, torch.Tensor], req: EditRequest, timings: dict[str, float], stage_info: dict[str, Any], cache, reused: list[str],
+                 face_frames: list[int]):
+        self.face_frames = face_frames
+        self.settings, self.comps, self.backbone, self.latents, self.keys = settings, comps, backbone, latents, keys
+        self.embeds, self.req, self.timings, self.stage_info, self.cache, self.reused = embeds, req, timings, stage_info, cache, reused
+        self.keyset = set(keys)
+        self.edited_keys: dict[int, torch.Tensor] = {}
+        self.inversions_cached: list[bool] = []
+
+    def rows(self, rows: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.latents[rows]))
+
+    def invert(self, lat: torch.Tensor) -> Inversion:
         """Invert ``lat`` with eps1 (the identity adapter), timed and reported."""
-        t0 = time.perf_counter()
-        backbone.set_adapter("identity")
-        with progress_bar("invert", lat.shape[0], show) as bar:
-            inv = inverter.invert(backbone, lat, empty, steps, req.seed)
-            bar.advance(lat.shape[0])
-        stage_info["inversion_cached"] = bool(inv.extras.get("cached"))
-        timings["invert"] = time.perf_counter() - t0
+        with _Timer(self.timings, "invert"):
+            self.backbone.set_adapter("identity")
+            inv = self.comps["inverter"].invert(self.backbone, lat, self.embeds["empty"], self.req.steps, self.req.seed)
+            self.inversions_cached.append(bool(inv.extras.get("cached")))
+            if inv.extras.get("cache_file"):
+                self.cache.used.add(Path(inv.extras["cache_file"]))  # this run's: not evicted by its own pruning
+            self.stage_info["inversion_cached"] = all(self.inversions_cached)
         return inv
 
-    if strategy == "ip-facediff":
-        inv = invert(latents[keys])
-        t0 = time.perf_counter()
-        with progress_bar("edit keys", len(keys), show) as bar:
-            edited_keys = editor.edit(backbone, inv, target, uncond, empty).cpu()
-            bar.advance(len(keys))
-        timings["edit_keyframes"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        source = latents
-        if settings.propagation_source == "eps1":
-            from .diffusion import decoder_token_features
+    def prepare(self) -> None:
+        if self.settings.strategy != "ip-facediff":
+            return
+        from .cache import stage_key
+        from .diffusion import hash_tensor
 
-            backbone.set_adapter("identity")
-            with progress_bar("features", latents.shape[0], show) as bar:
-                source = decoder_token_features(backbone, latents, settings.propagation_timestep, empty, req.seed, bs)
-                bar.advance(latents.shape[0])
-            backbone.set_adapter(None)
-        with progress_bar("propagate", latents.shape[0], show) as bar:
-            out = comps["propagator"].propagate(source, keys, edited_keys)
-            bar.advance(latents.shape[0])
-        if settings.refine_steps > 0:
-            others = [i for i in range(latents.shape[0]) if i not in keys]
-            for s in range(0, len(others), bs):
-                rows = others[s:s + bs]
-                out[rows] = _refine(backbone, out[rows], target, uncond, settings, editor, req.seed + s)
-        timings["propagate"] = time.perf_counter() - t0
-        return out
-    if strategy in ("per-frame", "sdedit"):
-        inv = invert(latents)
-        t0 = time.perf_counter()
-        outs = []
-        with progress_bar("edit", latents.shape[0], show) as bar:
-            for s in range(0, latents.shape[0], bs):
-                rows = list(range(s, min(latents.shape[0], s + bs)))
-                outs.append(editor.edit(backbone, inv.select(rows), target, uncond, empty).cpu())
-                bar.advance(len(rows))
-        timings["edit_frames"] = time.perf_counter() - t0
-        return torch.cat(outs)
-    if strategy == "tokenflow":
-        inv = invert(latents)
-        t0 = time.perf_counter()
-        guidance = getattr(editor.params, "guidance_scale", 7.5) if editor is not None else 7.5
-        out = tokenflow_denoise(backbone, inv, keys, target, uncond, guidance, show)
-        timings["denoise_all"] = time.perf_counter() - t0
-        return out
-    raise ParameterError(f"unknown strategy {strategy!r}")
+        editor, inverter, e = self.comps["editor"], self.comps["inverter"], self.embeds
+        groups = keyframe_groups(self.keys, self.settings.keyframe_group)
+        self.stage_info["keyframe_groups"] = len(groups)
+        loaded = 0
+        with progress_bar("keyframes", len(self.keys), self.req.show_progress) as bar:
+            for g in groups:
+                lat = self.rows(g)
+                key = stage_key(stage="keyframe-edit", latents=hash_tensor(lat), embeds={k: hash_tensor(v) for k, v in e.items()},
+                                editor=[editor.name, asdict(editor.params)], inverter=[inverter.name, {k: v for k, v in asdict(inverter.params).items() if k != "cache"}],
+                                backbone=self.backbone.identity(), adapters=self.backbone.adapters, steps=self.req.steps, seed=self.req.seed, v=1)
+                edited = self.cache.load_tensor("keyframe-edits", key)
+                if edited is not None:
+                    loaded += 1
+                else:
+                    inv = self.invert(lat)
+                    with _Timer(self.timings, "edit_keyframes"):
+                        edited = editor.edit(self.backbone, inv, e["target"], e["uncond"], e["empty"]).float().cpu()
+                    self.cache.save_tensor("keyframe-edits", key, edited)
+                for row, value in zip(g, edited):
+                    self.edited_keys.setdefault(row, value)  # an anchor keeps its first group's edit
+                bar.advance(len(g) if g is groups[0] else len(g) - 1)
+        if loaded == len(groups):
+            self.reused.append("keyframe_edit")
+        with _Timer(self.timings, "propagate"):
+            self.stats = self._key_stats()
+
+    def _features(self, rows: list[int]) -> torch.Tensor:
+        lat = self.rows(rows)
+        if self.settings.propagation_source != "eps1":
+            return lat
+        from .diffusion import decoder_token_features
+
+        self.backbone.set_adapter("identity")
+        try:
+            return decoder_token_features(self.backbone, lat, self.settings.propagation_timestep, self.embeds["empty"], self.req.seed,
+                                          self.settings.batch_size)
+        finally:
+            self.backbone.set_adapter(None)
+
+    def _key_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the keyframes' token features: one normalisation for every
+        chunk, so chunked propagation equals whole-clip propagation."""
+        total, total_sq, count = None, None, 0
+        bs = self.settings.batch_size
+        for s in range(0, len(self.keys), bs):
+            f = self._features(self.keys[s:s + bs]).double()
+            total = f.sum(dim=(0, 2, 3)) + (0 if total is None else total)
+            total_sq = (f * f).sum(dim=(0, 2, 3)) + (0 if total_sq is None else total_sq)
+            count += f.shape[0] * f.shape[2] * f.shape[3]
+        mean = total / count
+        var = (total_sq - count * mean * mean) / max(count - 1, 1)
+        return mean.float(), var.clamp_min(0).sqrt().float()
+
+    def chunk(self, rows: list[int]) -> torch.Tensor:
+        strategy, e, bs = self.settings.strategy, self.embeds, self.settings.batch_size
+        editor = self.comps.get("editor")
+        if strategy == "ip-facediff":
+            with _Timer(self.timings, "propagate"):
+                sub, sub_keys, first = chunk_with_borders(rows, self.keys)  # the keyframes on both sides take part
+                prop = self.comps["propagator"]
+                accepts = inspect.signature(prop.propagate).parameters
+                kwargs = {k: v for k, v in (("stats", self.stats), ("frames", [self.face_frames[r] for r in sub])) if k in accepts}
+                out = prop.propagate(self._features(sub), sub_keys, torch.stack([self.edited_keys[sub[p]] for p in sub_keys]), **kwargs)
+                out = out[first:first + len(rows)].float()
+                if self.settings.refine_steps > 0:
+                    others = [p for p, r in enumerate(rows) if r not in self.keyset]
+                    for s in range(0, len(others), bs):
+                        ps = others[s:s + bs]
+                        out[ps] = _refine(self.backbone, out[ps], e["target"], e["uncond"], self.settings, editor,
+                                          [self.req.seed + rows[p] for p in ps])
+            return out
+        inv = self.invert(self.rows(rows))
+        if strategy in ("per-frame", "sdedit"):
+            outs = []
+            with _Timer(self.timings, "edit_frames"):
+                for s in range(0, len(rows), bs):
+                    sel = list(range(s, min(len(rows), s + bs)))
+                    outs.append(editor.edit(self.backbone, inv.select(sel), e["target"], e["uncond"], e["empty"]).float().cpu())
+            return torch.cat(outs)
+        if strategy == "tokenflow":
+            # TokenFlow denoises the frames of one chunk together (how its users split long clips);
+            # its keyframes are the clip's keyframes inside the chunk
+            local = [p for p, r in enumerate(rows) if r in self.keyset] or [len(rows) // 2]
+            guidance = getattr(editor.params, "guidance_scale", 7.5) if editor is not None else 7.5
+            with _Timer(self.timings, "denoise_all"):
+                return tokenflow_denoise(self.backbone, inv, local, e["target"], e["uncond"], guidance, False).float()
+        raise ParameterError(f"unknown strategy {strategy!r}")
 
 
-def _refine(backbone: Backbone, x0: torch.Tensor, target: torch.Tensor, uncond: torch.Tensor, settings: PipelineSettings, editor, seed: int) -> torch.Tensor:
-    """A few low-noise denoising steps (eps2, target prompt, CFG) on propagated latents."""
+def _refine(backbone: Backbone, x0: torch.Tensor, target: torch.Tensor, uncond: torch.Tensor, settings: PipelineSettings, editor,
+            seeds: list[int]) -> torch.Tensor:
+    """A few low-noise denoising steps (eps2, target prompt, CFG) on propagated latents; each row's
+    noise comes from its own seed (so the result does not depend on how frames are chunked)."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler.from_config(backbone.scheduler_config)
     total = max(settings.refine_steps, round(settings.refine_steps / max(settings.refine_strength, 1e-3)))
     sched.set_timesteps(total)
     ts = [int(t) for t in sched.timesteps][-settings.refine_steps:]
-    g = torch.Generator().manual_seed(seed)
-    x = sched.add_noise(x0.float(), torch.randn(x0.shape, generator=g), torch.tensor([ts[0]])).to(backbone.device)
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+    x = sched.add_noise(x0.float(), noise, torch.tensor([ts[0]])).to(backbone.device)
     guidance = getattr(editor.params, "guidance_scale", 7.5)
     backbone.set_adapter("edit")
     k = x.shape[0]

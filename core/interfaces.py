@@ -323,6 +323,15 @@ class Propagator(Component):
     * ``key_indices``: K sorted frame indices into ``source``;
     * ``edited_keys``: ``[K, C2, h, w]`` the edited values at the keyframes.
 
+    * ``stats`` (optional keyword): per-channel ``(mean, std)`` ``[C]`` of the source features over the
+      whole clip. The edit streams long clips in chunks and calls ``propagate`` once per chunk with
+      the keyframes on both sides of it; a propagator that normalises its features should use
+      ``stats`` (not the chunk's own) so that chunked and whole-clip results agree. Propagators
+      whose ``propagate`` has no ``stats`` parameter are called without it.
+    * ``frames`` (optional keyword): the clip frame index of each ``source`` row (a chunk's rows are
+      not evenly spaced: its border keyframes lie further away), for temporal weights; ``None``
+      means ``0 .. T-1``. Passed only to a ``propagate`` that has the parameter.
+
     Returns ``[T, C2, h, w]``; rows at ``key_indices`` equal ``edited_keys``.
     """
 

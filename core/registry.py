@@ -59,6 +59,9 @@ class PipelineSettings:
     refine_steps: int = field(default=0, metadata={"range": (0, 50), "help": "low-noise denoising steps on propagated frames (0: none)"})
     refine_strength: float = field(default=0.2, metadata={"range": (0.0, 1.0), "help": "noise level of the refinement, fraction of the schedule"})
     batch_size: int = field(default=8, metadata={"range": (1, 1024), "help": "frames per VAE / UNet batch outside joint keyframe editing"})
+    max_input_side: int = field(default=8192, metadata={"range": (64, 65536), "help": "inputs larger than this on the longest side are refused (8K UHD fits)"})
+    chunk_frames: int = field(default=64, metadata={"range": (1, None), "help": "frames propagated, decoded and written per chunk (memory is bounded by this, not the clip length)"})
+    keyframe_group: int = field(default=16, metadata={"range": (2, 1024), "help": "keyframes edited jointly at most; longer clips edit groups that share one keyframe with the previous group"})
 
 
 @dataclass

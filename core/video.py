@@ -35,10 +35,16 @@ class VideoInfo:
     height: int
     has_audio: bool
     fps_fraction: Fraction = Fraction(25)
+    rotation: int = 0  # the display rotation of the file (frames are read upright, ``width``/``height`` as displayed)
+    variable_frame_rate: bool = False
+    timestamps: list[int] | None = None  # variable frame rate: presentation time of each frame, in ``time_base``
+    time_base: Fraction | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["fps_fraction"] = str(self.fps_fraction)
+        d["time_base"] = str(self.time_base) if self.time_base is not None else None
+        d.pop("timestamps")
         return d
 
 
@@ -53,6 +59,11 @@ class FrameSource:
     def get(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` as ``uint8 [B, H, W, 3]``."""
         raise NotImplementedError
+
+    @property
+    def batch(self) -> int:
+        """Frames per read that keep a read batch near 256 MB (16 at HD, 2 at 8K)."""
+        return max(1, min(16, (256 << 20) // max(1, self.info.width * self.info.height * 3)))
 
     def iter_chunks(self, chunk_size: int = 16, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_index, frames[B, H, W, 3])`` over the first ``max_frames`` frames."""
@@ -130,6 +141,8 @@ def probe(path: str | Path) -> VideoInfo:
             raise InputError(f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
         first = read_image(files[0])
         return VideoInfo(str(p), "images", len(files), 25.0, first.shape[1], first.shape[0], False)
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file (a video, an image or a folder of images is needed)")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty")
     if p.suffix.lower() in IMAGE_EXTS:
@@ -147,12 +160,32 @@ def probe(path: str | Path) -> VideoInfo:
             n = vs.frames or 0
             if n == 0 and vs.duration and vs.time_base:
                 n = int(round(float(vs.duration * vs.time_base * rate)))
-            return VideoInfo(str(p), "video", n, float(rate), vs.codec_context.width, vs.codec_context.height,
-                             bool(container.streams.audio), Fraction(rate).limit_denominator(100000))
+            width, height = vs.codec_context.width, vs.codec_context.height
+            pts = sorted(pkt.pts for pkt in container.demux(vs) if pkt.pts is not None and pkt.size)  # no decoding
+            steps = np.diff(pts) if len(pts) > 2 else np.zeros(1)
+            vfr = bool(steps.size and steps.max() - steps.min() > max(1, 0.02 * float(np.median(steps))))
+            container.seek(0)
+            rotation = 0
+            for frame in container.decode(vs):  # the display matrix is side data of the decoded frames
+                rotation = int(round(frame.rotation or 0)) % 360
+                break
+            if rotation in (90, 270):
+                width, height = height, width  # decord returns frames upright (rotated as displayed)
+            return VideoInfo(str(p), "video", n, float(rate), width, height, bool(container.streams.audio), Fraction(rate).limit_denominator(100000),
+                             rotation, vfr, [int(t) for t in pts] if vfr else None, vs.time_base)
     except InputError:
         raise
+    except av.error.EOFError as exc:
+        raise InputError(f"{p}: no video frames could be read (the file ends before its first frame: an empty or cut-short video)") from exc
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise InputError(f"{p}: not a readable video or image ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def check_size(info: VideoInfo, max_side: int) -> None:
+    """Refuse frames larger than ``max_side`` on their longest side (memory per frame), naming the limit."""
+    if max(info.width, info.height) > max_side:
+        raise InputError(f"{info.path}: frames are {info.width}x{info.height}, larger than the {max_side} px limit on the longest side "
+                         f"(--set settings.max_input_side=N raises it; or downscale first, e.g. ffmpeg -i IN -vf scale=-2:2160 OUT)")
 
 
 def open_frames(path: str | Path) -> FrameSource:
@@ -189,7 +222,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: float | Fraction, width: int, height: int, audio_from: str | Path | None = None,
-                 codec: str = "libx264", crf: int = 18, overwrite: bool = False):
+                 codec: str = "libx264", crf: int = 18, overwrite: bool = False, timestamps: list[int] | None = None,
+                 time_base: Fraction | None = None):
         import av
 
         self.path = check_output(path, overwrite, [audio_from] if audio_from else [])
@@ -207,6 +241,10 @@ class VideoWriter:
         if codec == "libx264":
             self._stream.options = {"crf": str(crf), "preset": "medium"}
         self._stream.codec_context.time_base = Fraction(1) / self.rate
+        # variable frame rate: each frame keeps its input presentation time
+        self.timestamps = [t - timestamps[0] for t in timestamps] if timestamps else None
+        if self.timestamps is not None:
+            self._stream.time_base = self._stream.codec_context.time_base = time_base
         self.n_written = 0
         self._closed = False
 
@@ -221,7 +259,7 @@ class VideoWriter:
             raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
         for f in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            vf.pts = self.n_written
+            vf.pts = self.timestamps[self.n_written] if self.timestamps is not None else self.n_written
             vf.time_base = self._stream.codec_context.time_base
             for pkt in self._stream.encode(vf):
                 self._container.mux(pkt)

@@ -44,6 +44,7 @@ class DDIMInversion(Inverter):
         if self.params.cache and path.is_file():
             try:
                 data = torch.load(path, map_location="cpu", weights_only=True)
+                os.utime(path)  # last use, for the cache's least-recently-used eviction
                 return Inversion(data["timesteps"], list(data["trajectory"].unbind(0)), data["denoise_timesteps"], {"cached": True, "cache_file": str(path), "steps": steps})
             except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
                 path.unlink(missing_ok=True)
@@ -66,7 +67,7 @@ class DDIMInversion(Inverter):
         result = Inversion(timesteps, trajectory, _timesteps(backbone, steps), {"cached": False, "steps": steps})
         if self.params.cache:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
             os.close(fd)
             torch.save({"timesteps": timesteps, "denoise_timesteps": result.denoise_timesteps, "trajectory": torch.stack(trajectory)}, tmp)
             os.replace(tmp, path)  # atomic: concurrent runs never see a partial file

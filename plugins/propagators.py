@@ -21,12 +21,16 @@ import ipfacediff
 from ipfacediff.interfaces import Propagator
 
 
-def token_features(source: torch.Tensor, patch: int, pos_weight: float) -> torch.Tensor:
-    """``[T, C, h, w]`` -> ``[T, h*w, D]``: per-token neighbourhood patches (standardised) plus
-    ``pos_weight`` x normalised (x, y)."""
+def token_features(source: torch.Tensor, patch: int, pos_weight: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``[T, C, h, w]`` -> ``[T, h*w, D]``: per-token neighbourhood patches (standardised per channel
+    by ``stats`` = (mean, std) ``[C]``, or by ``source``'s own) plus ``pos_weight`` x normalised (x, y)."""
     t, c, h, w = source.shape
     x = source.float()
-    x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.std(dim=(0, 2, 3), keepdim=True) + 1e-6)
+    if stats is None:
+        mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)
+    else:
+        mean, std = (s.float().view(1, c, 1, 1) for s in stats)
+    x = (x - mean) / (std + 1e-6)
     if patch > 1:
         x = F.unfold(F.pad(x, [patch // 2] * 4, mode="replicate"), patch).view(t, c * patch * patch, h, w) / patch
     feats = x.flatten(2).transpose(1, 2)  # [T, hw, D]
@@ -59,21 +63,24 @@ class _NNPropagator(Propagator):
         pos_weight: float = field(default=0.3, metadata={"range": (0.0, 10.0), "help": "weight of the token position in matching"})
         keyframes: Literal["two-nearest", "nearest"] = field(default="two-nearest", metadata={"help": "blend the keyframes on both sides, or copy from the nearest"})
 
-    def _features(self, source: torch.Tensor) -> torch.Tensor:
+    def _features(self, source: torch.Tensor, stats=None) -> torch.Tensor:
         p = self.params
-        return token_features(source, p.patch if p.features == "patch" else 1, p.pos_weight)
+        return token_features(source, p.patch if p.features == "patch" else 1, p.pos_weight, stats)
 
     def match(self, feats: torch.Tensor, key_row: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def propagate(self, source: torch.Tensor, key_indices: Sequence[int], edited_keys: torch.Tensor) -> torch.Tensor:
+    def propagate(self, source: torch.Tensor, key_indices: Sequence[int], edited_keys: torch.Tensor,
+                  stats: tuple[torch.Tensor, torch.Tensor] | None = None, frames: Sequence[int] | None = None) -> torch.Tensor:
         keys = list(key_indices)
+        at = list(frames) if frames is not None else list(range(source.shape[0]))  # time of each row
+        key_times = [at[k] for k in keys]
         t = source.shape[0]
         k, c2, h, w = edited_keys.shape
         if source.shape[-2:] != (h, w) or source.shape[0] <= max(keys, default=-1):
             raise ValueError(f"{self.name}: source features {tuple(source.shape)} do not fit edited keyframes {tuple(edited_keys.shape)} "
                              f"at frames {keys}")
-        feats = self._features(source)
+        feats = self._features(source, stats)
         self._prepare(feats, keys)
         values = edited_keys.flatten(2).transpose(1, 2)  # [K, hw, C2]
         out = torch.empty((t, h * w, c2), dtype=edited_keys.dtype)
@@ -82,7 +89,7 @@ class _NNPropagator(Propagator):
                 out[i] = values[keys.index(i)]
                 continue
             acc = 0.0
-            for j, wgt in neighbour_keys(i, keys, self.params.keyframes):
+            for j, wgt in neighbour_keys(at[i], key_times, self.params.keyframes):
                 idx = self.match(feats[i], j)
                 acc = acc + wgt * values[j][idx]
             out[i] = acc

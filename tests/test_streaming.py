@@ -1,0 +1,219 @@
+"""Long clips: chunked propagation with keyframes across chunk borders, keyframe groups, bounded
+memory; interrupted runs that resume; the shared cache (concurrent runs, limit, list, clear)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import needs_models, run_cli
+from ipfacediff.video import open_frames
+
+pytestmark = needs_models
+EXE = str(Path(sys.executable).parent / "ipfacediff")
+FAST = ["--backbone", "tiny", "--steps", "3", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    from ipfacediff.sample import write_sample_clip
+
+    return write_sample_clip(tmp_path_factory.mktemp("long") / "long.mp4", n_frames=120, size=128, audio=True)
+
+
+def _frames(path: Path) -> np.ndarray:
+    src = open_frames(path)
+    try:
+        return src.get(list(range(len(src))))
+    finally:
+        src.close()
+
+
+def test_keyframe_groups_share_an_anchor():
+    from ipfacediff.edit import keyframe_groups
+
+    keys = list(range(0, 200, 8))
+    groups = keyframe_groups(keys, 10)
+    assert groups[0] == keys[:10] and all(2 <= len(g) <= 10 for g in groups)
+    assert all(b[0] == a[-1] for a, b in zip(groups, groups[1:]))  # each group starts at the previous group's last keyframe
+    assert sorted({k for g in groups for k in g}) == keys
+    assert keyframe_groups(keys[:5], 16) == [keys[:5]]
+
+
+@pytest.mark.parametrize("name", ["exact-nn", "latent-nn"])
+def test_chunked_propagation_equals_whole_clip_propagation(catalog, name):
+    from ipfacediff.edit import chunk_with_borders
+
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(1, 4, 16, 16, generator=g) + 0.15 * torch.randn(41, 4, 16, 16, generator=g).cumsum(0)
+    keys = list(range(0, 41, 6))
+    edited = torch.randn(len(keys), 4, 16, 16, generator=g)
+    stats = (src[keys].mean(dim=(0, 2, 3)), src[keys].std(dim=(0, 2, 3)))
+    prop = catalog.build("propagator", name)
+    whole = prop.propagate(src, keys, edited, stats=stats)
+    for chunk in (1, 5, 7, 13, 41):
+        parts = []
+        for a in range(0, 41, chunk):
+            rows = list(range(a, min(41, a + chunk)))
+            sub, sub_keys, first = chunk_with_borders(rows, keys)
+            assert all(sub[p] in keys for p in sub_keys) and sub[first:first + len(rows)] == rows
+            out = prop.propagate(src[sub], sub_keys, edited[[keys.index(sub[p]) for p in sub_keys]], stats=stats, frames=sub)
+            parts.append(out[first:first + len(rows)])
+        assert torch.equal(torch.cat(parts), whole), chunk
+
+
+def _edit(clip: Path, out: Path, *extra: str, cache: Path | None = None) -> dict:
+    env = {"IPFACEDIFF_CACHE": str(cache)} if cache else {}
+    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(out), "--json", *extra, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _border_jumps(src: np.ndarray, out: np.ndarray, borders: list[int]) -> tuple[float, float]:
+    """Mean change of the edit (output - source) from frame i-1 to i, at chunk borders and inside."""
+    d = out.astype(float) - src.astype(float)
+    step = np.abs(np.diff(d, axis=0)).mean(axis=(1, 2, 3))  # step[i-1]: frame i-1 -> i
+    at = [step[b - 1] for b in borders]
+    inside = [step[i - 1] for i in range(1, len(out)) if i not in borders]
+    return float(np.mean(at)), float(np.mean(inside))
+
+
+def test_chunked_edit_has_no_jump_at_chunk_borders(long_clip, tmp_path):
+    n = 60
+    common = ["--max-frames", str(n), "--no-cache", "--set", "settings.keyframe_group=3"]
+    whole = _edit(long_clip, tmp_path / "whole.mp4", *common, "--set", f"settings.chunk_frames={n}")
+    chunked = _edit(long_clip, tmp_path / "chunked.mp4", *common, "--set", "settings.chunk_frames=11")
+    assert whole["chunks"] == 1 and chunked["chunks"] == 6 and chunked["keyframe_groups"] == 4
+    assert chunked["unet_evaluations"] == whole["unet_evaluations"]
+    src, a, b = _frames(long_clip)[:n], _frames(tmp_path / "whole.mp4"), _frames(tmp_path / "chunked.mp4")
+    diff = np.abs(a.astype(int) - b.astype(int))
+    print(f"chunked vs whole clip: mean abs diff {diff.mean():.4f}, max {diff.max()}")
+    assert diff.mean() < 0.05  # the same latents; only VAE batch composition differs
+    borders = list(range(11, n, 11))
+    at, inside = _border_jumps(src, b, borders)
+    print(f"edit change per frame: at chunk borders {at:.3f}, inside chunks {inside:.3f}")
+    assert at < 1.5 * inside
+
+
+def test_memory_does_not_grow_with_clip_length(tmp_path):
+    """Peak traced memory (Python objects and numpy arrays: frames, crops, latents read back, decoded
+    crops) of a 128- and a 384-frame edit (64-frame chunks). Held for the whole clip, the per-frame arrays would add
+    ~30 KB per frame here (64 px crops, 128 px frames); streamed, only the chunk's are alive."""
+    import tracemalloc
+
+    from ipfacediff.edit import EditRequest, run_edit
+    from ipfacediff.registry import load_registry
+    from ipfacediff.sample import write_sample_clip
+
+    reg = load_registry()
+    peaks = {}
+    for n in (16, 128, 384):  # the first run warms up imports and caches: not compared
+        clip = write_sample_clip(tmp_path / f"m{n}.mp4", n_frames=n, size=128, audio=False)
+        req = EditRequest(input=clip, prompt="eyeglasses", pipeline=reg.pipeline("ip-facediff"), registry=reg, output=tmp_path / f"o{n}.mp4",
+                          backbone="tiny", steps=2, sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 16}},
+                          face_processor="full-frame", show_progress=False, cache=False)
+        tracemalloc.start()
+        try:
+            rep = run_edit(req)
+            peaks[n] = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        finally:
+            tracemalloc.stop()
+        print(f"{n} frames: traced peak {peaks[n]:.1f} MB, {rep['chunks']} chunks, {rep['keyframe_groups']} keyframe groups, "
+              f"{rep['timings_s']['total']:.1f} s")
+    growth = peaks[384] - peaks[128]
+    print(f"growth 128 -> 384 frames: {growth:.2f} MB ({growth / 256 * 1024:.1f} KB per frame)")
+    assert growth < 1.0, peaks  # held in RAM, 256 more frames would add ~8 MB; streamed ~0.5 KB per frame (the face track)
+
+
+def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    t0 = time.time()
+    while not list(folder.glob(pattern)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupted_edit_leaves_nothing_and_resumes_after_finished_stages(sig, long_clip, tmp_path):
+    cache = tmp_path / "cache"
+    out_dir = tmp_path / "out"
+    cmd = [EXE, "--quiet", "edit", str(long_clip), "-p", "eyeglasses", *FAST, "--set", "settings.chunk_frames=8", "-o", str(out_dir / "e.mp4"), "--json"]
+    env = {**os.environ, "IPFACEDIFF_CACHE": str(cache)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(cache / "keyframe-edits", "*.pt", proc)  # keyframes edited: interrupt while rendering
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: nothing was written under the output name"), stderr
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []  # no output, no temporary file
+
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["reused_stages"] == ["detect", "encode", "keyframe_edit"]
+    assert not {"inversion", "keyframe-edit", "feature"} & set(rep["unet_evaluations"]["by_stage"])
+    if sig == signal.SIGINT:  # the resumed result is the uninterrupted one
+        ref = _edit(long_clip, tmp_path / "ref.mp4", "--set", "settings.chunk_frames=8", "--no-cache")
+        assert ref["reused_stages"] == [] and ref["unet_evaluations"]["total"] > rep["unet_evaluations"]["total"]
+        assert np.array_equal(_frames(out_dir / "e.mp4"), _frames(tmp_path / "ref.mp4"))
+
+
+def test_two_runs_at_once_share_the_cache_without_corrupting_it(long_clip, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "IPFACEDIFF_CACHE": str(cache)}
+
+    def cmd(name: str) -> list[str]:
+        return [EXE, "--quiet", "edit", str(long_clip), "-p", "eyeglasses", *FAST, "--max-frames", "48", "-o", str(tmp_path / f"{name}.mp4"), "--json"]
+
+    procs = [subprocess.Popen(cmd(name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for name in ("a", "b")]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in results]
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")], "temporary files left in the cache"
+    third = json.loads(subprocess.run(cmd("c"), capture_output=True, text=True, env=env, timeout=600).stdout)
+    assert third["reused_stages"] == ["detect", "encode", "keyframe_edit"]
+    a, b, c = (_frames(tmp_path / f"{x}.mp4") for x in "abc")
+    assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
+    cache = tmp_path / "cache"
+    env = {"IPFACEDIFF_CACHE": str(cache)}
+    rep = _edit(sample_clip, tmp_path / "a.mp4", "--max-frames", "8", cache=cache)
+    assert rep["cache"]["enabled"] and rep["cache"]["size_bytes"] > 0 and rep["cache"]["evicted"] == 0
+    listing = json.loads(run_cli("cache", "list", "--json", env=env).stdout)
+    cats = listing["categories"]
+    assert {c: cats[c]["entries"] for c in ("tracks", "latents", "inversions", "keyframe-edits")} == dict.fromkeys(
+        ("tracks", "latents", "inversions", "keyframe-edits"), 1)
+    assert listing["evictable_bytes"] == sum(u["bytes"] for u in cats.values() if u["evictable"]) > 0
+    table = run_cli("cache", "list", env=env)
+    assert table.returncode == 0 and "keyframe-edits" in table.stdout and "evictable" in table.stdout
+
+    # another clip under a 1 KB limit: the first clip's entries go, this run's own stay
+    r = run_cli("--quiet", "--cache-limit", "1KB", "edit", str(long_clip), "-p", "eyeglasses", *FAST, "--max-frames", "8",
+                "-o", str(tmp_path / "b.mp4"), "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["cache"]["evicted"] == 4 and rep["cache"]["limit_bytes"] == 1024 and rep["cache"]["freed_bytes"] > 0
+    cats = json.loads(run_cli("cache", "list", "--json", env=env).stdout)["categories"]
+    assert all(cats[c]["entries"] == 1 for c in ("tracks", "latents", "inversions", "keyframe-edits"))
+    again = _edit(long_clip, tmp_path / "c.mp4", "--max-frames", "8", cache=cache)
+    assert again["reused_stages"] == ["detect", "encode", "keyframe_edit"]
+
+    cleared = json.loads(run_cli("cache", "clear", "--json", env=env).stdout)
+    assert cleared["removed"] == 4 and cleared["freed"] > 0
+    cats = json.loads(run_cli("cache", "list", "--json", env=env).stdout)["categories"]
+    assert not any(u["evictable"] for u in cats.values())
+    for args, needle in ((["cache", "clear", "everything"], "cache category 'everything' does not exist"),
+                         (["--cache-limit", "lots", "cache", "list"], "cache limit 'lots'")):
+        r = run_cli(*args, env=env)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
