@@ -28,12 +28,12 @@ from ipfacediff.sample import write_sample_clip
 SETS = {"backbone": {"resolution": 64, "vae": "taesd"}, "face_processor": {"verify": "none"}}
 
 
-def edit(clip: Path, pipeline: str, out: Path, steps: int, registry, cache: bool = False, **kw) -> dict:
-    sets = dict(SETS)
+def edit(clip: Path, pipeline: str, out: Path, steps: int, registry, cache: bool = False, sets_extra: dict | None = None, **kw) -> dict:
+    sets = {**SETS, **(sets_extra or {})}
     if not cache and pipeline != "sdedit":  # no run may reuse another pipeline's cached inversion
         sets["inverter"] = {"cache": False}
     req = EditRequest(input=clip, prompt="eyeglasses", pipeline=registry.pipeline(pipeline), registry=registry, output=out, backbone="tiny",
-                      steps=steps, sets=sets, overwrite=True, show_progress=False, **kw)
+                      steps=steps, sets=sets, overwrite=True, show_progress=False, cache=cache, **kw)
     t0 = time.perf_counter()
     rep = run_edit(req)
     rep["wall_s"] = time.perf_counter() - t0
@@ -123,7 +123,7 @@ def peak_memory(lengths: list[int], steps: int, work: Path, console: Console) ->
     for n in lengths:
         clip = write_sample_clip(work / f"mem{n}.mp4", n_frames=n, size=128, audio=False)
         cmd = [sys.executable, "-m", "ipfacediff.cli", "--quiet", "edit", str(clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", str(steps),
-               "--set", "backbone.resolution=64", "--set", "face_processor.verify=none", "--set", "inverter.cache=false",
+               "--set", "backbone.resolution=64", "--set", "face_processor.verify=none", "--no-cache",
                "-o", str(work / f"mem{n}-out.mp4"), "--overwrite", "--json"]
         rep = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         rows.append({"frames": n, "peak_memory_mb": rep["peak_memory_mb"], "wall_s": rep["timings_s"]["total"]})
@@ -136,13 +136,47 @@ def peak_memory(lengths: list[int], steps: int, work: Path, console: Console) ->
     return rows
 
 
+def chunk_borders(steps: int, work: Path, console: Console, n: int = 96, chunk: int = 24) -> list[dict]:
+    """Is there a jump where one chunk ends and the next begins? Warp error (edited frame t vs frame
+    t+1 warped back by the source's optical flow) at the chunk borders vs inside the chunks, for
+    ip-facediff (keyframes on both sides of each border) and tokenflow (chunks denoised on their own,
+    as its users split long clips), each also as one chunk."""
+    import numpy as np
+
+    from ipfacediff.video import open_frames
+
+    reg = load_registry()
+    metric = get_catalog().build("metric", "warp-error")
+    clip = write_sample_clip(work / f"borders{n}.mp4", n_frames=n, size=128, audio=False)
+    src = open_frames(clip).get(list(range(n)))
+    borders = list(range(chunk, n, chunk))
+    rows = []
+    for pipeline in ("ip-facediff", "tokenflow"):
+        for c in (chunk, n):
+            out = work / f"borders-{pipeline}-{c}.mp4"
+            rep = edit(clip, pipeline, out, steps, reg, sets_extra={"settings": {"chunk_frames": c}})
+            per = metric.compute(src, open_frames(out).get(list(range(n))))["per_frame"]
+            at = [per[b - 1] for b in borders]
+            inside = [v for t, v in enumerate(per) if t + 1 not in borders]
+            rows.append({"pipeline": pipeline, "chunk_frames": c, "chunks": rep["chunks"], "warp_error_at_borders": float(np.mean(at)),
+                         "warp_error_inside": float(np.mean(inside)), "ratio": float(np.mean(at) / np.mean(inside))})
+            console.print(f"  {pipeline}, chunks of {c}: {rows[-1]}")
+    table = Table(title=f"warp error at chunk borders vs inside ({n} frames, borders every {chunk}; tiny backbone, 64 px, {steps} steps)")
+    for col in ("pipeline", "chunks", "at borders", "inside", "ratio"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["pipeline"], str(r["chunks"]), f"{r['warp_error_at_borders']:.5f}", f"{r['warp_error_inside']:.5f}", f"{r['ratio']:.2f}")
+    console.print(table)
+    return rows
+
+
 def main() -> None:
     root = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="40,120,480")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ipfacediff-bench-cost"))
-    ap.add_argument("--only", default="length,cache,nn,memory")
+    ap.add_argument("--only", default="length,cache,nn,memory,borders")
     ap.add_argument("--memory-lengths", default="100,1000")
     ap.add_argument("-o", "--output", type=Path, default=root / "results" / "cost.json")
     args = ap.parse_args()
@@ -157,10 +191,12 @@ def main() -> None:
         res["cached_reedit"] = cached_reedit(args.steps, args.work, console)
     if "length" in only:
         res["length_scaling"] = length_scaling([int(x) for x in args.lengths.split(",")], args.steps, args.work, console)
+    if "borders" in only:
+        res["chunk_borders"] = chunk_borders(args.steps, args.work, console)
     if "memory" in only:
         res["peak_memory"] = peak_memory([int(x) for x in args.memory_lengths.split(",")], args.steps, args.work, console)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    if args.output.is_file() and only != {"length", "cache", "nn", "memory"}:  # a partial run keeps the other sections
+    if args.output.is_file() and only != {"length", "cache", "nn", "memory", "borders"}:  # a partial run keeps the other sections
         res = {**json.loads(args.output.read_text()), **res}
     args.output.write_text(json.dumps(res, indent=1))
     console.print(f"wrote {args.output}")

@@ -347,6 +347,7 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
 
     cache = StageCache(enabled=req.cache)
     reused: list[str] = []
+    run = None
     source = open_frames(req.input)
     info = source.info
     n = len(source) if req.max_frames is None else min(len(source), req.max_frames)
@@ -442,6 +443,8 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
             raise
         del latents
     finally:
+        if run is not None:
+            run.close()
         source.close()
         cache_report = {"enabled": cache.enabled}
         if cache.enabled:
@@ -566,32 +569,54 @@ class _Strategy:
         with _Timer(self.timings, "propagate"):
             self.stats = self._key_stats()
 
-    def _features(self, rows: list[int]) -> torch.Tensor:
-        lat = self.rows(rows)
-        if self.settings.propagation_source != "eps1":
-            return lat
+    def _eps1(self, rows: list[int]) -> torch.Tensor:
         from .diffusion import decoder_token_features
 
         self.backbone.set_adapter("identity")
         try:
-            return decoder_token_features(self.backbone, lat, self.settings.propagation_timestep, self.embeds["empty"], self.req.seed,
+            return decoder_token_features(self.backbone, self.rows(rows), self.settings.propagation_timestep, self.embeds["empty"], self.req.seed,
                                           self.settings.batch_size)
         finally:
             self.backbone.set_adapter(None)
 
+    def _features(self, rows: list[int]) -> torch.Tensor:
+        """The propagator's source features of ``rows``: their latents, or eps1's decoder features
+        (keyframes' from the on-disk store written by :meth:`_key_stats`, the others computed)."""
+        if self.settings.propagation_source != "eps1":
+            return self.rows(rows)
+        others = [r for r in rows if r not in self.key_pos]
+        computed = dict(zip(others, self._eps1(others))) if others else {}
+        return torch.stack([torch.from_numpy(np.array(self.key_features[self.key_pos[r]])) if r in self.key_pos else computed[r] for r in rows])
+
     def _key_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std of the keyframes' token features: one normalisation for every
-        chunk, so chunked propagation equals whole-clip propagation."""
+        chunk, so chunked propagation equals whole-clip propagation. eps1 features of the keyframes
+        are kept in a memory-mapped file (each chunk needs its border keyframes' again)."""
         total, total_sq, count = None, None, 0
         bs = self.settings.batch_size
+        self.key_pos = {k: i for i, k in enumerate(self.keys)}
         for s in range(0, len(self.keys), bs):
-            f = self._features(self.keys[s:s + bs]).double()
+            f = self._eps1(self.keys[s:s + bs]) if self.settings.propagation_source == "eps1" else self.rows(self.keys[s:s + bs])
+            if self.settings.propagation_source == "eps1":
+                if s == 0:
+                    fd, name = tempfile.mkstemp(dir=self.cache.root / "latents", prefix=".key-features.", suffix=".part")  # cleared if left by a kill
+                    os.close(fd)
+                    self.key_features_file = Path(name)
+                    self.key_features = np.lib.format.open_memmap(name, mode="w+", dtype=np.float16, shape=(len(self.keys), *f.shape[1:]))
+                self.key_features[s:s + f.shape[0]] = f.half().numpy()
+            f = f.double()
             total = f.sum(dim=(0, 2, 3)) + (0 if total is None else total)
             total_sq = (f * f).sum(dim=(0, 2, 3)) + (0 if total_sq is None else total_sq)
             count += f.shape[0] * f.shape[2] * f.shape[3]
         mean = total / count
         var = (total_sq - count * mean * mean) / max(count - 1, 1)
         return mean.float(), var.clamp_min(0).sqrt().float()
+
+    def close(self) -> None:
+        """Remove the temporary keyframe-feature store."""
+        if getattr(self, "key_features_file", None) is not None:
+            self.key_features = None
+            self.key_features_file.unlink(missing_ok=True)
 
     def chunk(self, rows: list[int]) -> torch.Tensor:
         strategy, e, bs = self.settings.strategy, self.embeds, self.settings.batch_size

@@ -4,11 +4,14 @@ Reading: :func:`open_frames` opens a video file (decoded with decord, frame acce
 batches), a folder of images or a single image, and streams frames in chunks: nothing holds the
 whole clip in memory. Writing: :class:`VideoWriter` encodes with PyAV (H.264 in MP4 by default) at
 the input's fps and size, copies the input's audio stream through, and writes to a temporary name
-that is renamed to the final one only when the file is complete.
+that is renamed to the final one only when the file is complete. Rotated clips (a display-rotation
+flag, as phones record) are read upright; variable-frame-rate clips keep each frame's time when
+written back (``VideoInfo.timestamps``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -130,9 +133,23 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable image ({exc})") from exc
 
 
+_PROBED: dict[tuple[str, int, int], VideoInfo] = {}
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Inspect ``path`` without decoding frames; raises :class:`InputError` for anything unusable."""
+    """Inspect ``path`` (reads the packet index, decodes one frame for its rotation); raises
+    :class:`InputError` for anything unusable. A video file is probed once per size and mtime."""
     p = Path(path)
+    if p.is_file() and p.suffix.lower() not in IMAGE_EXTS:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _PROBED:
+            _PROBED[key] = _probe(p)
+        return dataclasses.replace(_PROBED[key], path=str(p))
+    return _probe(p)
+
+
+def _probe(p: Path) -> VideoInfo:
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():

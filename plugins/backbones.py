@@ -127,6 +127,9 @@ class _DiffusersBackbone(Backbone):
         except Exception as exc:  # noqa: BLE001 - a bad adapter folder is a user error
             raise InputError(f"LoRA adapter {name!r} at {p} cannot be loaded: {str(exc).splitlines()[0][:200]}") from exc
         self._adapters.append(name)
+        # what the weights are, not where: an adapter retrained into the same folder must not hit cached stages
+        files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+        self._adapter_digests = {**getattr(self, "_adapter_digests", {}), name: [file_digest(f) for f in files]}
         self.set_adapter(None)
 
     def set_adapter(self, name: str | None) -> None:
@@ -144,6 +147,7 @@ class _DiffusersBackbone(Backbone):
     def identity(self) -> dict[str, Any]:
         d = super().identity()
         d["adapters"] = self.adapters
+        d["adapter_sha256"] = getattr(self, "_adapter_digests", {})
         return d
 
 

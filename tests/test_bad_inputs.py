@@ -20,18 +20,24 @@ pytestmark = needs_models
 FAST = ["--backbone", "tiny", "--steps", "2", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
 
 
-def _encode(path: Path, frames: list[np.ndarray], fps: int = 25, fmt: str | None = None) -> Path:
+def _encode(path: Path, frames: list[np.ndarray], fps: int = 25, fmt: str | None = None, rotation: int = 0,
+            times_ms: list[int] | None = None) -> Path:
     import av
 
     h, w = frames[0].shape[:2] if frames else (64, 64)
+    tb = Fraction(1, 1000) if times_ms else Fraction(1, fps)
     with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        if times_ms:
+            s.time_base = s.codec_context.time_base = tb
+        if rotation:
+            s.set_display_rotation(rotation)
         if not frames:
             c.start_encoding()
         for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts, vf.time_base = i, Fraction(1, fps)
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts, vf.time_base = (times_ms[i] if times_ms else i), tb
             for pkt in s.encode(vf):
                 c.mux(pkt)
         for pkt in s.encode():
@@ -160,3 +166,39 @@ def test_face_leaving_the_frame_passes_through_with_a_warning_and_a_count(sample
     edited = np.abs(a[:8] - b[:8]).mean()
     print(f"mean change: frames without a face {through:.2f} (codec only), edited frames {edited:.2f}")
     assert through < 3 and edited > 3 * through  # a detailed picture re-encoded at crf 18 changes by ~1.7 levels
+
+
+def test_rotated_phone_clip_is_read_upright_and_written_upright(sample_clip, tmp_path):
+    """A clip stored sideways with a 90-degree display rotation (as phones record): frames are read
+    as displayed, the face is found upright, and the output shows the same picture (upright pixels,
+    no rotation flag needed)."""
+    face = open_frames(sample_clip).get(list(range(6)))
+    shown = np.zeros((6, 256, 320, 3), np.uint8)
+    shown[:, :, 32:288] = face  # what a player shows: 320 wide, 256 high
+    clip = _encode(tmp_path / "phone.mp4", [np.rot90(f, k=-1) for f in shown], rotation=90)  # stored 256 wide, 320 high
+    info = probe(clip)
+    assert (info.rotation, info.width, info.height) == (90, 320, 256)
+    assert np.abs(open_frames(clip).get([0])[0].astype(int) - shown[0]).mean() < 3
+    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(tmp_path / "out.mp4"), "--json", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    out = probe(tmp_path / "out.mp4")
+    assert (out.width, out.height, out.rotation, out.n_frames) == (320, 256, 0, 6) and rep["frames_edited"] == 6
+    got = open_frames(tmp_path / "out.mp4").get(list(range(6))).astype(int)
+    assert np.abs(got[:, :, :24] - shown[:, :, :24]).mean() < 2  # the black side bars stay where a player shows them
+    assert np.abs(got[:, 60:200, 100:220] - shown[:, 60:200, 100:220]).mean() > 2  # the face was edited
+
+
+def test_variable_frame_rate_clip_keeps_its_frame_times(sample_clip, tmp_path):
+    frames = list(open_frames(sample_clip).get(list(range(10))))
+    times = [0, 33, 100, 133, 200, 233, 300, 333, 400, 433]  # 33 and 67 ms apart, alternating
+    clip = _encode(tmp_path / "vfr.mp4", frames, fps=20, times_ms=times)
+    info = probe(clip)
+    assert info.variable_frame_rate and info.n_frames == 10
+    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(tmp_path / "out.mp4"), "--json", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    out = probe(tmp_path / "out.mp4")
+    assert out.variable_frame_rate and out.n_frames == 10
+    t_in = [float((t - info.timestamps[0]) * info.time_base) for t in info.timestamps]
+    t_out = [float((t - out.timestamps[0]) * out.time_base) for t in out.timestamps]
+    assert np.allclose(t_in, t_out, atol=1e-3) and np.allclose(t_in, np.array(times) / 1000, atol=1e-3), (t_in, t_out)

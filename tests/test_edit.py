@@ -141,8 +141,7 @@ def test_unet_evaluations_ip_facediff_vs_baselines(tmp_path):
     runs["ip-facediff eps1-matching"] = ("ip-facediff", "--set", "settings.propagation_source=eps1", "--set", "propagator.patch=1")
     for name, (pipeline, *extra) in runs.items():
         out = tmp_path / f"{name.replace(' ', '_')}.mp4"
-        if pipeline != "sdedit":  # every count without another run's cached inversion (sdedit's inverter has no cache)
-            extra = [*extra, "--set", "inverter.cache=false"]
+        extra = [*extra, "--no-cache"]  # every count without another run's cached inversion or keyframe edits
         r = _edit(str(clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "10", "-o", str(out), *CHEAP, *extra,
                   env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
         assert r.returncode == 0, r.stderr
