@@ -253,9 +253,10 @@ def encode_faces(processor: FaceProcessor, backbone: Backbone, source, n: int, t
 
 
 def keyframe_groups(keys: list[int], size: int) -> list[list[int]]:
-    """Keyframes in groups of at most ``size`` edited jointly; each group after the first starts with
-    the previous group's last keyframe (an anchor whose edit is already fixed), so consecutive groups
-    see each other through extended attention."""
+    """Keyframes in groups of at most ``size`` edited jointly (extended attention within a group:
+    memory grows with the group, not the clip). Each group after the first starts with the previous
+    group's last keyframe: it is denoised again with the new group as an anchor shared by both
+    groups' attention, and keeps its first group's edit."""
     if len(keys) <= size:
         return [list(keys)]
     groups, i = [list(keys[:size])], size
