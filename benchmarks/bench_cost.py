@@ -1,7 +1,9 @@
-"""Cost benchmarks (issue 5): how editing cost grows with clip length, what a cached inversion saves,
-and latent-nn (hnswlib) against exact-nn at growing token counts. Prints tables, writes JSON.
+"""Cost benchmarks (issues 5 and 6): how editing cost grows with clip length, what a cached inversion
+saves, latent-nn (hnswlib) against exact-nn at growing token counts, peak memory at 100 vs 1000
+frames, and the warp error at chunk borders. Prints tables, writes JSON.
 
-    IPFACEDIFF_MODELS=../shared/models .venv/bin/python benchmarks/bench_cost.py [--lengths 40,120,480] [-o benchmarks/results/cost.json]
+    IPFACEDIFF_MODELS=../shared/models .venv/bin/python benchmarks/bench_cost.py [--only length,cache,nn,memory,borders] \
+        [--lengths 40,120,480] [-o benchmarks/results/cost.json]
 
 Edits use the tiny backbone (random UNet, real TAESD) at 64 px with the RetinaFace face processor on
 the synthetic sample clip: UNet evaluations are exact counts and scale as with any backbone; wall

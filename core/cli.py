@@ -277,7 +277,7 @@ def cache_list(as_json: bool) -> None:
                      "total_bytes": sum(u["bytes"] for u in use.values()), "categories": use})
         return
     table = Table(title=f"ipfacediff cache ({cache_dir()})")
-    for col in ("category", "entries", "size", "last used", "evicted", "holds"):
+    for col in ("category", "entries", "size", "last used", "evictable", "holds"):
         table.add_column(col, justify="right" if col in ("entries", "size") else "left")
     for cat in CATEGORIES:
         if cat in use:
@@ -390,7 +390,8 @@ def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None
               f"results: [bold]{output / 'results.json'}[/]  report: [bold]{result['report']}[/]")
 
 
-INTERRUPTED = "interrupted: nothing was written under the output name; run the same command again to resume after the finished stages"
+INTERRUPTED = ("interrupted: nothing was written under the output name; run the same command again to resume after the finished stages "
+               "(finetune: add --resume)")
 
 
 def _terminated(signum: int, frame: Any) -> None:
