@@ -278,7 +278,7 @@ def cache_list(as_json: bool) -> None:
         return
     table = Table(title=f"ipfacediff cache ({cache_dir()})")
     for col in ("category", "entries", "size", "last used", "evictable", "holds"):
-        table.add_column(col, justify="right" if col in ("entries", "size") else "left")
+        table.add_column(col, justify="right" if col in ("entries", "size") else "left", no_wrap=col != "holds")  # names stay whole in logs
     for cat in CATEGORIES:
         if cat in use:
             u = use[cat]
