@@ -422,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {exc.one_line()}", err=True)
         return exc.exit_code
+    except Exception as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):  # a library wrapped the Ctrl-C / kill
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or debug:
+            raise
+        err.print(INTERRUPTED, soft_wrap=True)
+        return 130
     return 0
 
 
