@@ -19,6 +19,7 @@ first (by last use) when the evictable categories together exceed the limit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -173,24 +174,18 @@ class StageCache:
         self.used.add(final)
         return final
 
-    def _atomic_file(self, target: Path):
-        cache = self
-
-        class _Ctx:
-            def __enter__(self) -> str:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, self.tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-                os.close(fd)
-                return self.tmp
-
-            def __exit__(self, exc_type, exc, tb) -> None:
-                if exc_type is None:
-                    os.replace(self.tmp, target)
-                    cache.used.add(target)
-                else:
-                    Path(self.tmp).unlink(missing_ok=True)
-
-        return _Ctx()
+    @contextlib.contextmanager
+    def _atomic_file(self, target: Path) -> Iterator[str]:
+        """A temporary path beside ``target``, renamed to it when the block succeeds."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            yield tmp
+            os.replace(tmp, target)
+            self.used.add(target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def close(self) -> None:
         if not self.enabled:

@@ -220,14 +220,12 @@ def hash_tensor(x: torch.Tensor) -> str:
     return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
-def file_digest(path: str | Path, limit: int | None = None) -> str:
-    import hashlib
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, computed once per path, size and mtime (cache keys ask for a multi-GB UNet's
+    digest several times per edit)."""
+    from .models import sha256_of
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(Path(path))
 
 
 def decoder_token_features(backbone, latents: torch.Tensor, timestep: int, prompt_embeds: torch.Tensor, seed: int,

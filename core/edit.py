@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -79,27 +79,30 @@ def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_
     return smooth_track(raw, smoothing)
 
 
-def align_and_encode(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
-                     batch_size: int, show: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """Pass 2: aligned crops at the backbone's resolution (``uint8 [F, r, r, 3]``), their matrices
-    and their latents, for the frames in ``face_frames``."""
-    r = backbone.resolution
-    crops = np.empty((len(face_frames), r, r, 3), np.uint8)
-    matrices = np.empty((len(face_frames), 2, 3))
+def aligned_faces(processor: FaceProcessor, source, n: int, track: list[FaceDetection | None], face_frames: list[int], resolution: int,
+                  show: bool) -> Iterator[tuple[int, Any]]:
+    """(row into ``face_frames``, aligned face) for each face frame among the first ``n``, streamed
+    (frames read in batches), with an ``align`` progress bar over the frames."""
     pos = {f: k for k, f in enumerate(face_frames)}
     with progress_bar("align", n, show) as bar:
         for start, chunk in source.iter_chunks(source.batch, n):
             for j, f in enumerate(chunk):
-                i = start + j
-                if i in pos:
-                    a = processor.align(f, track[i], r)
-                    crops[pos[i]], matrices[pos[i]] = a.crop, a.matrix
-                bar.advance()
-    latents = []
-    with progress_bar("encode", len(face_frames), show) as bar:
-        for s in range(0, len(face_frames), batch_size):
-            latents.append(backbone.encode_images(_to_tensor(crops[s:s + batch_size])).cpu())
-            bar.advance(min(batch_size, len(face_frames) - s))
+                if start + j in pos:
+                    yield pos[start + j], processor.align(f, track[start + j], resolution)
+            bar.advance(len(chunk))
+
+
+def align_and_encode(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
+                     batch_size: int, show: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Pass 2 in memory (short clips, the benchmark's propagation job): aligned crops at the
+    backbone's resolution (``uint8 [F, r, r, 3]``), their matrices and their latents. ``edit``
+    streams instead (:func:`encode_faces`)."""
+    r = backbone.resolution
+    crops = np.empty((len(face_frames), r, r, 3), np.uint8)
+    matrices = np.empty((len(face_frames), 2, 3))
+    for row, a in aligned_faces(processor, source, n, track, face_frames, r, show):
+        crops[row], matrices[row] = a.crop, a.matrix
+    latents = [backbone.encode_images(_to_tensor(crops[s:s + batch_size])).cpu() for s in range(0, len(face_frames), batch_size)]
     return crops, matrices, torch.cat(latents)
 
 
@@ -219,8 +222,6 @@ def encode_faces(processor: FaceProcessor, backbone: Backbone, source, n: int, t
     """Pass 2, streamed: align each face frame at the backbone's resolution, encode the crops in
     batches and write the latents into ``folder/latents.npy`` (memory-mapped, ``float32 [F, C, h, w]``)
     and the alignment matrices into ``folder/matrices.npy``. Only one batch of crops is in memory."""
-    r = backbone.resolution
-    pos = {f: k for k, f in enumerate(face_frames)}
     matrices = np.zeros((len(face_frames), 2, 3))
     store: dict[str, Any] = {}
     rows: list[int] = []
@@ -234,21 +235,16 @@ def encode_faces(processor: FaceProcessor, backbone: Backbone, source, n: int, t
         rows.clear()
         crops.clear()
 
-    with progress_bar("encode", n, show) as bar:
-        for start, chunk in source.iter_chunks(source.batch, n):
-            for j, f in enumerate(chunk):
-                if start + j in pos:
-                    a = processor.align(f, track[start + j], r)
-                    rows.append(pos[start + j])
-                    crops.append(a.crop)
-                    matrices[pos[start + j]] = a.matrix
-                    if len(rows) == batch_size:
-                        flush()
-            bar.advance(len(chunk))
+    for row, a in aligned_faces(processor, source, n, track, face_frames, backbone.resolution, show):
+        rows.append(row)
+        crops.append(a.crop)
+        matrices[row] = a.matrix
+        if len(rows) == batch_size:
+            flush()
     if rows:
         flush()
     store["latents"].flush()
-    del store["latents"]
+    del store["latents"]  # closes the memory map
     np.save(folder / "matrices.npy", matrices)
 
 
@@ -442,7 +438,6 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
             if writer is not None:
                 writer.abort()
             raise
-        del latents
     finally:
         if run is not None:
             run.close()
@@ -522,7 +517,6 @@ class _Strategy:
         self.embeds, self.req, self.timings, self.stage_info, self.cache, self.reused = embeds, req, timings, stage_info, cache, reused
         self.keyset = set(keys)
         self.edited_keys: dict[int, torch.Tensor] = {}
-        self.inversions_cached: list[bool] = []
 
     def rows(self, rows: list[int]) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.latents[rows]))
@@ -532,10 +526,10 @@ class _Strategy:
         with _Timer(self.timings, "invert"):
             self.backbone.set_adapter("identity")
             inv = self.comps["inverter"].invert(self.backbone, lat, self.embeds["empty"], self.req.steps, self.req.seed)
-            self.inversions_cached.append(bool(inv.extras.get("cached")))
             if inv.extras.get("cache_file"):
                 self.cache.used.add(Path(inv.extras["cache_file"]))  # this run's: not evicted by its own pruning
-            self.stage_info["inversion_cached"] = all(self.inversions_cached)
+            # true when every inversion this run asked for came from the cache
+            self.stage_info["inversion_cached"] = self.stage_info.get("inversion_cached", True) and bool(inv.extras.get("cached"))
         return inv
 
     def prepare(self) -> None:
