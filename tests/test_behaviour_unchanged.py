@@ -1,0 +1,57 @@
+"""The same seed gives the same decoded frames as before the 0.2 layout move.
+
+``golden_edits.json`` holds the sha256 of the decoded output frames of a few seeded edits (each
+built-in strategy, the tiny backbone, the sample clip) recorded on 0.1.0's code before anything was
+moved. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
+(only when a change of output is intended, and said so in the commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_models
+
+pytestmark = needs_models
+
+GOLDEN = Path(__file__).with_name("golden_edits.json")
+CASES = {
+    "ip-facediff": ["--pipeline", "ip-facediff"],
+    "ip-facediff-eps1-refine": ["--pipeline", "ip-facediff", "--set", "settings.propagation_source=eps1", "--set", "settings.refine_steps=1"],
+    "ip-facediff-fast": ["--pipeline", "ip-facediff-fast"],
+    "per-frame": ["--pipeline", "per-frame"],
+    "sdedit": ["--pipeline", "sdedit"],
+    "tokenflow": ["--pipeline", "tokenflow"],
+}
+
+
+def _frames_digest(path: Path) -> str:
+    from ipfacediff.video import open_frames
+
+    h = hashlib.sha256()
+    with open_frames(path) as src:
+        for _, chunk in src.iter_chunks(16):
+            h.update(chunk.tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seeded_edit_gives_the_recorded_frames(case, sample_clip, tmp_path):
+    from ipfacediff.cli import main
+
+    out = tmp_path / f"{case}.mp4"
+    rc = main(["--quiet", "edit", str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "3", "--max-frames", "10",
+               "--seed", "7", "--no-cache", "-o", str(out), *CASES[case]])
+    assert rc == 0
+    digest = _frames_digest(out)
+    if os.environ.get("IPFACEDIFF_RECORD_GOLDEN") == "1":
+        data = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        data[case] = digest
+        GOLDEN.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return
+    assert digest == json.loads(GOLDEN.read_text())[case], f"{case}: the decoded frames changed"
