@@ -23,17 +23,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ipfacediff.catalog import get_catalog
-from ipfacediff.edit import EditRequest, run_edit
+from ipfacediff.jobs.edit import EditRequest, run_edit
 from ipfacediff.registry import load_registry
-from ipfacediff.sample import write_sample_clip
+from ipfacediff.runtime.sample import write_sample_clip
 
 SETS = {"backbone": {"resolution": 64, "vae": "taesd"}, "face_processor": {"verify": "none"}}
 
 
 def edit(clip: Path, pipeline: str, out: Path, steps: int, registry, cache: bool = False, sets_extra: dict | None = None, **kw) -> dict:
-    sets = {**SETS, **(sets_extra or {})}
-    if not cache and pipeline != "sdedit":  # no run may reuse another pipeline's cached inversion
-        sets["inverter"] = {"cache": False}
+    sets = {**SETS, **(sets_extra or {})}  # cache=False: no run reuses another pipeline's cached inversion
     req = EditRequest(input=clip, prompt="eyeglasses", pipeline=registry.pipeline(pipeline), registry=registry, output=out, backbone="tiny",
                       steps=steps, sets=sets, overwrite=True, show_progress=False, cache=cache, **kw)
     t0 = time.perf_counter()
@@ -145,7 +143,7 @@ def chunk_borders(steps: int, work: Path, console: Console, n: int = 96, chunk: 
     as its users split long clips), each also as one chunk."""
     import numpy as np
 
-    from ipfacediff.video import open_frames
+    from ipfacediff.runtime.video import open_frames
 
     reg = load_registry()
     metric = get_catalog().build("metric", "warp-error")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ipfacediff.catalog import get_catalog
-from ipfacediff.video import open_frames, read_image
+from ipfacediff.runtime.video import open_frames, read_image
 
 CONFIGS = {
     "retinaface (verify=none)": ("retinaface", {"verify": "none"}),

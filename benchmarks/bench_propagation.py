@@ -19,8 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ipfacediff.catalog import get_catalog
-from ipfacediff.plugins.video_metrics import optical_flow, warp_back
-from ipfacediff.video import open_frames
+from ipfacediff.interfaces import PropagationInput
+from ipfacediff.runtime.flow import optical_flow, warp_back
+
+
+def _inp(features, keys, z) -> PropagationInput:
+    """The keyframes' own latents as the edit, matched on ``features``."""
+    return PropagationInput(key_rows=list(keys), frames=list(range(z.shape[0])), features=features, source_latents=z, edited_latents=z[keys])
+from ipfacediff.runtime.video import open_frames
 
 CONFIGS = {"patch, pos 0.3 (default)": {}, "patch, pos 0": {"pos_weight": 0.0}, "patch, pos 1": {"pos_weight": 1.0},
            "raw, pos 0": {"features": "raw", "pos_weight": 0.0}, "raw, pos 0.3": {"features": "raw", "pos_weight": 0.3},
@@ -73,17 +79,17 @@ def main() -> None:
             warped_t = torch.from_numpy(np.stack(warped)).permute(0, 3, 1, 2).float()
             row[name] = _psnr(warped_t, rt[others])
         for name, p in CONFIGS.items():
-            prop = c.build("propagator", "exact-nn", p).propagate(z, keys, z[keys])
+            prop = c.build("propagator", "exact-nn", p).propagate(_inp(z, keys, z))
             row[f"exact-nn {name}"] = _psnr(bb.decode_latents(prop[others]), rt[others])
-        prop = c.build("propagator", "latent-nn").propagate(z, keys, z[keys])
+        prop = c.build("propagator", "latent-nn").propagate(_inp(z, keys, z))
         row["latent-nn (hnswlib), default"] = _psnr(bb.decode_latents(prop[others]), rt[others])
         # eps1 source: the UNet's last decoder features (here the tiny random UNet: a random conv feature,
         # not what a fine-tuned SD gives; read it as "does a deeper token feature help at all")
-        from ipfacediff.diffusion import decoder_token_features
+        from ipfacediff.runtime.diffusion import decoder_token_features
 
         feats = decoder_token_features(bb, z, 100, bb.encode_prompt([""]), seed=0)
         for name, p in {"eps1 features (tiny UNet), patch 1": {"patch": 1}, "eps1 features (tiny UNet), patch 3": {}}.items():
-            prop = c.build("propagator", "exact-nn", p).propagate(feats, keys, z[keys])
+            prop = c.build("propagator", "exact-nn", p).propagate(_inp(feats, keys, z))
             row[f"exact-nn {name}"] = _psnr(bb.decode_latents(prop[others]), rt[others])
         rows[v] = row
     names = list(next(iter(rows.values())))

@@ -3,18 +3,18 @@
 The small core: component interfaces (:mod:`ipfacediff.interfaces`), plugin hooks
 (:mod:`ipfacediff.hookspecs`), the plugin manager and catalog (:mod:`ipfacediff.catalog`, see
 :func:`get_catalog`), the YAML registry (:mod:`ipfacediff.registry`), the model resolver
-(:mod:`ipfacediff.models`), video and face I/O and the CLI.
+(:mod:`ipfacediff.runtime.models`), video and face I/O and the CLI.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .hookspecs import hookimpl  # noqa: E402
+from ipfacediff.hookspecs import hookimpl  # noqa: E402
 
 __all__ = ["__version__", "hookimpl", "get_catalog"]
 
 
 def get_catalog():
     """The catalog of every registered component (loads plugins on first use)."""
-    from .catalog import get_catalog as _get
+    from ipfacediff.catalog import get_catalog as _get
 
     return _get()

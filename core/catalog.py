@@ -17,10 +17,10 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
-from .interfaces import INTERFACES, KINDS, Component
-from .params import validate_params
+from ipfacediff import hookspecs
+from ipfacediff.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
+from ipfacediff.interfaces import INTERFACES, KINDS, Component
+from ipfacediff.params import validate_params
 
 ENTRY_POINT_GROUP = "ipfacediff"
 PLUGINS_ENV = "IPFACEDIFF_PLUGINS"
@@ -123,6 +123,7 @@ class Catalog:
         p = self.validate(kind, name, params, where)
         obj = spec.cls(p)
         obj.name = spec.name  # the registered name (a class may be registered under several)
+        obj._build = self.build  # the components it asks for come from this catalog
         return obj
 
 
@@ -146,7 +147,7 @@ def _allowed_third_party() -> set[str] | None:
 def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[LoadProblem]]:
     from ipfacediff.plugins import DEFAULT_PLUGINS
 
-    from . import __version__
+    from ipfacediff import __version__
 
     pm = pluggy.PluginManager("ipfacediff")
     pm.add_hookspecs(hookspecs)

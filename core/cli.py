@@ -17,8 +17,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .errors import IPFaceDiffError
+from ipfacediff import __version__
+from ipfacediff.errors import IPFaceDiffError
+
+# before torch is imported: MKL must not choose fewer threads on its own under load (the same job
+# gives the same numbers in every process, as the bench's local and Ray executors are checked to)
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 out = Console()
 err = Console(stderr=True)
@@ -45,7 +49,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, cache_limit: str | None) -
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
     if cache_limit is not None:
-        from .cache import LIMIT_ENV, parse_size
+        from ipfacediff.runtime.cache import LIMIT_ENV, parse_size
 
         parse_size(cache_limit)
         os.environ[LIMIT_ENV] = cache_limit
@@ -55,7 +59,7 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, cache_limit: str | None) -
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List every plugin, its package and version, and what it registers."""
-    from .catalog import get_catalog
+    from ipfacediff.catalog import get_catalog
 
     catalog = get_catalog()
     rows = []
@@ -65,8 +69,12 @@ def plugins(as_json: bool) -> None:
                      "hooks": info.hooks, "components": comps})
     problems = [{"plugin": p.plugin, "message": p.message} for p in catalog.problems]
     if as_json:
-        components = {kind: [{"name": s.name, "plugin": s.plugin, "description": s.description,
-                              "params": _describe(s.cls.Params)} for s in sorted(specs.values(), key=lambda s: s.name)]
+        components = {kind: [{"name": s.name, "plugin": s.plugin, "module": s.cls.__module__, "description": s.description,
+                              "params": _describe(s.cls.Params),
+                              **({"requires": list(s.cls.requires)} if kind in ("strategy", "objective") else {}),
+                              **({"terms": list(s.cls.terms)} if kind == "objective" else {}),
+                              **({"space": s.cls.space, "needs": list(s.cls.needs)} if kind == "propagator" else {})}
+                             for s in sorted(specs.values(), key=lambda s: s.name)]
                       for kind, specs in catalog.specs.items()}
         _print_json({"plugins": rows, "components": components, "problems": problems})
         return
@@ -82,7 +90,7 @@ def plugins(as_json: bool) -> None:
 
 
 def _describe(params_cls: type) -> list[dict[str, Any]]:
-    from .params import describe_params
+    from ipfacediff.params import describe_params
 
     return describe_params(params_cls)
 
@@ -92,7 +100,7 @@ def _describe(params_cls: type) -> list[dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def pipelines(registry_file: Path | None, as_json: bool) -> None:
     """List (and validate) the pipelines, backbones and recipes of the registry."""
-    from .registry import load_registry
+    from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
     if as_json:
@@ -128,7 +136,7 @@ def doctor(as_json: bool) -> None:
     """Python, torch, device, and which model weights are found where."""
     import torch
 
-    from . import models
+    from ipfacediff import models
 
     device = "cuda" if torch.cuda.is_available() else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
     optional = {}
@@ -172,7 +180,7 @@ def doctor(as_json: bool) -> None:
 @click.option("--size", default=256, show_default=True, type=click.IntRange(64, 2048))
 def sample(output: Path | None, frames: int, size: int) -> None:
     """Make the sample clip (astronaut photograph, synthetic head motion) and print its path."""
-    from .sample import sample_clip_path, write_sample_clip
+    from ipfacediff.runtime.sample import sample_clip_path, write_sample_clip
 
     path = write_sample_clip(output, frames, size) if output else sample_clip_path()
     click.echo(str(path))
@@ -192,9 +200,9 @@ def sample(output: Path | None, frames: int, size: int) -> None:
 def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_name: str, registry_file: Path | None, max_frames: int | None,
           sets: tuple[str, ...], device: str, overwrite: bool, as_json: bool) -> None:
     """Detect, track and align the face in every frame; write the crops, the round trip, a strip and a report."""
-    from .facejob import run_face_crops
-    from .params import parse_set_option
-    from .registry import load_registry
+    from ipfacediff.jobs.faces import run_face_crops
+    from ipfacediff.params import parse_set_option
+    from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
     pipeline = reg.pipeline(pipeline_name)
@@ -235,9 +243,9 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
          backbone: str, face_processor: str | None, steps: int, max_frames: int | None, sets: tuple[str, ...], seed: int, device: str,
          overwrite: bool, no_cache: bool, as_json: bool) -> None:
     """Edit the face in a video (or image) with a text prompt, keeping who the person is."""
-    from .edit import EditRequest, run_edit
-    from .params import parse_set_option
-    from .registry import load_registry
+    from ipfacediff.jobs.edit import EditRequest, run_edit
+    from ipfacediff.params import parse_set_option
+    from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
     req = EditRequest(input=input_path, prompt=prompt, pipeline=reg.pipeline(pipeline_name), registry=reg, output=output, backbone=backbone,
@@ -267,8 +275,8 @@ def cache_list(as_json: bool) -> None:
     """Disk use of the cache, per category."""
     import time as _time
 
-    from .cache import CATEGORIES, cache_limit, human, usage
-    from .models import cache_dir
+    from ipfacediff.runtime.cache import CATEGORIES, cache_limit, human, usage
+    from ipfacediff.runtime.models import cache_dir
 
     use = usage()
     evictable = sum(u["bytes"] for u in use.values() if u["evictable"])
@@ -295,7 +303,7 @@ def cache_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cache_clear(categories: tuple[str, ...], older_than: float | None, everything: bool, as_json: bool) -> None:
     """Remove cache entries: CATEGORIES (default: every evictable one: tracks, latents, inversions, keyframe-edits, finetune-data)."""
-    from .cache import CATEGORIES, EVICTABLE, clear, human
+    from ipfacediff.runtime.cache import CATEGORIES, EVICTABLE, clear, human
 
     cats = tuple(categories) or (tuple(CATEGORIES) if everything else EVICTABLE)
     res = clear(cats, older_than)
@@ -332,9 +340,9 @@ def _json_or_warnings(report: dict, as_json: bool) -> bool:
 def finetune(ctx: click.Context, recipe_name: str, data: Path, output: Path, registry_file: Path | None, backbone: str, max_steps: int | None,
              sets: tuple[str, ...], resume: bool, seed: int, device: str, overwrite: bool, as_json: bool) -> None:
     """Train a LoRA adapter of a recipe: identity (eps1, ArcFace identity loss) or edit (eps2, directional CLIP loss)."""
-    from .finetune import FinetuneRequest, run_finetune
-    from .params import parse_set_option
-    from .registry import load_registry
+    from ipfacediff.jobs.finetune import FinetuneRequest, run_finetune
+    from ipfacediff.params import parse_set_option
+    from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
     req = FinetuneRequest(recipe=reg.recipe(recipe_name), registry=reg, data=data, output=output, backbone=backbone, max_steps=max_steps,
@@ -369,11 +377,11 @@ def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None
           max_frames: int, metrics: str | None, executor: str, face_processor: str | None, sets: tuple[str, ...], seed: int, device: str,
           output: Path, as_json: bool) -> None:
     """Compare pipelines on clips and prompts: metrics, cost, results.json, a table and report.html."""
-    from .bench import DEFAULT_METRICS, BenchRequest, find_videos, load_prompts_file, run_bench
-    from .params import parse_set_option
+    from ipfacediff.jobs.bench import DEFAULT_METRICS, BenchRequest, find_videos, load_prompts_file, run_bench
+    from ipfacediff.params import parse_set_option
 
     if not videos:
-        from .sample import sample_clip_path
+        from ipfacediff.runtime.sample import sample_clip_path
 
         videos = (str(sample_clip_path()),)
     req = BenchRequest(videos=find_videos(list(videos)), output=output, prompts=load_prompts_file(prompts_file),

@@ -47,11 +47,7 @@ def register_backbones(register: Register) -> None:
 
     :param register: call ``register(BackboneClass, name="...")`` for each backbone.
 
-    Example::
-
-        @hookimpl
-        def register_backbones(register):
-            register(MyBackbone, name="my-sd")
+    Example: ``@hookimpl def register_backbones(register): register(MyBackbone, name="my-sd")``
     """
 
 
@@ -64,11 +60,7 @@ def register_identity_encoders(register: Register) -> None:
 
     :param register: call ``register(EncoderClass, name="...")`` for each encoder.
 
-    Example::
-
-        @hookimpl
-        def register_identity_encoders(register):
-            register(MyArcFace, name="my-arcface")
+    Example: ``@hookimpl def register_identity_encoders(register): register(MyArcFace, name="my-arcface")``
     """
 
 
@@ -81,11 +73,7 @@ def register_localization_losses(register: Register) -> None:
 
     :param register: call ``register(LossClass, name="...")`` for each loss.
 
-    Example::
-
-        @hookimpl
-        def register_localization_losses(register):
-            register(MyClipLoss, name="my-clip")
+    Example: ``@hookimpl def register_localization_losses(register): register(MyClipLoss, name="my-clip")``
     """
 
 
@@ -97,11 +85,7 @@ def register_inverters(register: Register) -> None:
 
     :param register: call ``register(InverterClass, name="...")`` for each inverter.
 
-    Example::
-
-        @hookimpl
-        def register_inverters(register):
-            register(MyInversion, name="my-inversion")
+    Example: ``@hookimpl def register_inverters(register): register(MyInversion, name="my-inversion")``
     """
 
 
@@ -113,11 +97,7 @@ def register_editors(register: Register) -> None:
 
     :param register: call ``register(EditorClass, name="...")`` for each editor.
 
-    Example::
-
-        @hookimpl
-        def register_editors(register):
-            register(MyEditor, name="my-editor")
+    Example: ``@hookimpl def register_editors(register): register(MyEditor, name="my-editor")``
     """
 
 
@@ -130,11 +110,7 @@ def register_propagators(register: Register) -> None:
 
     :param register: call ``register(PropagatorClass, name="...")`` for each propagator.
 
-    Example::
-
-        @hookimpl
-        def register_propagators(register):
-            register(NearestKeyframe, name="nearest-keyframe")
+    Example: ``@hookimpl def register_propagators(register): register(NearestKeyframe, name="nearest-keyframe")``
     """
 
 
@@ -146,11 +122,7 @@ def register_face_processors(register: Register) -> None:
 
     :param register: call ``register(ProcessorClass, name="...")`` for each processor.
 
-    Example::
-
-        @hookimpl
-        def register_face_processors(register):
-            register(MyDetector, name="my-detector")
+    Example: ``@hookimpl def register_face_processors(register): register(MyDetector, name="my-detector")``
     """
 
 
@@ -163,11 +135,33 @@ def register_metrics(register: Register) -> None:
 
     :param register: call ``register(MetricClass, name="...")`` for each metric.
 
-    Example::
+    Example: ``@hookimpl def register_metrics(register): register(MeanAbsDiff, name="mean-abs-diff")``
+    """
 
-        @hookimpl
-        def register_metrics(register):
-            register(MeanAbsDiff, name="mean-abs-diff")
+
+@hookspec
+def register_strategies(register: Register) -> None:
+    """Register edit strategies (:class:`ipfacediff.interfaces.Strategy`).
+
+    A strategy is an edit method: which frames are inverted, edited and propagated. A pipeline names
+    it in its ``strategy`` slot; it declares the other slots it requires.
+
+    :param register: call ``register(StrategyClass, name="...")`` for each strategy.
+
+    Example: ``@hookimpl def register_strategies(register): register(EveryOtherFrame, name="every-other-frame")``
+    """
+
+
+@hookspec
+def register_objectives(register: Register) -> None:
+    """Register fine-tuning objectives (:class:`ipfacediff.interfaces.Objective`).
+
+    An objective computes the loss terms a LoRA adapter is trained with; a recipe names it in its
+    ``objective`` slot.
+
+    :param register: call ``register(ObjectiveClass, name="...")`` for each objective.
+
+    Example: ``@hookimpl def register_objectives(register): register(SharpnessObjective, name="sharpness")``
     """
 
 
@@ -180,6 +174,8 @@ HOOK_NAMES: list[str] = [
     "register_propagators",
     "register_face_processors",
     "register_metrics",
+    "register_strategies",
+    "register_objectives",
 ]
 
 RegisterFn = Callable[..., None]

@@ -1,6 +1,6 @@
 """The component kinds: what a plugin implements.
 
-Every component is a class derived from one of the eight interfaces below. It declares its
+Every component is a class derived from one of the ten interfaces below. It declares its
 parameters once as a dataclass named ``Params`` (see :mod:`ipfacediff.params`), is constructed as
 ``cls(params)``, and is registered under a name through the kind's hook (see
 :mod:`ipfacediff.hookspecs`).
@@ -22,12 +22,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
 
-from .params import NoParams
+from ipfacediff.params import NoParams
 
 KINDS: dict[str, str] = {
     "backbone": "backbones",
@@ -38,8 +39,10 @@ KINDS: dict[str, str] = {
     "propagator": "propagators",
     "face_processor": "face_processors",
     "metric": "metrics",
+    "strategy": "strategies",
+    "objective": "objectives",
 }
-"""Kind name -> plural used in hook names (``register_<plural>``)."""
+"""Kind name -> plural used in hook names (``register_<plural>``) and built-in plugin folders."""
 
 
 class Component(abc.ABC):
@@ -52,7 +55,9 @@ class Component(abc.ABC):
       conformance test and for ``--backbone tiny``-style runs.
     * ``description``: one line shown by ``ipfacediff plugins``.
 
-    ``name``, ``kind`` and ``plugin`` are filled in at registration.
+    ``name``, ``kind`` and ``plugin`` are filled in at registration. A component that needs another
+    component (a detector, an encoder) asks for it by name with :meth:`component`: the catalog that
+    built it builds the other one (a plugin never imports another plugin nor looks up the catalog).
     """
 
     Params: ClassVar[type] = NoParams
@@ -61,9 +66,21 @@ class Component(abc.ABC):
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
 
+    _build: ClassVar[Callable[..., "Component"] | None] = None  # set per instance by the catalog
+
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
         self.device = torch.device("cpu")
+
+    def component(self, kind: str, name: str, params: dict[str, Any] | None = None) -> "Component":
+        """Another registered component, built (with validated ``params``) by the catalog that built
+        this one."""
+        if self._build is None:
+            from .errors import PluginLoadError
+
+            raise PluginLoadError(f"{type(self).__name__} needs a {kind.replace('_', ' ')} ({name!r}) but was not built by a catalog; "
+                                  f"build it with ipfacediff.get_catalog().build(...)")
+        return self._build(kind, name, params)
 
     def to(self, device: str | torch.device) -> "Component":
         """Move the component's models to ``device`` and return ``self``."""
@@ -169,11 +186,13 @@ class Metric(Component):
     ``compute(source, edited)``: two videos of the same length as ``uint8 [T, H, W, 3]`` arrays
     (or sequences of frames). Returns a dict with at least ``"value"`` (a float, ``nan`` when the
     metric does not apply, then with a ``"note"`` saying why) and optionally ``"per_frame"``.
-    ``higher_is_better`` tells report tables which end is best.
+    ``higher_is_better`` tells report tables which end is best. ``temporal``: it scores pairs of
+    consecutive frames (its ``per_frame`` has T - 1 values).
     """
 
     kind = "metric"
     higher_is_better: ClassVar[bool] = True
+    temporal: ClassVar[bool] = False
     #: what the benchmark harness feeds it: ``"edit"`` (source vs edited video), ``"null-edit"``
     #: (source vs the pipeline's output with the source prompt only: reconstruction), or
     #: ``"propagation"`` (source face crops vs the crops rebuilt by propagating the keyframes'
@@ -259,12 +278,14 @@ class Inversion:
     ``timesteps``: the noise levels reached, ascending; ``trajectory[0]`` is ``x0`` and
     ``trajectory[i + 1]`` the latents at ``timesteps[i]`` (for SDEdit-style noising only the last
     level is there). ``denoise_timesteps``: the descending timesteps an editor runs, starting from
-    ``trajectory[-1]``. ``extras``: inverter-specific facts (``cached``: loaded from the cache).
+    ``trajectory[-1]``. ``steps``: the sampler's step count (``scheduler.set_timesteps(steps)``) those
+    timesteps belong to. ``extras``: inverter-specific facts for the report.
     """
 
     timesteps: list[int]
     trajectory: list[torch.Tensor]
     denoise_timesteps: list[int]
+    steps: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
     def latent_at(self, t: int) -> torch.Tensor | None:
@@ -277,7 +298,7 @@ class Inversion:
     def select(self, rows: Sequence[int]) -> "Inversion":
         """The same inversion restricted to some frames."""
         rows = list(rows)
-        return Inversion(list(self.timesteps), [x[rows] for x in self.trajectory], list(self.denoise_timesteps), dict(self.extras))
+        return Inversion(list(self.timesteps), [x[rows] for x in self.trajectory], list(self.denoise_timesteps), self.steps, dict(self.extras))
 
 
 class Inverter(Component):
@@ -286,7 +307,8 @@ class Inverter(Component):
     ``invert(backbone, latents, prompt_embeds, steps)``: ``latents [T, 4, h, w]``,
     ``prompt_embeds [1 or T, L, D]``, ``steps`` sampler steps; returns an :class:`Inversion`. UNet
     calls go through ``backbone.predict_noise(..., stage="inversion")``. ``seed`` makes any
-    randomness reproducible.
+    randomness reproducible. An inverter is a pure function of its inputs: the edit job caches
+    inversions (keyed by the latents, prompt, backbone, adapter, steps and the inverter's parameters).
     """
 
     kind = "inverter"
@@ -303,42 +325,68 @@ class Editor(Component):
     prompt ``[1, L, D]``, ``uncond_embeds`` the unconditional / negative prompt for classifier-free
     guidance, ``source_embeds`` the prompt eps1 sees (empty). Returns edited clean latents
     ``[K, 4, h, w]``. UNet calls go through ``backbone.predict_noise`` (stages ``feature`` and
-    ``keyframe-edit``).
+    ``keyframe-edit``). ``guidance_scale``: the classifier-free guidance scale it uses (a strategy
+    that denoises other frames, e.g. refinement, uses the same).
     """
 
     kind = "editor"
+    guidance_scale: float = 7.5
 
     @abc.abstractmethod
     def edit(self, backbone: Backbone, inversion: Inversion, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,
              source_embeds: torch.Tensor) -> torch.Tensor: ...
 
 
+@dataclass
+class PropagationInput:
+    """What a propagator gets for one run of consecutive face frames (a chunk) plus the keyframes on
+    both sides of it. Rows are face frames; ``key_rows`` are the keyframes' positions among them.
+
+    * ``frames``: the clip frame index of each row (a chunk's rows are not evenly spaced: its border
+      keyframes lie further away), for temporal weights.
+    * ``features``: ``[T, C, h, w]`` source features to find correspondences on (the unedited
+      frames' latents, or eps1's decoder features), when the strategy has them.
+    * ``stats``: per-channel ``(mean, std)`` ``[C]`` of ``features`` over all of the clip's keyframes.
+      Edits stream long clips chunk by chunk; a propagator that normalises features uses these (not
+      the chunk's own) so chunked and whole-clip propagation agree.
+    * ``source_latents``: ``[T, 4, h, w]`` latents of the unedited frames.
+    * ``source_pixels``: ``uint8 [T, S, S, 3]`` the unedited aligned crops.
+    * ``edited_latents``: ``[K, 4, h, w]`` the edited keyframes' latents (K = ``len(key_rows)``).
+    * ``edited_pixels``: ``uint8 [K, S, S, 3]`` the edited keyframes' pixels.
+    * ``reconstructed_pixels``: ``uint8 [K, S, S, 3]`` the unedited keyframes as the VAE gives them
+      back (a pixel-space propagator carries ``edited - reconstructed``, not the VAE's own error).
+
+    A field a propagator needs (:attr:`Propagator.needs`) is always set; the others may be ``None``.
+    """
+
+    key_rows: list[int]
+    frames: list[int]
+    features: torch.Tensor | None = None
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    source_latents: torch.Tensor | None = None
+    source_pixels: np.ndarray | None = None
+    edited_latents: torch.Tensor | None = None
+    edited_pixels: np.ndarray | None = None
+    reconstructed_pixels: np.ndarray | None = None
+
+
 class Propagator(Component):
     """Carry an edit from keyframes to every frame.
 
-    ``propagate(source, key_indices, edited_keys)``:
-
-    * ``source``: ``[T, C, h, w]`` per-frame features used to find correspondences (latents or
-      UNet features of the *unedited* frames);
-    * ``key_indices``: K sorted frame indices into ``source``;
-    * ``edited_keys``: ``[K, C2, h, w]`` the edited values at the keyframes.
-
-    * ``stats`` (optional keyword): per-channel ``(mean, std)`` ``[C]`` of the source features over the
-      whole clip. The edit streams long clips in chunks and calls ``propagate`` once per chunk with
-      the keyframes on both sides of it; a propagator that normalises its features should use
-      ``stats`` (not the chunk's own) so that chunked and whole-clip results agree. Propagators
-      whose ``propagate`` has no ``stats`` parameter are called without it.
-    * ``frames`` (optional keyword): the clip frame index of each ``source`` row (a chunk's rows are
-      not evenly spaced: its border keyframes lie further away), for temporal weights; ``None``
-      means ``0 .. T-1``. Passed only to a ``propagate`` that has the parameter.
-
-    Returns ``[T, C2, h, w]``; rows at ``key_indices`` equal ``edited_keys``.
+    ``propagate(inp)`` takes a :class:`PropagationInput` and returns the edited rows in the
+    propagator's ``space``: ``"latents"`` -> ``torch.Tensor [T, 4, h, w]``, ``"pixels"`` ->
+    ``uint8 [T, S, S, 3]``. Rows at ``key_rows`` equal the edited keyframes. ``needs`` names the
+    input fields it reads (the strategy fills at least those). It is called once per chunk: its
+    result for a row depends only on that row and the keyframes on both sides (plus ``stats``), so
+    chunked propagation equals whole-clip propagation.
     """
 
     kind = "propagator"
+    space: ClassVar[Literal["latents", "pixels"]] = "latents"
+    needs: ClassVar[tuple[str, ...]] = ("features", "edited_latents")
 
     @abc.abstractmethod
-    def propagate(self, source: torch.Tensor, key_indices: Sequence[int], edited_keys: torch.Tensor) -> torch.Tensor: ...
+    def propagate(self, inp: PropagationInput) -> torch.Tensor | np.ndarray: ...
 
 
 class LocalizationLoss(Component):
@@ -355,6 +403,113 @@ class LocalizationLoss(Component):
     def forward(self, generated: torch.Tensor, reference: torch.Tensor, target_prompts: Sequence[str], reference_prompts: Sequence[str]) -> torch.Tensor: ...
 
 
+# -------------------------------------------------------------------------------- edit methods
+@dataclass
+class EditRun:
+    """What the edit job gives a :class:`Strategy`: the clip's source latents and keyframes, the built
+    components, and the job's services (cached inversion, cached stages, timing, the report).
+
+    * ``latents``: ``float32 [F, 4, h, w]`` (memory-mapped) source latents of every face frame ("row");
+      ``face_frames[row]`` is its clip frame index; ``keys``: the keyframe rows, sorted.
+    * ``components``: the pipeline's built components by slot (``inverter``, ``editor``,
+      ``propagator``, ...); ``settings``: the pipeline settings (``ipfacediff.registry.PipelineSettings``).
+    * ``embeds``: prompt embeddings ``"target"``, ``"uncond"`` (guidance) and ``"empty"`` (eps1).
+    * ``invert(latents)``: eps1's (the identity adapter's) inversion by the pipeline's inverter,
+      cached by the job, timed under ``invert``.
+    * ``cached(category, parts, compute)``: a tensor stage result kept in the job's stage cache under
+      a key made of ``parts`` and the backbone, adapters, steps and seed; ``compute()`` runs on a miss.
+    * ``timer(name)``: a context manager adding the block's wall time to the report's ``timings_s``.
+    * ``report``: facts for the edit report; ``reused``: names of stages loaded from the cache.
+    * ``scratch``: a private folder for temporary files, removed when the edit ends.
+    """
+
+    backbone: Backbone
+    components: dict[str, Component]
+    settings: Any
+    latents: np.ndarray
+    keys: list[int]
+    face_frames: list[int]
+    embeds: dict[str, torch.Tensor]
+    steps: int
+    seed: int
+    show_progress: bool
+    invert: Callable[[torch.Tensor], Inversion]
+    cached: Callable[[str, dict[str, Any], Callable[[], torch.Tensor]], torch.Tensor]
+    timer: Callable[[str], ContextManager[None]]
+    scratch: Path
+    report: dict[str, Any] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+    def rows(self, rows: Sequence[int]) -> torch.Tensor:
+        """Source latents of ``rows`` as a float tensor."""
+        return torch.from_numpy(np.ascontiguousarray(self.latents[list(rows)]))
+
+
+class Strategy(Component):
+    """An edit method: which frames are inverted, edited, propagated.
+
+    The edit job calls :meth:`prepare` once (the clip-wide stage, e.g. invert and edit the
+    keyframes), then :meth:`render` for each chunk of consecutive face rows (bounded memory: a chunk
+    is ``settings.chunk_frames`` frames), then :meth:`close`. ``render`` returns the edited latents
+    ``[len(rows), 4, h, w]`` of those rows; the job decodes them, pastes them back and writes the video.
+    ``requires``: the pipeline slots it needs, checked when the registry file loads.
+    """
+
+    kind = "strategy"
+    requires: ClassVar[tuple[str, ...]] = ("face_processor", "inverter")
+
+    def prepare(self, run: EditRun) -> None:
+        """The clip-wide stage (default: nothing)."""
+
+    @abc.abstractmethod
+    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
+        """Edited latents of the consecutive face rows ``rows``."""
+
+    def close(self) -> None:
+        """Release what :meth:`prepare` kept (default: nothing)."""
+
+
+# ------------------------------------------------------------------------------- fine-tuning
+@dataclass
+class TrainingBatch:
+    """One batch of the fine-tuning job: rows into the prepared faces, timesteps, noise, and the
+    objective's prompts (``(text, face part)`` pairs, see :attr:`Objective.prompts`)."""
+
+    idx: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    prompts: list[tuple[str, str]]
+
+
+class Objective(Component):
+    """A fine-tuning objective: the loss terms a LoRA adapter is trained with.
+
+    The fine-tuning job prepares faces (``faces``: a ``ipfacediff.runtime.training.TrainingFaces``
+    with their latents, VAE round trips, landmarks and reference identity embeddings), calls
+    :meth:`setup` once, then :meth:`losses` on each batch: a dict of term name -> scalar tensor
+    (differentiable through ``unet``'s LoRA weights). ``terms``: the term names it can compute,
+    ``default_weights``: the weights a recipe starts from (``settings.loss_weights`` overrides),
+    ``requires``: the recipe slots it needs (checked when the registry loads; ``term_requires`` per
+    term, checked when the term's weight is > 0), ``prompts``: the ``(text, part)`` pairs batches
+    draw from.
+    """
+
+    kind = "objective"
+    requires: ClassVar[tuple[str, ...]] = ("face_processor",)
+    term_requires: ClassVar[dict[str, str]] = {}
+    terms: ClassVar[tuple[str, ...]] = ()
+    default_weights: ClassVar[dict[str, float]] = {}
+    prompts: list[tuple[str, str]] = [("", "all")]
+
+    def setup(self, backbone: Backbone, faces: Any, components: dict[str, Component], settings: Any, weights: dict[str, float]) -> None:
+        """Once before training (default: keep the arguments as attributes)."""
+        self.backbone, self.faces, self.components, self.settings, self.weights = backbone, faces, components, settings, weights
+
+    @abc.abstractmethod
+    def losses(self, unet: Any, batch: TrainingBatch) -> dict[str, torch.Tensor]:
+        """The loss terms of ``batch`` (only those with a weight > 0 are needed)."""
+
+
 INTERFACES: dict[str, type[Component]] = {
     "backbone": Backbone,
     "identity_encoder": IdentityEncoder,
@@ -364,4 +519,6 @@ INTERFACES: dict[str, type[Component]] = {
     "propagator": Propagator,
     "face_processor": FaceProcessor,
     "metric": Metric,
+    "strategy": Strategy,
+    "objective": Objective,
 }

@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .errors import ParameterError
+from ipfacediff.errors import ParameterError
 
 
 @dataclasses.dataclass

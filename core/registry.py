@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 import yaml
 
-from .catalog import Catalog, get_catalog
-from .errors import RegistryError
-from .params import validate_params
+from ipfacediff.catalog import Catalog, get_catalog
+from ipfacediff.errors import RegistryError
+from ipfacediff.params import validate_params
 
 SCHEMA_VERSION = 1
 
 # slot name -> component kind, for pipelines and recipes
 PIPELINE_SLOTS: dict[str, str] = {
+    "strategy": "strategy",
     "face_processor": "face_processor",
     "identity_encoder": "identity_encoder",
     "inverter": "inverter",
@@ -33,6 +34,7 @@ PIPELINE_SLOTS: dict[str, str] = {
     "propagator": "propagator",
 }
 RECIPE_SLOTS: dict[str, str] = {
+    "objective": "objective",
     "face_processor": "face_processor",
     "identity_encoder": "identity_encoder",
     "localization_loss": "localization_loss",
@@ -46,8 +48,6 @@ class PipelineSettings:
     crop_size: int = field(default=512, metadata={"range": (64, 2048), "help": "side of the aligned face crop of the faces job (edits use the backbone's resolution)"})
     landmark_smoothing: int = field(default=5, metadata={"range": (1, 61), "help": "frames in the temporal landmark smoothing window"})
     min_face_frames: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "fraction of frames that must show a face"})
-    strategy: Literal["ip-facediff", "per-frame", "tokenflow", "sdedit"] = field(default="ip-facediff", metadata={
-        "help": "ip-facediff: invert and edit keyframes, propagate; per-frame / sdedit: edit every frame; tokenflow: denoise every frame with keyframe attention propagated"})
     keyframe_method: Literal["uniform", "count", "pose"] = field(default="uniform", metadata={"help": "every N frames, N evenly spaced, or the most diverse head poses"})
     keyframe_interval: int = field(default=8, metadata={"range": (1, None), "help": "uniform: a keyframe every N frames"})
     keyframe_count: int = field(default=5, metadata={"range": (1, None), "help": "count / pose: number of keyframes"})
@@ -68,8 +68,6 @@ class PipelineSettings:
 class RecipeSettings:
     """Fine-tuning settings (``settings:`` of a recipe)."""
 
-    objective: Literal["identity", "edit"] = field(default="identity", metadata={
-        "help": "identity: eps1, empty prompt, noise + identity loss; edit: eps2, target prompts, directional CLIP + locality + identity"})
     adapter: str = field(default="identity", metadata={"help": "name of the LoRA adapter trained (the edit pipeline uses identity and edit)"})
     steps: int = field(default=500, metadata={"range": (1, None), "help": "optimizer steps (--max-steps overrides)"})
     learning_rate: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
@@ -122,44 +120,29 @@ class BackboneEntry:
 
 @dataclass
 class PipelineEntry:
+    """A named pipeline (or, as :class:`RecipeEntry`, a fine-tuning recipe): components by slot,
+    settings, the backbone it defaults to, and the file that defined it."""
+
     name: str
     description: str
     backbone: str
     components: dict[str, ComponentRef]
-    metrics: list[ComponentRef]
-    settings: PipelineSettings
+    settings: Any
     source: str
+    metrics: list[ComponentRef] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "backbone": self.backbone,
-            "components": {k: v.to_json() for k, v in self.components.items()},
-            "metrics": [m.to_json() for m in self.metrics],
-            "settings": dataclasses.asdict(self.settings),
-            "source": self.source,
-        }
+        out = {"name": self.name, "description": self.description, "backbone": self.backbone,
+               "components": {k: v.to_json() for k, v in self.components.items()}, "metrics": [m.to_json() for m in self.metrics],
+               "settings": dataclasses.asdict(self.settings), "source": self.source}
+        if isinstance(self, RecipeEntry):
+            del out["metrics"]
+        return out
 
 
 @dataclass
-class RecipeEntry:
-    name: str
-    description: str
-    backbone: str
-    components: dict[str, ComponentRef]
-    settings: RecipeSettings
-    source: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "backbone": self.backbone,
-            "components": {k: v.to_json() for k, v in self.components.items()},
-            "settings": dataclasses.asdict(self.settings),
-            "source": self.source,
-        }
+class RecipeEntry(PipelineEntry):
+    """A named fine-tuning recipe."""
 
 
 @dataclass
@@ -168,6 +151,7 @@ class Registry:
     pipelines: dict[str, PipelineEntry] = field(default_factory=dict)
     recipes: dict[str, RecipeEntry] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    raw: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)  # entries as written (for ``extends``)
 
     def pipeline(self, name: str) -> PipelineEntry:
         return self._get("pipeline", self.pipelines, name)
@@ -275,29 +259,67 @@ def _parse_file(catalog: Catalog, path: Path, data: dict[str, Any], registry: Re
         ref = parse_component_ref(catalog, "backbone", {k: v for k, v in raw.items() if k != "description"}, where)
         registry.backbones[str(name)] = BackboneEntry(str(name), ref, _str(raw.get("description"), f"{where}.description"), f)
 
-    for name, raw in _mapping(data.get("pipelines"), f"{f}: pipelines").items():
-        where = f"{f}: pipelines.{name}"
-        raw = _mapping(raw, where)
-        _check_keys(raw, ["description", "backbone", "metrics", "settings", *PIPELINE_SLOTS], where)
-        comps = {slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}") for slot, kind in PIPELINE_SLOTS.items() if slot in raw}
-        metrics_raw = raw.get("metrics") or []
-        if not isinstance(metrics_raw, list):
-            raise RegistryError(f"{where}.metrics: expected a list of metric names, got {metrics_raw!r}")
-        metrics = [parse_component_ref(catalog, "metric", m, f"{where}.metrics[{i}]") for i, m in enumerate(metrics_raw)]
-        settings = validate_params(PipelineSettings, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings")
-        registry.pipelines[str(name)] = PipelineEntry(
-            str(name), _str(raw.get("description"), f"{where}.description"), _str(raw.get("backbone"), f"{where}.backbone", "auto"),
-            comps, metrics, settings, f)
+    for table, slots, settings_cls, entry_cls in (("pipelines", PIPELINE_SLOTS, PipelineSettings, PipelineEntry),
+                                                  ("recipes", RECIPE_SLOTS, RecipeSettings, RecipeEntry)):
+        raws = _mapping(data.get(table), f"{f}: {table}")
+        for name in raws:
+            where = f"{f}: {table}.{name}"
+            raw = _extended(raws, str(name), table, registry, where)
+            _check_keys(raw, ["description", "backbone", "settings", *(["metrics"] if table == "pipelines" else []), *slots], where)
+            if "strategy" in (raw.get("settings") or {}) and table == "pipelines":
+                raise RegistryError(f"{where}.settings.strategy: the strategy is a slot now; write `strategy: {raw['settings']['strategy']}` "
+                                    f"beside face_processor (not under settings)")
+            comps = {slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}") for slot, kind in slots.items() if slot in raw}
+            _check_required(catalog, comps, where)
+            settings = validate_params(settings_cls, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings")
+            extra = {"metrics": _metrics(catalog, raw.get("metrics"), where)} if table == "pipelines" else {}
+            entry = entry_cls(name=str(name), description=_str(raw.get("description"), f"{where}.description"),
+                              backbone=_str(raw.get("backbone"), f"{where}.backbone", "auto"), components=comps, settings=settings, source=f, **extra)
+            getattr(registry, table)[str(name)] = entry
+            registry.raw[(table, str(name))] = raw
 
-    for name, raw in _mapping(data.get("recipes"), f"{f}: recipes").items():
-        where = f"{f}: recipes.{name}"
-        raw = _mapping(raw, where)
-        _check_keys(raw, ["description", "backbone", "settings", *RECIPE_SLOTS], where)
-        comps = {slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}") for slot, kind in RECIPE_SLOTS.items() if slot in raw}
-        settings = validate_params(RecipeSettings, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings")
-        registry.recipes[str(name)] = RecipeEntry(
-            str(name), _str(raw.get("description"), f"{where}.description"), _str(raw.get("backbone"), f"{where}.backbone", "auto"),
-            comps, settings, f)
+
+def _extended(raws: dict[str, Any], name: str, table: str, registry: "Registry", where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw entry with ``extends: OTHER`` resolved: OTHER's keys (from this file, else an entry
+    loaded before), overridden key by key (``settings`` merged key by key)."""
+    raw = dict(_mapping(raws[name], where))
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent = _str(parent, f"{where}.extends")
+    if parent in seen or parent == name and (table, name) not in registry.raw:
+        raise RegistryError(f"{where}.extends: {parent!r} extends itself (cycle: {' -> '.join([*seen, name, parent])})")
+    if parent in raws and parent != name:
+        base = _extended(raws, parent, table, registry, where.rsplit(".", 1)[0] + f".{parent}", (*seen, name))
+    elif (table, parent) in registry.raw:
+        base = registry.raw[(table, parent)]
+    else:
+        known = sorted({*raws, *(n for t, n in registry.raw if t == table)} - {name})
+        close = difflib.get_close_matches(parent, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(f"{where}.extends: unknown {table[:-1]} {parent!r}{hint} (defined: {', '.join(known) or 'none'})")
+    merged = {**base, **raw}
+    if isinstance(base.get("settings"), dict) and isinstance(raw.get("settings"), dict):
+        merged["settings"] = {**base["settings"], **raw["settings"]}
+    return merged
+
+
+def _metrics(catalog: Catalog, raw: Any, where: str) -> list[ComponentRef]:
+    raw = raw or []
+    if not isinstance(raw, list):
+        raise RegistryError(f"{where}.metrics: expected a list of metric names, got {raw!r}")
+    return [parse_component_ref(catalog, "metric", m, f"{where}.metrics[{i}]") for i, m in enumerate(raw)]
+
+
+def _check_required(catalog: Catalog, comps: dict[str, ComponentRef], where: str) -> None:
+    """The slots the entry's strategy / objective requires are all there."""
+    for slot in ("strategy", "objective"):
+        if slot in comps:
+            cls = catalog.get(slot, comps[slot].name).cls
+            missing = [r for r in cls.requires if r not in comps]
+            if missing:
+                raise RegistryError(f"{where}: the {slot} {comps[slot].name!r} requires {', '.join(missing)} "
+                                    f"(add {'them' if len(missing) > 1 else 'it'} beside the {slot})")
 
 
 def _check_backbone_refs(registry: Registry) -> None:

@@ -40,7 +40,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sample_clip(tmp_path_factory) -> Path:
-    from ipfacediff.sample import write_sample_clip
+    from ipfacediff.runtime.sample import write_sample_clip
 
     return write_sample_clip(tmp_path_factory.mktemp("sample") / "astronaut.mp4", n_frames=24, size=256)
 
@@ -56,3 +56,34 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None) 
     """Run the installed ``ipfacediff`` console script in a subprocess."""
     exe = Path(sys.executable).parent / "ipfacediff"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
+
+
+def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI entry point called in this process (no interpreter start-up, no torch import): for the
+    many checks of a one-line error and its exit status. Returns what ``run_cli`` returns."""
+    import contextlib
+    import io
+
+    from ipfacediff.catalog import reset_catalog
+    from ipfacediff.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    if "IPFACEDIFF_PLUGINS" in (env or {}):
+        reset_catalog()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # click's own usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if "IPFACEDIFF_PLUGINS" in (env or {}):
+            reset_catalog()
+    return subprocess.CompletedProcess(["ipfacediff", *args], code, out.getvalue(), err.getvalue())

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, needs_data, needs_models, run_cli
-from ipfacediff.video import open_frames, probe
+from conftest import DATA, needs_data, needs_models, run_cli, run_main
+from ipfacediff.runtime.video import open_frames, probe
 
 pytestmark = needs_models
 FAST = ["--backbone", "tiny", "--steps", "2", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
@@ -118,7 +118,7 @@ def test_bad_input_one_line_exit_2_untouched_no_output(kind, needle, sample_clip
     out_dir.mkdir()
     path = _make(kind, src_dir, sample_clip)
     before = _digest(path) if kind != "fifo" else None
-    r = run_cli("edit", str(path), "-p", "eyeglasses", *FAST, "-o", str(out_dir / "edited.mp4"))
+    r = run_main("edit", str(path), "-p", "eyeglasses", *FAST, "-o", str(out_dir / "edited.mp4"))
     assert r.returncode == 2, (kind, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0] and str(path) in lines[0], r.stderr

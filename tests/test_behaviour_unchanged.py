@@ -31,7 +31,7 @@ CASES = {
 
 
 def _frames_digest(path: Path) -> str:
-    from ipfacediff.video import open_frames
+    from ipfacediff.runtime.video import open_frames
 
     h = hashlib.sha256()
     with open_frames(path) as src:

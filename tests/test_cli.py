@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-from conftest import DATA, needs_data, needs_models, run_cli
-from ipfacediff.video import open_frames, probe
+from conftest import DATA, needs_data, needs_models, run_cli, run_main
+from ipfacediff.runtime.video import open_frames, probe
 
 
 def test_plugins_json_lists_builtins():
@@ -19,6 +19,15 @@ def test_plugins_json_lists_builtins():
     assert builtin and all(p["package"] == "ipfacediff" and p["version"] for p in builtin)
     rf = next(c for c in data["components"]["face_processor"] if c["name"] == "retinaface")
     assert any(p["name"] == "threshold" and p["range"] == [0.0, 1.0] for p in rf["params"])
+    # the edit methods and fine-tuning objectives are plugin kinds like the others
+    assert set(names["strategy"]) == {"ip-facediff", "per-frame", "sdedit", "tokenflow"}
+    assert set(names["objective"]) == {"identity", "edit"}
+    ipf = next(c for c in data["components"]["strategy"] if c["name"] == "ip-facediff")
+    assert ipf["requires"] == ["face_processor", "inverter", "editor", "propagator"]
+    assert ipf["module"] == "ipfacediff.plugins.strategies.ip_facediff"
+    edit = next(c for c in data["components"]["objective"] if c["name"] == "edit")
+    assert {"directional", "locality", "identity"} <= set(edit["terms"])
+    assert {p["name"] for p in data["plugins"] if p["builtin"]} >= {"ipfacediff.plugins.strategies.tokenflow", "ipfacediff.plugins.objectives.edit"}
 
 
 def test_plugins_table():
@@ -86,7 +95,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path):
         (["faces", str(tmp_path / "t.mp4"), "--pipeline", "face-crop"], "did you mean 'face-crops'"),
         (["faces", str(tmp_path / "t.mp4"), "--set", "face_processor.treshold=1"], "did you mean 'threshold'"),
     ]:
-        r = run_cli(*args, "-o", str(tmp_path / "out"))
+        r = run_main(*args, "-o", str(tmp_path / "out"))
         assert r.returncode == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, r.stderr)

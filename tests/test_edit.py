@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, needs_data, needs_models, run_cli
-from ipfacediff.video import open_frames, probe
+from conftest import DATA, needs_data, needs_models, run_cli, run_main
+from ipfacediff.interfaces import PropagationInput
+from ipfacediff.runtime.video import open_frames, probe
 
 pytestmark = needs_models
 
@@ -20,7 +21,7 @@ def tiny(catalog):
 
 @pytest.fixture(scope="module")
 def sample_latents(tiny):
-    from ipfacediff.sample import sample_frames
+    from ipfacediff.runtime.sample import sample_frames
 
     frames = torch.from_numpy(sample_frames(24, 256)[::8]).permute(0, 3, 1, 2).float() / 255
     return tiny.encode_images(frames)
@@ -35,7 +36,7 @@ def test_ddim_inversion_then_reconstruction_reproduces_latents(tiny, sample_late
     plain = catalog.build("editor", "identity-injection", {"guidance_scale": 1.0, "injection": False})
     errs = {}
     for steps in (5, 50):
-        inv = catalog.build("inverter", "ddim", {"cache": False}).invert(tiny, sample_latents, empty, steps)
+        inv = catalog.build("inverter", "ddim").invert(tiny, sample_latents, empty, steps)
         assert len(inv.trajectory) == steps + 1 and inv.timesteps == sorted(inv.timesteps)
         errs[steps] = _rel(plain.edit(tiny, inv, empty, empty, empty), sample_latents)
     print(f"DDIM inversion + reconstruction, relative latent error: 5 steps {errs[5]:.4f}, 50 steps {errs[50]:.4f}")
@@ -44,7 +45,7 @@ def test_ddim_inversion_then_reconstruction_reproduces_latents(tiny, sample_late
 
 def test_full_injection_with_the_same_prompt_reproduces_the_source(tiny, sample_latents, catalog):
     empty = tiny.encode_prompt([""])
-    inv = catalog.build("inverter", "ddim", {"cache": False}).invert(tiny, sample_latents, empty, 20)
+    inv = catalog.build("inverter", "ddim").invert(tiny, sample_latents, empty, 20)
     same = catalog.build("editor", "identity-injection", {"guidance_scale": 1.0, "attn_fraction": 1.0, "residual_fraction": 1.0,
                                                           "joint": False, "identity_adapter": False, "edit_adapter": False})
     err_inj = _rel(same.edit(tiny, inv, empty, empty, empty), sample_latents)
@@ -58,7 +59,7 @@ def test_full_injection_with_the_same_prompt_reproduces_the_source(tiny, sample_
 
 def test_injection_changes_the_edit(tiny, sample_latents, catalog):
     empty = tiny.encode_prompt([""])
-    inv = catalog.build("inverter", "ddim", {"cache": False}).invert(tiny, sample_latents, empty, 10)
+    inv = catalog.build("inverter", "ddim").invert(tiny, sample_latents, empty, 10)
     target = tiny.encode_prompt(["a photo of a face, eyeglasses"])
     a = catalog.build("editor", "identity-injection", {"injection": True}).edit(tiny, inv, target, empty, empty)
     b = catalog.build("editor", "identity-injection", {"injection": False}).edit(tiny, inv, target, empty, empty)
@@ -114,7 +115,7 @@ def test_propagating_unedited_keyframes_rebuilds_the_other_frames(clip_latents, 
             prop = torch.stack([z[min(keys, key=lambda k: (abs(k - i), k))] for i in range(z.shape[0])])
         else:
             comp = catalog.build("propagator", "exact-nn" if name == "exact-nn" else "latent-nn", params)
-            prop = comp.propagate(z, keys, z[keys])
+            prop = comp.propagate(PropagationInput(key_rows=keys, frames=list(range(z.shape[0])), features=z, edited_latents=z[keys]))
             assert torch.equal(prop[keys], z[keys])
         rec = tiny.decode_latents(prop[others])
         scores[name] = _psnr(rec, roundtrip[others])
@@ -133,7 +134,7 @@ CHEAP = ["--backbone", "tiny", "--set", "backbone.vae=random", "--set", "backbon
 
 
 def test_unet_evaluations_ip_facediff_vs_baselines(tmp_path):
-    from ipfacediff.sample import write_sample_clip
+    from ipfacediff.runtime.sample import write_sample_clip
 
     clip = write_sample_clip(tmp_path / "clip40.mp4", n_frames=40, size=128, audio=False)
     per_frame, reports = {}, {}
@@ -141,9 +142,11 @@ def test_unet_evaluations_ip_facediff_vs_baselines(tmp_path):
     runs["ip-facediff eps1-matching"] = ("ip-facediff", "--set", "settings.propagation_source=eps1", "--set", "propagator.patch=1")
     for name, (pipeline, *extra) in runs.items():
         out = tmp_path / f"{name.replace(' ', '_')}.mp4"
-        extra = [*extra, "--no-cache"]  # every count without another run's cached inversion or keyframe edits
-        r = _edit(str(clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "10", "-o", str(out), *CHEAP, *extra,
-                  env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
+        # every count without another run's cached inversion or keyframe edits; the full-frame processor
+        # (every frame a face, no detector) and the in-process CLI keep this cheap: counts do not depend on them
+        extra = [*extra, "--no-cache", "--face-processor", "full-frame", "--set", "face_processor.landmarks=none"]
+        r = run_main("--quiet", "edit", str(clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "10", "-o", str(out), *CHEAP[:-2], *extra,
+                     "--json", env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
         assert r.returncode == 0, r.stderr
         rep = reports[name] = json.loads(r.stdout)
         assert rep["frames"] == 40 and probe(out).n_frames == 40
@@ -198,7 +201,7 @@ def test_edit_cli_on_the_sample_clip_and_cached_re_edit(sample_clip, tmp_path):
     (["-p", "eyeglasses", "--set", "editor.guidance=3"], "did you mean 'guidance_scale'"),
 ])
 def test_edit_bad_requests_one_line_exit_2(sample_clip, tmp_path, args, needle):
-    r = run_cli("edit", str(sample_clip), *args, "--max-frames", "6", "-o", str(tmp_path / "o.mp4"), *CHEAP)
+    r = run_main("edit", str(sample_clip), *args, "--max-frames", "6", "-o", str(tmp_path / "o.mp4"), *CHEAP)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
@@ -207,10 +210,10 @@ def test_edit_bad_requests_one_line_exit_2(sample_clip, tmp_path, args, needle):
 
 @needs_data
 def test_edit_no_face_and_unreadable(tmp_path):
-    r = run_cli("edit", str(DATA / "images" / "non-human" / "s23.jpg"), "-p", "eyeglasses", "-o", str(tmp_path / "o.png"), *CHEAP[:-2])
+    r = run_main("edit", str(DATA / "images" / "non-human" / "s23.jpg"), "-p", "eyeglasses", "-o", str(tmp_path / "o.png"), *CHEAP[:-2])
     assert r.returncode == 2 and "no face found in" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     (tmp_path / "bad.mp4").write_text("text")
-    r = run_cli("edit", str(tmp_path / "bad.mp4"), "-p", "eyeglasses", *CHEAP)
+    r = run_main("edit", str(tmp_path / "bad.mp4"), "-p", "eyeglasses", *CHEAP)
     assert r.returncode == 2 and "not a readable video" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
 

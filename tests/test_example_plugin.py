@@ -39,11 +39,12 @@ def test_example_plugin_from_a_user_registry(installed_example):
     # build the components from the registry in a fresh process and run them
     code = f"""
 import json, numpy as np, torch
+from ipfacediff.interfaces import PropagationInput
 from ipfacediff.registry import load_registry
-from ipfacediff.testing import conformance_check
+from ipfacediff.testing.conformance import conformance_check
 p = load_registry({str(reg)!r}).pipeline("crops-with-example")
 prop = p.components["propagator"].build()
-out = prop.propagate(torch.zeros(5, 1, 1, 1), [0, 4], torch.tensor([0.0, 4.0]).view(2, 1, 1, 1))
+out = prop.propagate(PropagationInput(key_rows=[0, 4], frames=[0, 1, 2, 3, 4], edited_latents=torch.tensor([0.0, 4.0]).view(2, 1, 1, 1)))
 metric = [m.build() for m in p.metrics if m.name == "mean-abs-diff"][0]
 conformance_check(prop); conformance_check(metric)
 print(json.dumps({{"blend": out.flatten().tolist(), "mad": metric.compute(np.zeros((2, 4, 4, 3), np.uint8), np.full((2, 4, 4, 3), 3, np.uint8))["value"]}}))

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import DATA, needs_data, needs_models
-from ipfacediff.face import (ARCFACE_TEMPLATE, arcface_crop, arcface_crop_tensor, paste_crop, similarity_transform,
+from ipfacediff.runtime.face import (ARCFACE_TEMPLATE, arcface_crop, arcface_crop_tensor, paste_crop, similarity_transform,
                              smooth_track)
 from ipfacediff.interfaces import FaceDetection
-from ipfacediff.video import open_frames, read_image
+from ipfacediff.runtime.video import open_frames, read_image
 
 
 def test_similarity_transform_recovers_known_transform():
@@ -21,7 +21,7 @@ def test_paste_back_leaves_far_pixels_byte_identical():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
     lms = ARCFACE_TEMPLATE * 0.8 + np.array([150, 100])
-    from ipfacediff.face import align_to_template, crop_template
+    from ipfacediff.runtime.face import align_to_template, crop_template
 
     crop, m = align_to_template(frame, lms, crop_template(128), 128)
     edited = np.full_like(crop, 255)

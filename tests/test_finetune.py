@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA, needs_data, needs_models, run_cli
-from ipfacediff.finetune import FinetuneRequest, run_finetune
+from conftest import DATA, needs_data, needs_models, run_cli, run_main
+from ipfacediff.jobs.finetune import FinetuneRequest, run_finetune
 from ipfacediff.registry import load_registry
 
 pytestmark = [needs_models, needs_data]
@@ -65,19 +65,61 @@ def test_identity_recipe_both_terms_decrease_and_outputs(identity_adapter):
     assert report["data"]["faces"] == 10 and report["steps"] == 30
 
 
+@pytest.fixture(scope="module")
+def training_faces():
+    from ipfacediff.catalog import get_catalog
+    from ipfacediff.jobs.finetune import prepare_faces
+
+    return prepare_faces(FACES, get_catalog().build("face_processor", "retinaface", {"verify": "none"}), 128, 1)
+
+
 @pytest.mark.parametrize("term", ["directional", "locality", "identity"])
-def test_edit_recipe_each_term_decreases_when_trained(term, tmp_path):
-    weights = {"directional": 0.0, "locality": 0.0, "identity": 0.0, term: 1.0}
-    extra = {}
-    if term == "identity":
-        # measured: over the edit recipe's [200, 700] the random tiny UNet's x0_hat is mostly noise and
-        # 20 steps of the identity term alone do not lower it on held-out noise (0.880 -> 0.883 at lr 3e-3);
-        # where x0_hat is still a face (t <= 600) they do
-        extra = {"timestep_range": [1, 600]}
-    report = _finetune("edit", tmp_path / "edit", 20, {"settings": {"loss_weights": weights, **extra}})
-    print(f"edit recipe, {term} alone, 20 steps: {report['eval_start'][term]:.4f} -> {report['eval_end'][term]:.4f}")
-    assert report["eval_end"][term] < report["eval_start"][term]
-    assert any("clip-directional has random weights" in w for w in report["warnings"]) or term != "directional"
+def test_edit_objective_each_term_decreases_when_trained(term, training_faces):
+    """Each term of the edit objective, trained alone with Adam on one fixed batch (8 samples: faces,
+    timesteps in [1, 600), noise, prompts), goes down: its gradient reaches the LoRA weights through
+    the UNet, the VAE decode, the ArcFace alignment and the identity / CLIP networks, and points the
+    right way. Measured here (10 steps, lr 1e-3): identity 0.800 -> 0.727, directional 0.986 -> 0.937,
+    locality 0.0949 -> 0.0885, each step lower than the one before.
+
+    A fixed batch, not held-out noise: on the random tiny UNet, 20-60 steps of the identity term alone
+    did not lower it on a held-out evaluation batch (3 seeds: +0.006, +0.001, -0.000 at 20 steps and
+    lr 1e-3; +0.08, +0.04, -0.03 at 60 steps and lr 1e-2), so a test on held-out noise passed or failed
+    with the library versions (0.9429 vs 0.9336 once on a fresh clone)."""
+    from peft import LoraConfig
+
+    from ipfacediff.catalog import get_catalog
+    from ipfacediff.interfaces import TrainingBatch
+    from ipfacediff.jobs.finetune import _lora_params
+    from ipfacediff.registry import RecipeSettings
+    from ipfacediff.runtime.training import TrainingFaces
+
+    c = get_catalog()
+    bb = c.build("backbone", "tiny", {"resolution": 128})
+    bb.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=FAST["settings"]["lora_targets"]),
+                        adapter_name="edit")
+    params = _lora_params(bb.unet, "edit")
+    for p in params.values():
+        p.requires_grad_(True)
+    encoder = c.build("identity_encoder", "mobilefacenet")
+    objective = c.build("objective", "edit")
+    faces = TrainingFaces(bb, training_faces.crops, training_faces.landmarks, torch.device("cpu"), encoder)
+    objective.setup(bb, faces, {"identity_encoder": encoder, "localization_loss": c.build("localization_loss", "clip-directional", {"model": "tiny"})},
+                    RecipeSettings(identity_max_timestep=999), {term: 1.0})
+    g = torch.Generator().manual_seed(0)
+    n = 8
+    batch = TrainingBatch(torch.randint(0, len(faces), (n,), generator=g), torch.randint(1, 600, (n,), generator=g),
+                          torch.randn(n, *faces.z0.shape[1:], generator=g), [objective.prompts[i % len(objective.prompts)] for i in range(n)])
+    opt = torch.optim.Adam(list(params.values()), lr=1e-3)
+    values = []
+    for _ in range(11):
+        loss = objective.losses(bb.unet, batch)[term]
+        values.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"edit objective, {term} alone on a fixed batch: " + " ".join(f"{v:.4f}" for v in values))
+    assert values[-1] < 0.97 * values[0]
+    assert sum(b < a for a, b in zip(values, values[1:])) >= 8  # it goes down step after step, not by one lucky jump
 
 
 def test_edit_recipe_all_terms_run_together(tmp_path):
@@ -97,8 +139,10 @@ def test_identity_loss_is_differentiable_to_the_lora_weights(tmp_path):
     from peft import LoraConfig
 
     from ipfacediff.catalog import get_catalog
-    from ipfacediff.finetune import Trainer, _lora_params, prepare_faces
+    from ipfacediff.interfaces import TrainingBatch
+    from ipfacediff.jobs.finetune import _lora_params, prepare_faces
     from ipfacediff.registry import RecipeSettings
+    from ipfacediff.runtime.training import TrainingFaces
 
     c = get_catalog()
     bb = c.build("backbone", "tiny", {"resolution": 128})
@@ -113,11 +157,14 @@ def test_identity_loss_is_differentiable_to_the_lora_weights(tmp_path):
         for n, p in params.items():
             if "lora_B" in n:
                 p.normal_(0, 0.01)
-    settings = RecipeSettings(objective="identity", identity_max_timestep=999)
-    trainer = Trainer(bb, settings, {"identity": 1.0}, faces, c.build("identity_encoder", "mobilefacenet"), None, [("", "all")], torch.device("cpu"))
-    batch = trainer.batch(torch.Generator().manual_seed(0), 2)
-    batch["t"] = torch.tensor([100, 300])
-    terms = trainer.terms(bb.unet, batch)
+    encoder = c.build("identity_encoder", "mobilefacenet")
+    objective = c.build("objective", "identity")
+    objective.setup(bb, TrainingFaces(bb, faces.crops, faces.landmarks, torch.device("cpu"), encoder), {"identity_encoder": encoder},
+                    RecipeSettings(identity_max_timestep=999), {"identity": 1.0})
+    g = torch.Generator().manual_seed(0)
+    batch = TrainingBatch(torch.randint(0, len(faces.crops), (2,), generator=g), torch.tensor([100, 300]), torch.randn(2, 4, 16, 16, generator=g),
+                          [("", "all")] * 2)
+    terms = objective.losses(bb.unet, batch)
     assert set(terms) == {"identity"}
     terms["identity"].backward()
     grads = {n: p.grad for n, p in params.items()}
@@ -205,7 +252,7 @@ def test_finetune_bad_input_one_line_exit_2(tmp_path):
     ]
     before = _tree_digest(FACES)
     for args, needle in cases:
-        r = run_cli("finetune", *args, *base, env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
+        r = run_main("finetune", *args, *base, env={"IPFACEDIFF_CACHE": str(tmp_path / "cache")})
         assert r.returncode == 2, (args, r.stderr)
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and needle in lines[0], (needle, r.stderr)

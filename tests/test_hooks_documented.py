@@ -28,3 +28,12 @@ def test_every_hook_has_a_heading_with_its_signature_and_a_docstring():
 def test_documented_hooks_exist():
     for heading in re.findall(r"^## (register_\w+)\(", DOC, re.M):
         assert heading in hookspecs.HOOK_NAMES, f"docs/plugin-hooks.md documents an unknown hook {heading}"
+
+
+def test_reference_is_generated_from_the_code():
+    """docs/plugin-hooks.md below its marker is what the hookspecs and interfaces say today."""
+    from ipfacediff.testing.hookdoc import MARKER, render
+
+    assert MARKER in DOC, "docs/plugin-hooks.md lost its generated part"
+    assert DOC.split(MARKER, 1)[1].strip() == render().strip(), \
+        "docs/plugin-hooks.md has drifted from the code: run python -m ipfacediff.testing.hookdoc docs/plugin-hooks.md"

@@ -30,3 +30,25 @@ def test_facenet_and_insightface_keep_torch():
     assert (major, minor) >= (2, 4)
     assert not any((d.metadata["Name"] or "").lower() == "opencv-python" for d in md.distributions()), \
         "the GUI opencv-python was installed (insightface must go in with --no-deps)"
+
+
+def test_installed_versions_are_the_pinned_ones():
+    """make install uses constraints.txt: the venv holds exactly the versions CI passed with."""
+    from pathlib import Path
+
+    pins = {}
+    for line in (Path(__file__).resolve().parent.parent / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#") and "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = version.strip()
+    assert {"torch", "torchvision", "diffusers", "transformers", "peft", "numpy"} <= set(pins)
+    off = {}
+    for name, version in pins.items():
+        try:
+            got = md.version(name)
+        except md.PackageNotFoundError:
+            off[name] = (version, None)
+            continue
+        if got.split("+")[0] != version.split("+")[0]:
+            off[name] = (version, got)
+    assert not off, f"pinned vs installed: {off}"

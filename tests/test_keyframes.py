@@ -3,7 +3,7 @@ import pytest
 
 from ipfacediff.errors import ParameterError
 from ipfacediff.interfaces import FaceDetection
-from ipfacediff.keyframes import select_keyframes
+from ipfacediff.runtime.keyframes import select_keyframes
 
 
 def test_uniform_and_count():

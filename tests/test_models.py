@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from conftest import MODELS, needs_models
-from ipfacediff import models
+from ipfacediff.runtime import models
 from ipfacediff.errors import InputError, ModelChecksumError, ModelNotFoundError
 
 

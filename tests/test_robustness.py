@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import run_cli
 from ipfacediff.errors import IPFaceDiffError
 from ipfacediff.registry import load_registry
-from ipfacediff.video import open_frames
+from ipfacediff.runtime.video import open_frames
 
 # YAML-shaped values: what a user could write in a registry file
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10 ** 6), st.floats(allow_nan=True), st.text(max_size=12))
@@ -57,7 +57,7 @@ def test_fuzz_registry_loader_on_arbitrary_text(text, tmp_path):
 
 
 def _real_mp4_bytes(tmp_path_factory):
-    from ipfacediff.sample import write_sample_clip
+    from ipfacediff.runtime.sample import write_sample_clip
 
     return write_sample_clip(tmp_path_factory.mktemp("clip") / "c.mp4", n_frames=6, size=64, audio=True).read_bytes()
 
@@ -110,7 +110,7 @@ def test_same_input_seed_and_settings_give_the_same_frames(pipeline, sample_clip
         out = tmp_path / f"{name}.mp4"
         r = run_cli("edit", str(sample_clip), "-p", "eyeglasses", "--pipeline", pipeline, "--backbone", "tiny", "--steps", "3", "--max-frames", "8",
                     "--seed", str(seed), "--set", "backbone.resolution=64", "--set", "face_processor.verify=none", "-o", str(out), "--json",
-                    *(["--set", "inverter.cache=false"] if pipeline == "ip-facediff" else []),
+                    "--no-cache",
                     env={"IPFACEDIFF_CACHE": str(tmp_path / f"cache-{name}")})
         assert r.returncode == 0, r.stderr
         return _frame_hashes(out), json.loads(r.stdout)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from conftest import needs_models
-from ipfacediff.sample import sample_frames
+from ipfacediff.runtime.sample import sample_frames
 
 
 def test_sample_frames_are_deterministic_and_move():

@@ -15,7 +15,7 @@ def _save_random_sd15(root):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ipfacediff.plugins.backbones import _sd_config_dir
+    from ipfacediff.plugins.backbones.stable_diffusion import _sd_config_dir
 
     cfg = _sd_config_dir(root)  # SD 1.x component configs written by ipfacediff (no hub access)
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import needs_models, run_cli
-from ipfacediff.video import open_frames
+from ipfacediff.runtime.video import open_frames
 
 pytestmark = needs_models
 EXE = str(Path(sys.executable).parent / "ipfacediff")
@@ -25,7 +25,7 @@ FAST = ["--backbone", "tiny", "--steps", "3", "--set", "backbone.resolution=64",
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> Path:
-    from ipfacediff.sample import write_sample_clip
+    from ipfacediff.runtime.sample import write_sample_clip
 
     return write_sample_clip(tmp_path_factory.mktemp("long") / "long.mp4", n_frames=120, size=128, audio=True)
 
@@ -39,7 +39,7 @@ def _frames(path: Path) -> np.ndarray:
 
 
 def test_keyframe_groups_share_an_anchor():
-    from ipfacediff.edit import keyframe_groups
+    from ipfacediff.runtime.editing import keyframe_groups
 
     keys = list(range(0, 200, 8))
     groups = keyframe_groups(keys, 10)
@@ -51,7 +51,7 @@ def test_keyframe_groups_share_an_anchor():
 
 @pytest.mark.parametrize("name", ["exact-nn", "latent-nn"])
 def test_chunked_propagation_equals_whole_clip_propagation(catalog, name):
-    from ipfacediff.edit import chunk_with_borders
+    from ipfacediff.runtime.editing import chunk_with_borders
 
     g = torch.Generator().manual_seed(0)
     src = torch.randn(1, 4, 16, 16, generator=g) + 0.15 * torch.randn(41, 4, 16, 16, generator=g).cumsum(0)
@@ -59,14 +59,17 @@ def test_chunked_propagation_equals_whole_clip_propagation(catalog, name):
     edited = torch.randn(len(keys), 4, 16, 16, generator=g)
     stats = (src[keys].mean(dim=(0, 2, 3)), src[keys].std(dim=(0, 2, 3)))
     prop = catalog.build("propagator", name)
-    whole = prop.propagate(src, keys, edited, stats=stats)
+    from ipfacediff.interfaces import PropagationInput
+
+    whole = prop.propagate(PropagationInput(key_rows=keys, frames=list(range(41)), features=src, stats=stats, edited_latents=edited))
     for chunk in (1, 5, 7, 13, 41):
         parts = []
         for a in range(0, 41, chunk):
             rows = list(range(a, min(41, a + chunk)))
             sub, sub_keys, first = chunk_with_borders(rows, keys)
             assert all(sub[p] in keys for p in sub_keys) and sub[first:first + len(rows)] == rows
-            out = prop.propagate(src[sub], sub_keys, edited[[keys.index(sub[p]) for p in sub_keys]], stats=stats, frames=sub)
+            out = prop.propagate(PropagationInput(key_rows=sub_keys, frames=sub, features=src[sub], stats=stats,
+                                                  edited_latents=edited[[keys.index(sub[p]) for p in sub_keys]]))
             parts.append(out[first:first + len(rows)])
         assert torch.equal(torch.cat(parts), whole), chunk
 
@@ -106,20 +109,21 @@ def test_chunked_edit_has_no_jump_at_chunk_borders(long_clip, tmp_path):
 
 def test_memory_does_not_grow_with_clip_length(tmp_path):
     """Peak traced memory (Python objects and numpy arrays: frames, crops, latents read back, decoded
-    crops) of a 128- and a 384-frame edit (64-frame chunks). Held for the whole clip, the per-frame arrays would add
-    ~30 KB per frame here (64 px crops, 128 px frames); streamed, only the chunk's are alive."""
+    crops) of a 64- and a 192-frame edit (16-frame chunks, so the longer clip has 3x the chunks).
+    Held for the whole clip, the per-frame arrays would add ~30 KB per frame here (64 px crops, 128 px
+    frames); streamed, only the chunk's are alive."""
     import tracemalloc
 
-    from ipfacediff.edit import EditRequest, run_edit
+    from ipfacediff.jobs.edit import EditRequest, run_edit
     from ipfacediff.registry import load_registry
-    from ipfacediff.sample import write_sample_clip
+    from ipfacediff.runtime.sample import write_sample_clip
 
     reg = load_registry()
     peaks = {}
-    for n in (16, 128, 384):  # the first run warms up imports and caches: not compared
+    for n in (16, 64, 192):  # the first run warms up imports and caches: not compared
         clip = write_sample_clip(tmp_path / f"m{n}.mp4", n_frames=n, size=128, audio=False)
         req = EditRequest(input=clip, prompt="eyeglasses", pipeline=reg.pipeline("ip-facediff"), registry=reg, output=tmp_path / f"o{n}.mp4",
-                          backbone="tiny", steps=2, sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 16}},
+                          backbone="tiny", steps=2, sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 16, "chunk_frames": 16}},
                           face_processor="full-frame", show_progress=False, cache=False)
         tracemalloc.start()
         try:
@@ -129,9 +133,9 @@ def test_memory_does_not_grow_with_clip_length(tmp_path):
             tracemalloc.stop()
         print(f"{n} frames: traced peak {peaks[n]:.1f} MB, {rep['chunks']} chunks, {rep['keyframe_groups']} keyframe groups, "
               f"{rep['timings_s']['total']:.1f} s")
-    growth = peaks[384] - peaks[128]
-    print(f"growth 128 -> 384 frames: {growth:.2f} MB ({growth / 256 * 1024:.1f} KB per frame)")
-    assert growth < 1.0, peaks  # held in RAM, 256 more frames would add ~8 MB; streamed ~0.5 KB per frame (the face track)
+    growth = peaks[192] - peaks[64]
+    print(f"growth 64 -> 192 frames: {growth:.2f} MB ({growth / 128 * 1024:.1f} KB per frame)")
+    assert growth < 0.5, peaks  # held in RAM, 128 more frames would add ~4 MB; streamed ~1.3 KB per frame (the face track)
 
 
 def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:

@@ -37,7 +37,7 @@ def _constant_parts(node: ast.AST) -> list[str]:
 
 def user_error_messages() -> list[tuple[str, int, list[str]]]:
     found = []
-    for path in sorted([*ROOT.glob("core/*.py"), *ROOT.glob("plugins/*.py")]):
+    for path in sorted([*ROOT.glob("core/**/*.py"), *ROOT.glob("plugins/**/*.py")]):
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args):
                 continue

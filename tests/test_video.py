@@ -3,7 +3,7 @@ import pytest
 
 from conftest import DATA, needs_data
 from ipfacediff.errors import InputError, OutputExistsError
-from ipfacediff.video import VideoWriter, frame_hash, open_frames, probe
+from ipfacediff.runtime.video import VideoWriter, frame_hash, open_frames, probe
 
 
 def test_sample_clip_probe_and_stream(sample_clip):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import ipfacediff
-from ipfacediff.interfaces import Metric, Propagator
+from ipfacediff.interfaces import Metric, PropagationInput, Propagator
 
 
 class NearestKeyframe(Propagator):
@@ -25,23 +25,28 @@ class NearestKeyframe(Propagator):
     class Params:
         mode: Literal["nearest", "blend"] = field(default="nearest", metadata={"help": "copy the nearest keyframe or blend the two around the frame"})
 
-    def propagate(self, source: torch.Tensor, key_indices, edited_keys: torch.Tensor) -> torch.Tensor:
-        keys = list(key_indices)
-        t = source.shape[0]
-        out = edited_keys.new_empty((t, *edited_keys.shape[1:]))
-        for i in range(t):
-            dist = [abs(i - k) for k in keys]
-            if self.params.mode == "nearest" or i in keys:
-                out[i] = edited_keys[int(np.argmin(dist))]
+    space = "latents"
+    needs = ("edited_latents",)
+
+    def propagate(self, inp: PropagationInput) -> torch.Tensor:
+        # times come from inp.frames (clip frame indices), not row positions: the edit calls this
+        # chunk by chunk, with the keyframes on both sides of the chunk as extra rows
+        edited, at = inp.edited_latents, inp.frames
+        keys = [at[r] for r in inp.key_rows]
+        out = edited.new_empty((len(at), *edited.shape[1:]))
+        for i, time in enumerate(at):
+            dist = [abs(time - k) for k in keys]
+            if self.params.mode == "nearest" or time in keys:
+                out[i] = edited[int(np.argmin(dist))]
                 continue
-            before = [j for j, k in enumerate(keys) if k < i]
-            after = [j for j, k in enumerate(keys) if k > i]
+            before = [j for j, k in enumerate(keys) if k < time]
+            after = [j for j, k in enumerate(keys) if k > time]
             if not before or not after:
-                out[i] = edited_keys[int(np.argmin(dist))]
+                out[i] = edited[int(np.argmin(dist))]
                 continue
             a, b = before[-1], after[0]
-            w = (i - keys[a]) / (keys[b] - keys[a])
-            out[i] = (1 - w) * edited_keys[a] + w * edited_keys[b]
+            w = (time - keys[a]) / (keys[b] - keys[a])
+            out[i] = (1 - w) * edited[a] + w * edited[b]
         return out
 
 

@@ -1,0 +1,74 @@
+"""The benchmark harness: pipelines compared on clips and prompts, like a paper's tables, with the cost of each.
+
+``ipfacediff bench --videos DIR --pipelines ip-facediff,per-frame,tokenflow,sdedit --backbone tiny -o OUT``.
+
+Jobs (each resumable: a finished job's ``result.json`` is kept and the job skipped on a rerun with
+the same settings):
+
+* ``edit``: one (clip, prompt, pipeline) edit, then the ``edit`` metrics of the edited video
+  against the source (identity, CLIP, temporal) and the edit report's cost (UNet evaluations per
+  frame, wall time per stage, peak memory);
+* ``null-edit``: one (clip, pipeline) run with the source prompt only, for ``reconstruction``;
+* ``propagation``: one (clip, pipeline with a propagator): the keyframes' own latents propagated to
+  the other frames, for ``propagation`` (what the propagator loses, independent of any edit).
+
+Outputs in OUT: ``results.json`` (versioned schema, one row per job), a rich table in the terminal
+(pipelines x metrics, the best of each column marked), ``report.html`` with per-clip strips, metric
+per frame plots and a cost-vs-quality plot (pictures in ``report/``), and ``jobs/`` with every
+edited video and report. ``--executor ray`` runs the same jobs as Ray tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ipfacediff.errors import InputError, ParameterError
+from ipfacediff.jobs.bench.executors import run_local, run_ray
+from ipfacediff.jobs.bench.plan import DEFAULT_METRICS, DEFAULT_PIPELINES, SCHEMA, BenchRequest, find_videos, load_prompts_file, plan_jobs
+from ipfacediff.jobs.bench.report import _notes, _strip_and_plots, print_table, summarize, write_html
+from ipfacediff.runtime.files import write_atomic
+
+__all__ = ["BenchRequest", "DEFAULT_METRICS", "DEFAULT_PIPELINES", "SCHEMA", "find_videos", "load_prompts_file", "run_bench"]
+
+
+def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
+    from ipfacediff.runtime.progress import progress_bar
+    from ipfacediff.registry import load_registry
+
+    if req.steps < 1:
+        raise ParameterError(f"--steps {req.steps}: must be at least 1")
+    if req.max_frames is not None and req.max_frames < 2:
+        raise ParameterError(f"--max-frames {req.max_frames}: a benchmark needs at least 2 frames per clip")
+    if req.executor not in ("local", "ray"):
+        raise ParameterError(f"--executor {req.executor}: local or ray")
+    reg = load_registry(req.registry_file)
+    for p in req.pipelines:
+        reg.pipeline(p)
+    if not req.pipelines:
+        raise ParameterError("--pipelines: give at least one pipeline")
+    jobs = plan_jobs(req, reg)
+    if not jobs:
+        raise InputError("no jobs: no prompts matched the clips (see --prompts)")
+    req.output.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with progress_bar("bench jobs", len(jobs), req.show_progress) as bar:
+        runner = run_ray if req.executor == "ray" else run_local
+        rows = runner(jobs, lambda row: bar.advance(description=f"{row['pipeline']} {row['clip']}"))
+    summary = summarize(rows, req.metrics)
+    notes = _notes(rows, req.metrics)
+    settings = {"videos": [str(v) for v in req.videos], "pipelines": req.pipelines, "metrics": req.metrics, "backbone": req.backbone,
+                "steps": req.steps, "max_frames": req.max_frames, "seed": req.seed, "sets": req.sets, "executor": req.executor,
+                "prompts": req.prompts}
+    assets = _strip_and_plots(rows, req.metrics, summary, req.output)
+    write_html(req.output / "report.html", rows, summary, req.metrics, notes, assets, settings)
+    result = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings,
+              "jobs": len(rows), "jobs_skipped": sum(1 for r in rows if r.get("skipped")), "seconds": round(time.perf_counter() - t0, 3),
+              "summary": summary, "notes": notes, "rows": [{k: v for k, v in r.items() if k != "skipped"} | {"skipped": bool(r.get("skipped"))}
+                                                           for r in rows],
+              "report": str(req.output / "report.html")}
+    write_atomic(req.output / "results.json", json.dumps(result, indent=1, default=str))
+    if console is not None:
+        print_table(summary, req.metrics, notes, console)
+    return result

@@ -1,0 +1,213 @@
+"""What a benchmark shows: the summary per pipeline, the terminal table, per-clip strips and plots,
+and report.html."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipfacediff.jobs.bench.run import _read_frames
+from ipfacediff.jobs.bench.plan import SCHEMA
+from ipfacediff.runtime.files import write_atomic
+
+def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[str, float | None]]:
+    """pipeline -> metric -> mean over its jobs (and the cost columns)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for pipe in dict.fromkeys(r["pipeline"] for r in rows):
+        mine = [r for r in rows if r["pipeline"] == pipe]
+        col: dict[str, float | None] = {}
+        for m in metrics:
+            vals = [r["metrics"][m]["value"] for r in mine if m in r.get("metrics", {}) and r["metrics"][m]["value"] is not None]
+            col[m] = float(np.mean(vals)) if vals else None
+        edits = [r for r in mine if r["kind"] == "edit"]
+        col["unet_evals_per_frame"] = float(np.mean([r["cost"]["unet_evals_per_frame"] for r in edits])) if edits else None
+        col["seconds_per_frame"] = float(np.mean([r["cost"]["seconds_per_frame"] for r in edits])) if edits else None
+        col["peak_memory_mb"] = float(np.max([r["cost"]["peak_memory_mb"] for r in edits])) if edits else None
+        out[pipe] = col
+    return out
+
+
+def _notes(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, str]:
+    notes = {}
+    for m in metrics:
+        for r in rows:
+            res = r.get("metrics", {}).get(m)
+            if res and res["value"] is None and res.get("note"):
+                notes[m] = res["note"]
+                break
+    return notes
+
+
+def best_of(summary: dict[str, dict[str, float | None]], column: str, higher: bool) -> str | None:
+    vals = {p: c[column] for p, c in summary.items() if c.get(column) is not None}
+    if len(vals) < 2:
+        return None
+    return (max if higher else min)(vals, key=vals.get)
+
+
+def direction(name: str) -> bool:
+    from ipfacediff.catalog import get_catalog
+
+    if name in ("unet_evals_per_frame", "seconds_per_frame", "peak_memory_mb"):
+        return False
+    return bool(get_catalog().get("metric", name).cls.higher_is_better)
+
+
+def print_table(summary, metrics: list[str], notes: dict[str, str], console) -> None:
+    from rich.table import Table
+
+    cols = [*metrics, "unet_evals_per_frame", "seconds_per_frame", "peak_memory_mb"]
+    table = Table(title="ipfacediff bench: mean per pipeline (* best of the column)")
+    table.add_column("pipeline")
+    for c in cols:
+        table.add_column(c.replace("_", " ") + (" ↑" if direction(c) else " ↓"), justify="right")
+    best = {c: best_of(summary, c, direction(c)) for c in cols}
+    for pipe, col in summary.items():
+        cells = []
+        for c in cols:
+            v = col.get(c)
+            cells.append("n/a" if v is None else (f"[bold green]{v:.4g}*[/]" if best[c] == pipe else f"{v:.4g}"))
+        table.add_row(pipe, *cells)
+    if not console.is_terminal:  # a log or a pipe: print the whole table, not one squeezed to 80 columns
+        from rich.console import Console
+
+        console = Console(file=console.file, width=max(console.width, 40 + 12 * len(cols)))
+    console.print(table)
+    for m, note in notes.items():
+        console.print(f"  {m}: {note}")
+
+
+def _per_frame_plot(shown: list[dict[str, Any]], metric: str, clip: str, prompt: str, assets: Path) -> str:
+    """A line per pipeline of ``metric``'s per-frame values on one clip; returns the PNG's report path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(6.5, 3), dpi=100)
+    for r in shown:
+        pf = r["metrics"].get(metric, {}).get("per_frame")
+        if pf:
+            ax.plot([np.nan if v is None else v for v in pf], label=r["pipeline"], lw=1.3)
+    ax.set_xlabel("frame" if metric in ("id-similarity",) else "frame pair")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(metric)
+    ax.set_title(f"{clip}: {metric} per frame ({prompt})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    pname = f"per-frame-{clip}.png"
+    fig.savefig(assets / pname)
+    plt.close(fig)
+    return f"report/{pname}"
+
+
+def _strip_and_plots(rows: list[dict[str, Any]], metrics: list[str], summary, out: Path) -> dict[str, Any]:
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ipfacediff.runtime.frames import make_strip
+
+    assets = out / "report"
+    assets.mkdir(parents=True, exist_ok=True)
+    made: dict[str, Any] = {"clips": {}}
+    edits = [r for r in rows if r["kind"] == "edit"]
+    for clip in dict.fromkeys(r["clip"] for r in edits):
+        mine = [r for r in edits if r["clip"] == clip]
+        first_prompt = mine[0]["prompt"]
+        shown = [r for r in mine if r["prompt"] == first_prompt]
+        n = shown[0]["frames"]
+        keys = shown[0]["keyframes"]
+        idx = sorted(set(np.linspace(0, n - 1, min(n, 6)).round().astype(int).tolist()) | set(keys[:2]))[:8]
+        src = _read_frames(shown[0]["clip_path"], n)
+        strip_rows, labels = [[src[i] for i in idx]], ["source"]
+        for r in shown:
+            ed = _read_frames(r["output"], n)
+            strip_rows.append([ed[i] for i in idx])
+            labels.append(f"{r['pipeline']} (keyframes {', '.join(map(str, r['keyframes'][:6]))}{'...' if len(r['keyframes']) > 6 else ''})")
+        strip = make_strip(strip_rows, height=112)
+        name = f"strip-{clip}.png"
+        cv2.imwrite(str(assets / name), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+        entry = {"strip": f"report/{name}", "rows": labels, "frames": idx, "prompt": first_prompt}
+        per_frame_metric = next((m for m in ("id-similarity", "tl-id", "warp-error", "flicker") if m in metrics), None)
+        if per_frame_metric:
+            entry["plot"] = _per_frame_plot(shown, per_frame_metric, clip, first_prompt, assets)
+        made["clips"][clip] = entry
+    quality = next((m for m in ("id-similarity", "clip-directional", "tl-id", "reconstruction") if m in metrics
+                    and any(c.get(m) is not None for c in summary.values())), None)
+    if quality:
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        for pipe, col in summary.items():
+            if col.get("unet_evals_per_frame") is not None and col.get(quality) is not None:
+                ax.scatter(col["unet_evals_per_frame"], col[quality], s=40)
+                ax.annotate(pipe, (col["unet_evals_per_frame"], col[quality]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("UNet evaluations per output frame (cost)")
+        ax.set_ylabel(quality)
+        ax.set_title("cost vs quality", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(assets / "cost-vs-quality.png")
+        plt.close(fig)
+        made["cost_vs_quality"] = "report/cost-vs-quality.png"
+    return made
+
+
+_CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  var s = document.getElementById('image-check');
+  s.setAttribute('data-images', imgs.length);
+  s.setAttribute('data-broken', broken.length);
+  s.textContent = broken.length ? broken.length + ' of ' + imgs.length + ' pictures did not load' : '';
+});
+</script>"""
+
+
+def write_html(path: Path, rows, summary, metrics, notes, assets, settings: dict[str, Any]) -> None:
+    e = html.escape
+    cols = [*metrics, "unet_evals_per_frame", "seconds_per_frame", "peak_memory_mb"]
+    best = {c: best_of(summary, c, direction(c)) for c in cols}
+    head = "".join(f"<th>{e(c.replace('_', ' '))} {'↑' if direction(c) else '↓'}</th>" for c in cols)
+    body = []
+    for pipe, col in summary.items():
+        cells = "".join(
+            f"<td class='{'best' if best[c] == pipe else ''}'>{'n/a' if col.get(c) is None else f'{col[c]:.4g}'}</td>" for c in cols)
+        body.append(f"<tr><th>{e(pipe)}</th>{cells}</tr>")
+    note_html = "".join(f"<li><b>{e(m)}</b>: {e(n)}</li>" for m, n in notes.items())
+    clips = []
+    for clip, c in assets["clips"].items():
+        labels = "".join(f"<li>{e(lbl)}</li>" for lbl in c["rows"])
+        plot = f"<img src='{e(c['plot'])}' alt='metric per frame, {e(clip)}'>" if c.get("plot") else ""
+        clips.append(f"<section><h3>{e(clip)} — “{e(c['prompt'])}”</h3><p>frames {e(', '.join(map(str, c['frames'])))}; rows:</p>"
+                     f"<ol>{labels}</ol><img class='strip' src='{e(c['strip'])}' alt='strip {e(clip)}'>{plot}</section>")
+    cq = f"<h2>Cost vs quality</h2><img src='{e(assets['cost_vs_quality'])}' alt='cost vs quality'>" if assets.get("cost_vs_quality") else ""
+    random_note = "<p class='warn'>Random-weight backbone: these numbers show the mechanics, not the methods' real quality.</p>" \
+        if any(r.get("backbone_random") for r in rows) else ""
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ipfacediff bench</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+td.best {{ background: #d9f2d9; font-weight: bold; }} img {{ max-width: 100%; }} img.strip {{ display: block; margin: 0.5em 0; }}
+.warn {{ color: #a40; }} #image-check {{ color: #c00; }}
+</style></head><body>
+<h1>ipfacediff bench</h1>
+<p id="image-check" data-images="" data-broken=""></p>
+<p>{len(rows)} jobs; backbone {e(str(settings['backbone']))}, {settings['steps']} steps, up to {settings['max_frames']} frames per clip; schema {SCHEMA}.</p>
+{random_note}
+<h2>Mean per pipeline</h2><table><tr><th>pipeline</th>{head}</tr>{''.join(body)}</table>
+<ul>{note_html}</ul>
+{cq}
+<h2>Clips</h2>{''.join(clips)}
+{_CHECK_SCRIPT}
+</body></html>
+"""
+    write_atomic(path, doc)

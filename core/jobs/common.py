@@ -1,0 +1,97 @@
+"""What the jobs share: the ``--set`` check, component and backbone resolution, stage timing, peak
+memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ipfacediff.catalog import get_catalog
+from ipfacediff.errors import ParameterError
+from ipfacediff.interfaces import Backbone
+from ipfacediff.registry import Registry
+from ipfacediff.runtime.diffusers_backbone import RANDOM_BACKBONE_NOTE as RANDOM_NOTE
+
+SD_HUB_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4")
+
+
+def check_sets(sets: dict[str, Any], entry, what: str, extra: tuple[str, ...] = ("settings", "backbone")) -> None:
+    """``--set SLOT.KEY=VALUE``: every SLOT is a slot of the pipeline / recipe ``entry`` (or one of
+    ``extra``) and is given parameters, not a value."""
+    allowed = [*entry.components, *extra]
+    for slot, values in sets.items():
+        if slot not in allowed:
+            raise ParameterError(f"--set {slot}...: the {what} {entry.name!r} has no {slot!r} (has: {', '.join(allowed)})")
+        if not isinstance(values, dict):
+            raise ParameterError(f"--set {slot}={values!r}: give a parameter, e.g. {slot}.NAME=VALUE")
+
+
+def build_slot(entry, slot: str, sets: dict[str, Any], device: str | torch.device = "cpu"):
+    """The component in ``slot`` of a pipeline / recipe, its registry parameters overridden by ``--set``."""
+    ref = entry.components[slot]
+    return get_catalog().build(ref.kind, ref.name, {**ref.raw_params(), **sets.get(slot, {})}, ref.where).to(device)
+
+
+def resolve_backbone(name: str, sets: dict[str, Any], registry: Registry, default: str = "auto") -> tuple[Backbone, list[str]]:
+    """``auto``: ``default`` (the pipeline's or recipe's backbone) unless that is ``auto`` too, then a
+    configured or locally cached Stable Diffusion, else ``tiny`` (with a warning); otherwise a
+    backbone entry of the registry or a registered backbone component. ``sets["backbone"]``
+    overrides parameters."""
+    catalog = get_catalog()
+    warnings: list[str] = []
+    extra = sets.get("backbone", {})
+    if not isinstance(extra, dict):
+        raise ParameterError(f"--set backbone={extra!r}: give a parameter, e.g. backbone.NAME=VALUE")
+    if name == "auto":
+        name = default
+    if name == "auto":
+        found = None
+        if os.environ.get("IPFACEDIFF_SD_MODEL"):
+            found = ("stable-diffusion", {"path": os.environ["IPFACEDIFF_SD_MODEL"]})
+        for entry in registry.backbones.values():
+            path = entry.component.raw_params().get("path")
+            if found is None and entry.component.name == "stable-diffusion" and path and Path(path).expanduser().exists():
+                found = ("stable-diffusion", entry.component.raw_params())
+        if found is None:
+            from ipfacediff.runtime.models import resolve_sd_checkpoint
+
+            for hub_id in SD_HUB_IDS:
+                try:
+                    resolve_sd_checkpoint(hub_id)
+                    found = ("stable-diffusion", {"path": hub_id})
+                    break
+                except Exception:  # noqa: BLE001 - not cached
+                    continue
+        if found is None:
+            warnings.append(f"no Stable Diffusion checkpoint configured or cached: using the tiny backbone ({RANDOM_NOTE})")
+            found = ("tiny", {})
+        comp, params = found
+        return catalog.build("backbone", comp, {**params, **extra}, "--backbone auto"), warnings
+    if name in registry.backbones:
+        entry = registry.backbones[name]
+        return catalog.build("backbone", entry.component.name, {**entry.component.raw_params(), **extra}, entry.component.where), warnings
+    return catalog.build("backbone", name, extra, "--backbone"), warnings
+
+
+class Timings(dict):
+    """Wall time per stage (seconds, summed over repeated blocks)."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

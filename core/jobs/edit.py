@@ -1,0 +1,376 @@
+"""The edit job: a face video and a prompt in, the edited video out (same length, fps, size, audio).
+
+Stages (each timed, each with a progress bar): detect and track the face (cached), align crops at the
+backbone's resolution and encode them to latents (streamed to a memory-mapped cache entry), then the
+pipeline's *strategy* (a plugin: ``ip-facediff``, ``per-frame``, ``sdedit``, ``tokenflow``, ...) runs its
+clip-wide stage and renders the edited latents chunk by chunk; each chunk is decoded, pasted back into
+its frames and written. Beside the video: a strip of source vs edited keyframes (PNG) and a JSON
+report (UNet evaluations by stage, timings, peak memory, cache use, warnings).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ipfacediff.errors import InputError, NoFaceError, ParameterError
+from ipfacediff.interfaces import Backbone, EditRun, FaceDetection, FaceProcessor, Inversion
+from ipfacediff.jobs.common import RANDOM_NOTE, Timings, build_slot, check_sets, peak_memory_mb, resolve_backbone
+from ipfacediff.params import validate_params
+from ipfacediff.registry import PipelineEntry, PipelineSettings, Registry
+from ipfacediff.runtime.cache import StageCache, hash_tensor, input_fingerprint, prune, stage_key
+from ipfacediff.runtime.face import aligned_faces, detect_track, track_from_arrays, track_to_arrays
+from ipfacediff.runtime.files import write_atomic
+from ipfacediff.runtime.frames import make_strip, to_tensor, to_uint8
+from ipfacediff.runtime.keyframes import select_keyframes
+from ipfacediff.runtime.progress import progress_bar
+from ipfacediff.runtime.video import IMAGE_EXTS, VideoWriter, check_output, check_size, open_frames
+
+
+@dataclass
+class EditRequest:
+    input: Path
+    prompt: str
+    pipeline: PipelineEntry
+    registry: Registry
+    output: Path | None = None
+    backbone: str = "auto"
+    steps: int = 50
+    max_frames: int | None = None
+    sets: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    face_processor: str | None = None  # replaces the pipeline's face processor (e.g. full-frame for talking heads)
+    device: str = "cpu"
+    overwrite: bool = False
+    show_progress: bool = True
+    null_edit: bool = False  # the source prompt only (no edit): what the pipeline does to a face it should keep
+    cache: bool = True  # keep finished stages in the cache (resume, re-edits); False: nothing read or kept
+
+
+def align_and_encode(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
+                     batch_size: int, show: bool) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Pass 2 in memory (short clips, the benchmark's propagation job): aligned crops at the
+    backbone's resolution (``uint8 [F, r, r, 3]``), their matrices and their latents. ``edit``
+    streams instead (:func:`encode_faces`)."""
+    r = backbone.resolution
+    crops = np.empty((len(face_frames), r, r, 3), np.uint8)
+    matrices = np.empty((len(face_frames), 2, 3))
+    for row, a in aligned_faces(processor, source, n, track, face_frames, r, show):
+        crops[row], matrices[row] = a.crop, a.matrix
+    latents = [backbone.encode_images(to_tensor(crops[s:s + batch_size])).cpu() for s in range(0, len(face_frames), batch_size)]
+    return crops, matrices, torch.cat(latents)
+
+
+def pick_keyframes(settings: PipelineSettings, asked: dict[str, Any], face_frames: list[int], track: list[FaceDetection | None]) -> list[int]:
+    """Keyframe rows (into ``face_frames``) by the pipeline's settings; on a clip shorter than the
+    pipeline's default interval / count (not asked for explicitly) the clip gets one / all."""
+    interval, count = settings.keyframe_interval, settings.keyframe_count
+    if "keyframe_interval" not in asked:
+        interval = min(interval, len(face_frames))
+    if "keyframe_count" not in asked:
+        count = min(count, len(face_frames))
+    return select_keyframes(len(face_frames), settings.keyframe_method, interval, count, [track[i] for i in face_frames])
+
+
+def parse_prompt(prompt: str, source_prompt: str) -> tuple[list[str], str]:
+    """``"eyeglasses, beard"`` -> (edits, target prompt ``"<source>, eyeglasses, beard"``)."""
+    edits = [p.strip() for p in (prompt or "").split(",") if p.strip()]
+    if not edits:
+        raise ParameterError("the prompt is empty; say what to change, e.g. -p \"eyeglasses\" or -p \"blonde hair, beard\"")
+    target = ", ".join([source_prompt.strip(), *edits]) if source_prompt.strip() else ", ".join(edits)
+    return edits, target
+
+
+def encode_faces(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
+                 batch_size: int, folder: Path, show: bool) -> None:
+    """Pass 2, streamed: align each face frame at the backbone's resolution, encode the crops in
+    batches and write the latents into ``folder/latents.npy`` (memory-mapped, ``float32 [F, C, h, w]``)
+    and the alignment matrices into ``folder/matrices.npy``. Only one batch of crops is in memory."""
+    matrices = np.zeros((len(face_frames), 2, 3))
+    store: dict[str, Any] = {}
+    rows: list[int] = []
+    crops: list[np.ndarray] = []
+
+    def flush() -> None:
+        z = backbone.encode_images(to_tensor(np.stack(crops))).float().cpu().numpy()
+        if "latents" not in store:
+            store["latents"] = np.lib.format.open_memmap(folder / "latents.npy", mode="w+", dtype=np.float32, shape=(len(face_frames), *z.shape[1:]))
+        store["latents"][rows[0]:rows[0] + len(rows)] = z
+        rows.clear()
+        crops.clear()
+
+    for row, a in aligned_faces(processor, source, n, track, face_frames, backbone.resolution, show):
+        rows.append(row)
+        crops.append(a.crop)
+        matrices[row] = a.matrix
+        if len(rows) == batch_size:
+            flush()
+    if rows:
+        flush()
+    store["latents"].flush()
+    del store["latents"]  # closes the memory map
+    np.save(folder / "matrices.npy", matrices)
+
+
+@dataclass
+class _Plan:
+    """What the request asks for, checked before any model is built."""
+
+    settings: PipelineSettings
+    edits: list[str]
+    target_prompt: str
+    info: Any
+    output: Path
+    frames: int
+
+
+def plan_edit(req: EditRequest) -> _Plan:
+    """Validate the request: steps, frames, ``--set``, settings, prompt, input and output."""
+    pipeline = req.pipeline
+    if req.steps < 1:
+        raise ParameterError(f"--steps {req.steps}: must be at least 1")
+    if req.max_frames is not None and req.max_frames < 1:
+        raise ParameterError(f"--max-frames {req.max_frames}: must be at least 1")
+    check_sets(req.sets, pipeline, "pipeline")
+    settings = validate_params(PipelineSettings, {**asdict(pipeline.settings), **req.sets.get("settings", {})}, f"pipeline {pipeline.name} settings")
+    if "strategy" not in pipeline.components:
+        raise ParameterError(f"pipeline {pipeline.name!r} has no strategy; name one (e.g. strategy: ip-facediff) to edit with it")
+    edits, target = ([], settings.source_prompt) if req.null_edit else parse_prompt(req.prompt, settings.source_prompt)
+    info = open_frames(req.input).info  # validates the input before anything is built
+    check_size(info, settings.max_input_side)
+    out = req.output or Path.cwd() / (f"{req.input.stem}-edited" + (".png" if info.kind == "image" else ".mp4"))
+    out = check_output(out, req.overwrite, [req.input])
+    n = info.n_frames if req.max_frames is None else min(info.n_frames, req.max_frames)
+    if out.suffix.lower() in IMAGE_EXTS and n != 1:
+        raise InputError(f"{out}: an image output needs a one-frame input; use .mp4 for {n} frames")
+    return _Plan(settings, edits, target, info, out, n)
+
+
+def build_components(req: EditRequest, device: torch.device) -> tuple[dict[str, Any], Backbone, list[str]]:
+    """The pipeline's components (``--face-processor`` replaces its face processor) and the backbone."""
+    comps = {slot: build_slot(req.pipeline, slot, req.sets, device) for slot in req.pipeline.components
+             if slot != "identity_encoder" and not (slot == "face_processor" and req.face_processor)}
+    if req.face_processor:
+        from ipfacediff.catalog import get_catalog
+
+        comps["face_processor"] = get_catalog().build("face_processor", req.face_processor, req.sets.get("face_processor", {}),
+                                                      "--face-processor").to(device)
+    backbone, warnings = resolve_backbone(req.backbone, req.sets, req.registry, req.pipeline.backbone)
+    backbone.to(device)
+    backbone.unet_evals.clear()
+    return comps, backbone, warnings
+
+
+def detect_stage(req: EditRequest, plan: _Plan, processor: FaceProcessor, source, cache: StageCache, reused: list[str],
+                 warnings: list[str]) -> tuple[str, list[FaceDetection | None], list[int], list[int]]:
+    """Detect and track (cached per clip, processor and smoothing); the face frames and keyframe rows."""
+    n, settings = plan.frames, plan.settings
+    key = stage_key(stage="track", input=input_fingerprint(req.input), frames=n, processor=processor.name,
+                    params=asdict(processor.params), smoothing=settings.landmark_smoothing, v=1)
+    cached = cache.load_npz("tracks", key)
+    if cached is not None:
+        track = track_from_arrays(cached)
+        reused.append("detect")
+    else:
+        track = detect_track(processor, source, n, settings.landmark_smoothing, req.show_progress)
+        cache.save_npz("tracks", key, **track_to_arrays(track))
+    face_frames = [i for i, d in enumerate(track) if d is not None]
+    if not face_frames:
+        raise NoFaceError(f"no face found in {req.input} (checked {n} frame{'s' if n != 1 else ''} with {processor.name})")
+    if len(face_frames) < n:
+        warnings.append(f"no face in {n - len(face_frames)} of {n} frames: those frames pass through unedited")
+    if len(face_frames) / n < settings.min_face_frames:
+        raise NoFaceError(f"a face was found in only {len(face_frames)} of {n} frames of {req.input}")
+    return key, track, face_frames, pick_keyframes(settings, req.sets.get("settings", {}), face_frames, track)
+
+
+def encode_stage(req: EditRequest, plan: _Plan, processor: FaceProcessor, backbone: Backbone, source, track_key: str, track,
+                 face_frames: list[int], cache: StageCache, reused: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Align and encode, streamed to a memory-mapped file (cached per track and backbone)."""
+    bs = plan.settings.batch_size
+    key = stage_key(stage="latents", track=track_key, backbone=backbone.identity(), resolution=backbone.resolution, batch=bs, v=1)
+    folder = cache.find_dir("latents", key, ("latents.npy", "matrices.npy"))
+    if folder is not None:
+        reused.append("encode")
+    else:
+        tmp = cache.new_dir("latents", key)
+        encode_faces(processor, backbone, source, plan.frames, track, face_frames, bs, tmp, req.show_progress)
+        folder = cache.commit_dir(tmp, "latents", key)
+    return np.load(folder / "latents.npy", mmap_mode="r"), np.load(folder / "matrices.npy")
+
+
+def make_run(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Backbone, latents: np.ndarray, keys: list[int],
+             face_frames: list[int], cache: StageCache, timings: Timings, reused: list[str]) -> EditRun:
+    """The strategy's view of the edit, with the job's cached inversion and cached stages."""
+    embeds = {"empty": backbone.encode_prompt([""]), "target": backbone.encode_prompt([plan.target_prompt]),
+              "uncond": backbone.encode_prompt([plan.settings.guidance_prompt])}
+    report: dict[str, Any] = {}
+
+    def cached(category: str, parts: dict[str, Any], compute) -> torch.Tensor:
+        key = stage_key(stage=category, backbone=backbone.identity(), adapters=backbone.adapters, steps=req.steps, seed=req.seed, **parts) \
+            if cache.enabled else ""
+        value = cache.load_tensor(category, key) if cache.enabled else None
+        if value is None:
+            value = compute()
+            if cache.enabled:
+                cache.save_tensor(category, key, value)
+        return value
+
+    def invert(lat: torch.Tensor) -> Inversion:
+        inverter = comps["inverter"]
+        hit = True
+
+        def compute() -> dict[str, Any]:
+            nonlocal hit
+            hit = False
+            inv = inverter.invert(backbone, lat, embeds["empty"], req.steps, req.seed)
+            return {"timesteps": inv.timesteps, "denoise_timesteps": inv.denoise_timesteps, "trajectory": torch.stack(inv.trajectory),
+                    "steps": inv.steps, "extras": inv.extras}
+
+        with timings("invert"):
+            backbone.set_adapter("identity")
+            parts = {"inverter": [inverter.name, asdict(inverter.params)], "adapter": backbone.active_adapter,
+                     "latents": hash_tensor(lat) if cache.enabled else "", "prompt": hash_tensor(embeds["empty"]) if cache.enabled else ""}
+            d = cached("inversions", parts, compute)
+            report["inversion_cached"] = report.get("inversion_cached", True) and hit  # every inversion came from the cache
+        return Inversion(d["timesteps"], list(d["trajectory"].unbind(0)), d["denoise_timesteps"], d["steps"], d["extras"])
+
+    scratch = cache.new_dir("latents", "scratch")  # hidden .part folder: cleared by the cache if a kill leaves it
+    return EditRun(backbone, comps, plan.settings, latents, keys, face_frames, embeds, req.steps, req.seed, req.show_progress,
+                   invert, cached, timings, scratch, report, reused)
+
+
+def render_stage(req: EditRequest, plan: _Plan, run: EditRun, strategy, processor: FaceProcessor, source, track, matrices: np.ndarray,
+                 timings: Timings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Chunk by chunk: the strategy's edited latents of the chunk's face frames, decoded, pasted back
+    and written (a video, or an image for one frame). Returns the strip's source and edited crops."""
+    n, settings, info, out = plan.frames, plan.settings, plan.info, plan.output
+    backbone, r = run.backbone, run.backbone.resolution
+    pos = {f: k for k, f in enumerate(run.face_frames)}
+    strip_keys = {run.face_frames[k] for k in run.keys[:8]}
+    strip: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    writer = None
+    if out.suffix.lower() not in IMAGE_EXTS:
+        audio = info.path if info.kind == "video" and info.has_audio else None
+        vfr = info.variable_frame_rate and len(info.timestamps or []) >= n
+        writer = VideoWriter(out, info.fps_fraction, info.width, info.height, audio_from=audio, overwrite=True,
+                             timestamps=info.timestamps[:n] if vfr else None, time_base=info.time_base)
+    try:
+        with progress_bar("render", n, req.show_progress) as bar:
+            for a in range(0, n, settings.chunk_frames):
+                b = min(n, a + settings.chunk_frames)
+                rows = [pos[i] for i in range(a, b) if i in pos]
+                crops = None
+                if rows:
+                    z = strategy.render(run, rows)
+                    with timings("decode"):
+                        crops = np.concatenate([to_uint8(backbone.decode_latents(z[s:s + settings.batch_size]))
+                                                for s in range(0, len(rows), settings.batch_size)])
+                with timings("paste_write"):
+                    for s in range(a, b, source.batch):
+                        frames = source.get(list(range(s, min(b, s + source.batch))))
+                        result = frames.copy()
+                        for j, f in enumerate(frames):
+                            if s + j in pos:
+                                crop = crops[pos[s + j] - rows[0]]
+                                result[j] = processor.paste_back(f, crop, matrices[pos[s + j]])
+                                if s + j in strip_keys:
+                                    strip[0].append(processor.align(f, track[s + j], r).crop)
+                                    strip[1].append(crop.copy())  # a view would keep the chunk's array alive
+                        if writer is not None:
+                            writer.write(result)
+                        else:
+                            write_atomic(out, cv2.imencode(out.suffix, cv2.cvtColor(result[0], cv2.COLOR_RGB2BGR))[1].tobytes())
+                        bar.advance(len(frames))
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return strip
+
+
+def run_edit(req: EditRequest) -> dict[str, Any]:
+    """Edit ``req.input``: plan, build, detect, encode, the strategy's clip-wide stage, render chunk by
+    chunk, then the strip and the report. Finished stages are kept in the cache (``req.cache``), so an
+    interrupted run resumes after them and a re-edit of the same clip skips detection and encoding."""
+    t_start = time.perf_counter()
+    timings, warnings, reused = Timings(), [], []
+    plan = plan_edit(req)
+    device = torch.device(req.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the report's peak is this edit's, not the process's
+    torch.manual_seed(req.seed)
+    comps, backbone, bw = build_components(req, device)
+    warnings += bw
+    strategy, processor = comps["strategy"], comps["face_processor"]
+    timings["load_models"] = time.perf_counter() - t_start
+    cache, run = StageCache(enabled=req.cache), None
+    source = open_frames(req.input)
+    try:
+        with timings("detect"):
+            track_key, track, face_frames, keys = detect_stage(req, plan, processor, source, cache, reused, warnings)
+        with timings("align_encode"):
+            latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused)
+        run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused)
+        strategy.prepare(run)
+        strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
+    finally:
+        strategy.close()
+        if run is not None:
+            shutil.rmtree(run.scratch, ignore_errors=True)
+        source.close()
+        pruned = {"enabled": cache.enabled, **(prune(protect=cache.used) if cache.enabled else {})}
+        cache.close()
+    return write_report(req, plan, comps, backbone, run, strip, timings, warnings, pruned, t_start, device)
+
+
+def write_report(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Backbone, run: EditRun, strip, timings: Timings,
+                 warnings: list[str], pruned: dict[str, Any], t_start: float, device: torch.device) -> dict[str, Any]:
+    """The strip (source vs edited keyframe crops) and the JSON report beside the output."""
+    out, n, settings = plan.output, plan.frames, plan.settings
+    strip_path = out.with_name(out.stem + ".strip.png")
+    img = make_strip([strip[0], strip[1]], height=min(256, backbone.resolution))
+    write_atomic(strip_path, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+    evals = dict(backbone.unet_evals)
+    if backbone.is_random:
+        warnings.append(RANDOM_NOTE)
+    report = {
+        "job": "edit", "input": plan.info.to_json(), "output": str(out), "strip": str(strip_path), "prompt": req.prompt,
+        "edits": plan.edits, "target_prompt": plan.target_prompt, "pipeline": req.pipeline.name, "strategy": comps["strategy"].name,
+        "components": {slot: {"component": c.name, "params": asdict(c.params)} for slot, c in comps.items()},
+        "settings": asdict(settings),
+        "backbone": {"name": backbone.name, "random_weights": backbone.is_random, "resolution": backbone.resolution,
+                     "adapters": backbone.adapters, "params": asdict(backbone.params)},
+        "seed": req.seed, "steps": req.steps, "frames": n, "frames_edited": len(run.face_frames),
+        "frames_passed_through": n - len(run.face_frames), "keyframes": [run.face_frames[k] for k in run.keys],
+        "chunks": -(-n // settings.chunk_frames), "reused_stages": run.reused, "cache": _cache_report(pruned),
+        "unet_evaluations": {"by_stage": evals, "total": sum(evals.values()), "per_output_frame": sum(evals.values()) / n},
+        **run.report,
+        "timings_s": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t_start}.items()},
+        "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device), "warnings": warnings,
+    }
+    json_path = out.with_name(out.stem + ".json")
+    write_atomic(json_path, json.dumps(report, indent=2, default=str))
+    report["report"] = str(json_path)
+    return report
+
+
+def _cache_report(pruned: dict[str, Any]) -> dict[str, Any]:
+    """The cache's state after the run's pruning: size and limit (bytes and MB), entries evicted."""
+    out: dict[str, Any] = {"enabled": pruned["enabled"]}
+    for k, name in (("bytes", "size"), ("limit", "limit"), ("freed", "freed")):
+        if k in pruned:
+            out[f"{name}_bytes"], out[f"{name}_mb"] = pruned[k], round(pruned[k] / 2 ** 20, 2)
+    if "evicted" in pruned:
+        out["evicted"] = pruned["evicted"]
+    return out

@@ -1,0 +1,179 @@
+"""Attention capture and injection (Plug-and-Play style) through diffusers attention processors.
+
+:class:`FeatureController` and :func:`controlled_unet` install processors and forward hooks that
+capture eps1's decoder self-attention queries/keys and residual features and inject them into eps2's
+decoder, optionally with extended attention across keyframes or TokenFlow-style nearest-neighbour
+propagation of attention outputs. The UNet's original processors are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- feature control
+@dataclass
+class FeatureController:
+    """Shared state of the processors installed by :func:`controlled_unet`.
+
+    ``mode``: ``"off"`` (plain attention), ``"capture"`` (store q/k of the selected self-attention
+    layers and the selected residual outputs), ``"inject"`` (replace them by the stored ones when
+    ``inject_attn``/``inject_res`` is on), ``"tokenflow"`` (see :class:`ControlledSelfAttention`).
+    ``group_size``: frames per group in the batch (a CFG batch is ``[uncond K, cond K]``: 2 groups of
+    K); ``extended``: self-attention keys/values are shared across the frames of a group.
+    """
+
+    attn_layers: set[str] = field(default_factory=set)
+    res_layers: set[str] = field(default_factory=set)
+    mode: str = "off"
+    inject_attn: bool = False
+    inject_res: bool = False
+    extended: bool = False
+    group_size: int = 1
+    key_positions: list[int] = field(default_factory=list)  # tokenflow: keyframe rows inside a group
+    store: dict[str, Any] = field(default_factory=dict)
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, h, c // h).transpose(1, 2)
+
+
+class ControlledSelfAttention:
+    """A self-attention processor (``attn1`` layers) driven by a :class:`FeatureController`."""
+
+    def __init__(self, name: str, ctrl: FeatureController):
+        self.name, self.ctrl = name, ctrl
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        four_d = hidden_states.ndim == 4
+        if four_d:
+            b, c, hh, ww = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, hh * ww).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(ctx), attn.to_v(ctx)
+        ctrl = self.ctrl
+        selected = self.name in ctrl.attn_layers
+        if ctrl.mode == "capture" and selected:
+            ctrl.store[self.name] = (q.detach(), k.detach())
+        elif ctrl.mode == "inject" and selected and ctrl.inject_attn and self.name in ctrl.store:
+            qs, ks = ctrl.store[self.name]
+            reps = q.shape[0] // qs.shape[0]
+            q, k = qs.repeat(reps, 1, 1), ks.repeat(reps, 1, 1)
+        heads = attn.heads
+        if ctrl.mode == "tokenflow" and ctrl.key_positions:
+            out = self._tokenflow(q, k, v, heads, hidden_states)
+        elif ctrl.extended and ctrl.group_size > 1:
+            g = ctrl.group_size
+            bsz, n, _ = k.shape
+            kk = k.view(bsz // g, 1, g * n, -1).expand(-1, g, -1, -1).reshape(bsz, g * n, -1)
+            vv = v.view(bsz // g, 1, g * n, -1).expand(-1, g, -1, -1).reshape(bsz, g * n, -1)
+            out = F.scaled_dot_product_attention(_heads(q, heads), _heads(kk, heads), _heads(vv, heads))
+            out = out.transpose(1, 2).reshape(bsz, n, -1)
+        else:
+            out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads))
+            out = out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if four_d:
+            out = out.transpose(-1, -2).reshape(b, c, hh, ww)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _tokenflow(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, x: torch.Tensor) -> torch.Tensor:
+        """Keyframes attend jointly; every other frame takes, per token, the attention output of
+        its nearest token (cosine, on the attention input) in the two temporally nearest
+        keyframes, blended by temporal distance."""
+        ctrl = self.ctrl
+        g = ctrl.group_size
+        bsz, n, _ = q.shape
+        keys = ctrl.key_positions
+        out = torch.empty_like(v)
+        for start in range(0, bsz, g):
+            rows = [start + p for p in keys]
+            kq, kk, kv = q[rows], k[rows], v[rows]
+            kk_all = kk.reshape(1, -1, kk.shape[-1]).expand(len(rows), -1, -1)
+            kv_all = kv.reshape(1, -1, kv.shape[-1]).expand(len(rows), -1, -1)
+            ko = F.scaled_dot_product_attention(_heads(kq, heads), _heads(kk_all, heads), _heads(kv_all, heads))
+            ko = ko.transpose(1, 2).reshape(len(rows), n, -1)
+            out[rows] = ko
+            feats = F.normalize(x[start:start + g], dim=-1)
+            for i in range(g):
+                if i in keys:
+                    continue
+                before = [j for j, p in enumerate(keys) if p < i]
+                after = [j for j, p in enumerate(keys) if p > i]
+                pair = [j for j in (before[-1] if before else None, after[0] if after else None) if j is not None]
+                acc, wsum = 0.0, 0.0
+                for j in pair:
+                    sim = feats[i] @ feats[keys[j]].T  # [n, n]
+                    idx = sim.argmax(-1)
+                    w = 1.0 / abs(keys[j] - i)
+                    acc = acc + w * ko[j][idx]
+                    wsum += w
+                out[start + i] = acc / wsum
+        return out
+
+
+def _up_block_resnet_names(unet: torch.nn.Module) -> list[str]:
+    """The residual layer that Plug-and-Play injects: ``resnets[1]`` of the first decoder block
+    with attention (``up_blocks.1.resnets.1`` in Stable Diffusion 1.x)."""
+    for i, block in enumerate(unet.up_blocks):
+        if getattr(block, "attentions", None) and len(block.resnets) > 1:
+            return [f"up_blocks.{i}.resnets.1"]
+    return [f"up_blocks.0.resnets.{min(1, len(unet.up_blocks[0].resnets) - 1)}"]
+
+
+def decoder_self_attention_layers(unet: torch.nn.Module, up_blocks: Sequence[int] | None = None) -> list[str]:
+    """Processor names of the decoder's self-attention layers (optionally of some up blocks only)."""
+    names = []
+    for name in unet.attn_processors:
+        if name.startswith("up_blocks.") and ".attn1." in name:
+            idx = int(name.split(".")[1])
+            if up_blocks is None or idx in up_blocks:
+                names.append(name)
+    return names
+
+
+@contextlib.contextmanager
+def controlled_unet(unet: torch.nn.Module, ctrl: FeatureController, residual_layers: Sequence[str] | None = None) -> Iterator[FeatureController]:
+    """Install :class:`ControlledSelfAttention` on every ``attn1`` layer and capture/inject hooks on
+    ``residual_layers``; restore the original processors and remove the hooks on exit."""
+    original = dict(unet.attn_processors)
+    procs = {name: (ControlledSelfAttention(name, ctrl) if ".attn1." in name else proc) for name, proc in original.items()}
+    residual_layers = list(residual_layers if residual_layers is not None else _up_block_resnet_names(unet))
+    ctrl.res_layers = set(residual_layers)
+    modules = dict(unet.named_modules())
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            if ctrl.mode == "capture":
+                ctrl.store[name] = output.detach()
+            elif ctrl.mode == "inject" and ctrl.inject_res and name in ctrl.store:
+                src = ctrl.store[name]
+                return src.repeat(output.shape[0] // src.shape[0], 1, 1, 1)
+            return output
+        return hook
+
+    for name in residual_layers:
+        handles.append(modules[name].register_forward_hook(make_hook(name)))
+    unet.set_attn_processor(procs)
+    try:
+        yield ctrl
+    finally:
+        for h in handles:
+            h.remove()
+        unet.set_attn_processor(original)
+        ctrl.store.clear()

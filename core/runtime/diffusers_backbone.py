@@ -1,0 +1,143 @@
+"""Shared code of the diffusers-based backbones (``tiny``, ``stable-diffusion``): the TAESD loader,
+VAE and text encoding, and the peft LoRA adapters ``identity`` (eps1) and ``edit`` (eps2), switched
+per call on one UNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ipfacediff.runtime import models
+from ipfacediff.runtime.diffusion import file_digest
+from ipfacediff.errors import InputError, ModelNotFoundError
+from ipfacediff.interfaces import Backbone
+
+RANDOM_BACKBONE_NOTE = "random-weight backbone: shows the mechanics, not a real edit"
+
+SD_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def load_taesd(dtype: torch.dtype = torch.float32):
+    """diffusers ``AutoencoderTiny`` with the real TAESD weights (keys renamed from the original
+    ``nn.Sequential`` layout); takes and gives images in [-1, 1], scaling factor 1."""
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import load_file
+
+    enc = load_file(str(models.resolve("taesd-encoder")))
+    dec = load_file(str(models.resolve("taesd-decoder")))
+    sd = {f"encoder.layers.{k}": v for k, v in enc.items()}
+    for k, v in dec.items():
+        i, rest = k.split(".", 1)
+        sd[f"decoder.layers.{int(i) - 1}.{rest}"] = v
+    vae = AutoencoderTiny()
+    vae.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    if dtype != torch.float32:  # (a to() call on AutoencoderTiny warns even when it changes nothing)
+        vae = vae.to(dtype)
+    return vae.eval().requires_grad_(False)
+
+
+class DiffusersBackbone(Backbone):
+    """Shared code: VAE and text encoding, LoRA adapters."""
+
+    tokenizer: Any = None
+    text_encoder: Any = None
+    vae_kind: str = "taesd"
+
+    def _finish(self, adapters: dict[str, str]) -> None:
+        self.unet.eval().requires_grad_(False)
+        self.text_encoder.eval().requires_grad_(False)
+        self._adapters: list[str] = []
+        for name, path in adapters.items():
+            self.load_adapter(path, name)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------- images and prompts
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, self.vae.dtype) * 2 - 1
+        with torch.no_grad():
+            if self.vae_kind == "taesd":
+                z = self.vae.encode(x).latents
+            else:
+                z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+        return z.float()
+
+    def decode_latents(self, latents: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        z = latents.to(self.device, self.vae.dtype)
+        with torch.set_grad_enabled(grad):
+            if self.vae_kind == "taesd":
+                x = self.vae.decode(z).sample
+            else:
+                x = self.vae.decode(z / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        out = []
+        for p in prompts:
+            if p not in self._prompt_cache:
+                length = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
+                ids = self.tokenizer([p], padding="max_length", max_length=length, truncation=True,
+                                     return_tensors="pt").input_ids.to(self.device)
+                with torch.no_grad():
+                    self._prompt_cache[p] = self.text_encoder(ids)[0].float()
+            out.append(self._prompt_cache[p])
+        return torch.cat(out)
+
+    def to(self, device):  # type: ignore[override]
+        super().to(device)
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to(self.device)
+        self._prompt_cache = {}
+        return self
+
+    # -------------------------------------------------------------------------- adapters
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def load_adapter(self, path: str | Path, name: str) -> None:
+        """Load a LoRA adapter saved in the diffusers format (``pytorch_lora_weights.safetensors``)."""
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ModelNotFoundError(f"LoRA adapter {name!r}: {p} does not exist (make one with `ipfacediff finetune`)")
+        try:
+            if p.is_file():
+                self.unet.load_lora_adapter(str(p.parent), weight_name=p.name, prefix="unet", adapter_name=name)
+            else:
+                st = sorted(p.glob("*.safetensors"))
+                kw = {"weight_name": "pytorch_lora_weights.safetensors" if (p / "pytorch_lora_weights.safetensors").is_file() else st[0].name} if st else {}
+                self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name=name, **kw)
+        except Exception as exc:  # noqa: BLE001 - a bad adapter folder is a user error
+            raise InputError(f"LoRA adapter {name!r} at {p} cannot be loaded: {str(exc).splitlines()[0][:200]}") from exc
+        self._adapters.append(name)
+        # what the weights are, not where: an adapter retrained into the same folder must not hit cached stages
+        files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+        self._adapter_digests = {**getattr(self, "_adapter_digests", {}), name: [file_digest(f) for f in files]}
+        self.set_adapter(None)
+
+    def set_adapter(self, name: str | None) -> None:
+        if not self._adapters:
+            self.active_adapter = None
+            return
+        if name is None or name not in self._adapters:
+            self.unet.disable_adapters()
+            self.active_adapter = None
+        else:
+            self.unet.enable_adapters()
+            self.unet.set_adapters([name])
+            self.active_adapter = name
+
+    def identity(self) -> dict[str, Any]:
+        d = super().identity()
+        d["adapters"] = self.adapters
+        d["adapter_sha256"] = getattr(self, "_adapter_digests", {})
+        return d

@@ -1,0 +1,364 @@
+"""Video and image I/O.
+
+Reading: :func:`open_frames` opens a video file (decoded with decord, frame access by index and in
+batches), a folder of images or a single image, and streams frames in chunks: nothing holds the
+whole clip in memory. Writing: :class:`VideoWriter` encodes with PyAV (H.264 in MP4 by default) at
+the input's fps and size, copies the input's audio stream through, and writes to a temporary name
+that is renamed to the final one only when the file is complete. Rotated clips (a display-rotation
+flag, as phones record) are read upright; variable-frame-rate clips keep each frame's time when
+written back (``VideoInfo.timestamps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ipfacediff.errors import InputError, OutputExistsError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+
+
+@dataclass
+class VideoInfo:
+    """What an input is: ``kind`` is ``video``, ``images`` (a folder) or ``image``."""
+
+    path: str
+    kind: str
+    n_frames: int
+    fps: float
+    width: int
+    height: int
+    has_audio: bool
+    fps_fraction: Fraction = Fraction(25)
+    rotation: int = 0  # the display rotation of the file (frames are read upright, ``width``/``height`` as displayed)
+    variable_frame_rate: bool = False
+    timestamps: list[int] | None = None  # variable frame rate: presentation time of each frame, in ``time_base``
+    time_base: Fraction | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["fps_fraction"] = str(self.fps_fraction)
+        d["time_base"] = str(self.time_base) if self.time_base is not None else None
+        d.pop("timestamps")
+        return d
+
+
+class FrameSource:
+    """Random and chunked access to the RGB ``uint8 [H, W, 3]`` frames of an input."""
+
+    info: VideoInfo
+
+    def __len__(self) -> int:
+        return self.info.n_frames
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` as ``uint8 [B, H, W, 3]``."""
+        raise NotImplementedError
+
+    @property
+    def batch(self) -> int:
+        """Frames per read that keep a read batch near 256 MB (16 at HD, 2 at 8K)."""
+        return max(1, min(16, (256 << 20) // max(1, self.info.width * self.info.height * 3)))
+
+    def iter_chunks(self, chunk_size: int = 16, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start_index, frames[B, H, W, 3])`` over the first ``max_frames`` frames."""
+        n = len(self) if max_frames is None else min(len(self), max_frames)
+        for start in range(0, n, chunk_size):
+            yield start, self.get(list(range(start, min(n, start + chunk_size))))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _DecordSource(FrameSource):
+    def __init__(self, path: Path, info: VideoInfo):
+        import decord
+
+        self.info = info
+        try:
+            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=2)
+        except Exception as exc:  # decord raises DECORDError / RuntimeError
+            raise InputError(f"{path}: cannot decode the video ({str(exc).splitlines()[0][:200]})") from exc
+        n = len(self._vr)
+        if n == 0:
+            raise InputError(f"{path}: the video has no frames")
+        self.info.n_frames = n
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        try:
+            return self._vr.get_batch(list(indices)).asnumpy()
+        except Exception as exc:
+            raise InputError(f"{self.info.path}: cannot decode frames {indices[0]}..{indices[-1]} ({str(exc).splitlines()[0][:200]})") from exc
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class _ImageSource(FrameSource):
+    def __init__(self, files: list[Path], info: VideoInfo):
+        self.files = files
+        self.info = info
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        frames = [read_image(self.files[i]) for i in indices]
+        h, w = frames[0].shape[:2]
+        for i, f in zip(indices, frames):
+            if f.shape[:2] != (h, w):
+                raise InputError(f"{self.files[i]}: size {f.shape[1]}x{f.shape[0]} differs from {w}x{h}; all frames of a folder must have one size")
+        return np.stack(frames)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as RGB ``uint8 [H, W, 3]``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc})") from exc
+
+
+_PROBED: dict[tuple[str, int, int], VideoInfo] = {}
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Inspect ``path`` (reads the packet index, decodes one frame for its rotation); raises
+    :class:`InputError` for anything unusable. A video file is probed once per size and mtime."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() not in IMAGE_EXTS:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _PROBED:
+            _PROBED[key] = _probe(p)
+        return dataclasses.replace(_PROBED[key], path=str(p))
+    return _probe(p)
+
+
+def _probe(p: Path) -> VideoInfo:
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        if not files:
+            raise InputError(f"{p}: the folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+        first = read_image(files[0])
+        return VideoInfo(str(p), "images", len(files), 25.0, first.shape[1], first.shape[0], False)
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file (a video, an image or a folder of images is needed)")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: the file is empty")
+    if p.suffix.lower() in IMAGE_EXTS:
+        img = read_image(p)
+        return VideoInfo(str(p), "image", 1, 25.0, img.shape[1], img.shape[0], False)
+    import av
+
+    try:
+        with av.open(str(p)) as container:
+            vstreams = container.streams.video
+            if not vstreams:
+                raise InputError(f"{p}: the file has no video stream")
+            vs = vstreams[0]
+            rate = vs.average_rate or vs.guessed_rate or Fraction(25)
+            n = vs.frames or 0
+            if n == 0 and vs.duration and vs.time_base:
+                n = int(round(float(vs.duration * vs.time_base * rate)))
+            width, height = vs.codec_context.width, vs.codec_context.height
+            pts = sorted(pkt.pts for pkt in container.demux(vs) if pkt.pts is not None and pkt.size)  # no decoding
+            steps = np.diff(pts) if len(pts) > 2 else np.zeros(1)
+            vfr = bool(steps.size and steps.max() - steps.min() > max(1, 0.02 * float(np.median(steps))))
+            container.seek(0)
+            rotation = 0
+            for frame in container.decode(vs):  # the display matrix is side data of the decoded frames
+                rotation = int(round(frame.rotation or 0)) % 360
+                break
+            if rotation in (90, 270):
+                width, height = height, width  # decord returns frames upright (rotated as displayed)
+            return VideoInfo(str(p), "video", n, float(rate), width, height, bool(container.streams.audio), Fraction(rate).limit_denominator(100000),
+                             rotation, vfr, [int(t) for t in pts] if vfr else None, vs.time_base)
+    except InputError:
+        raise
+    except av.error.EOFError as exc:
+        raise InputError(f"{p}: no video frames could be read (the file ends before its first frame: an empty or cut-short video)") from exc
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable video or image ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def check_size(info: VideoInfo, max_side: int) -> None:
+    """Refuse frames larger than ``max_side`` on their longest side (memory per frame), naming the limit."""
+    if max(info.width, info.height) > max_side:
+        raise InputError(f"{info.path}: frames are {info.width}x{info.height}, larger than the {max_side} px limit on the longest side "
+                         f"(--set settings.max_input_side=N raises it; or downscale first, e.g. ffmpeg -i IN -vf scale=-2:2160 OUT)")
+
+
+def open_frames(path: str | Path) -> FrameSource:
+    """Open a video file, a folder of images or an image for frame access."""
+    info = probe(path)
+    p = Path(path)
+    if info.kind == "images":
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        return _ImageSource(files, info)
+    if info.kind == "image":
+        return _ImageSource([p], info)
+    return _DecordSource(p, info)
+
+
+def check_output(path: str | Path, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse to write over an input, or over an existing output without ``overwrite``."""
+    out = Path(path)
+    for i in inputs:
+        if Path(i).exists() and out.exists() and os.path.samefile(out, i):
+            raise OutputExistsError(f"{out}: the output would overwrite the input; choose another -o")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class VideoWriter:
+    """Encode frames to ``path`` (MP4/H.264 by default), atomically.
+
+    Frames go to a temporary file beside ``path``; :meth:`close` copies the audio of ``audio_from``
+    (if any) and renames the result to ``path``. If the ``with`` block raises, the temporary file is
+    removed and nothing appears under ``path``.
+    """
+
+    def __init__(self, path: str | Path, fps: float | Fraction, width: int, height: int, audio_from: str | Path | None = None,
+                 codec: str = "libx264", crf: int = 18, overwrite: bool = False, timestamps: list[int] | None = None,
+                 time_base: Fraction | None = None):
+        import av
+
+        self.path = check_output(path, overwrite, [audio_from] if audio_from else [])
+        self.audio_from = Path(audio_from) if audio_from else None
+        self.width, self.height = int(width), int(height)
+        self.rate = Fraction(fps).limit_denominator(100000)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".video" + (self.path.suffix or ".mp4"))
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4" if self.path.suffix.lower() in (".mp4", "") else None)
+        self._stream = self._container.add_stream(codec, rate=self.rate)
+        self._stream.width, self._stream.height = self.width, self.height
+        even = self.width % 2 == 0 and self.height % 2 == 0
+        self._stream.pix_fmt = "yuv420p" if even else "yuv444p"
+        if codec == "libx264":
+            self._stream.options = {"crf": str(crf), "preset": "medium"}
+        self._stream.codec_context.time_base = Fraction(1) / self.rate
+        # variable frame rate: each frame keeps its input presentation time
+        self.timestamps = [t - timestamps[0] for t in timestamps] if timestamps else None
+        if self.timestamps is not None:
+            self._stream.time_base = self._stream.codec_context.time_base = time_base
+        self.n_written = 0
+        self._closed = False
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames: ``uint8 [H, W, 3]`` or ``[B, H, W, 3]`` RGB of the writer's size."""
+        import av
+
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts = self.timestamps[self.n_written] if self.timestamps is not None else self.n_written
+            vf.time_base = self._stream.codec_context.time_base
+            for pkt in self._stream.encode(vf):
+                self._container.mux(pkt)
+            self.n_written += 1
+
+    def close(self) -> Path:
+        if self._closed:
+            return self.path
+        for pkt in self._stream.encode():
+            self._container.mux(pkt)
+        self._container.close()
+        self._closed = True
+        if self.audio_from is not None and _has_audio(self.audio_from):
+            final_tmp = self._tmp.with_suffix(".mux" + self._tmp.suffix.split(".")[-1])
+            try:
+                _mux_audio(self._tmp, self.audio_from, final_tmp)
+            finally:
+                self._tmp.unlink(missing_ok=True)
+            self._tmp = final_tmp
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - best effort on an already failing path
+                pass
+            self._closed = True
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _has_audio(path: Path) -> bool:
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return bool(c.streams.audio)
+    except (av.FFmpegError, OSError):
+        return False
+
+
+def _mux_audio(video_path: Path, audio_src: Path, out_path: Path) -> None:
+    """Remux the video stream of ``video_path`` and the first audio stream of ``audio_src``."""
+    import av
+
+    with av.open(str(video_path)) as vin, av.open(str(audio_src)) as ain, av.open(str(out_path), mode="w", format="mp4") as out:
+        v_in = vin.streams.video[0]
+        a_in = ain.streams.audio[0]
+        v_out = out.add_stream_from_template(v_in)
+        a_out = out.add_stream_from_template(a_in)
+        vend = float(v_in.duration * v_in.time_base) if v_in.duration else None
+        packets = []
+        for pkt in vin.demux(v_in):
+            if pkt.dts is None:
+                continue
+            pkt.stream = v_out
+            packets.append((float(pkt.dts * pkt.time_base), 0, pkt))
+        for pkt in ain.demux(a_in):
+            if pkt.dts is None:
+                continue
+            t = float(pkt.dts * pkt.time_base)
+            if vend is not None and t > vend + 1.0:
+                break
+            pkt.stream = a_out
+            packets.append((t, 1, pkt))
+        packets.sort(key=lambda x: (x[0], x[1]))
+        for _, _, pkt in packets:
+            out.mux(pkt)
+
+
+def frame_hash(frames: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()

@@ -1,0 +1,148 @@
+"""Backbone ``stable-diffusion``: SD 1.x/2.x from a diffusers folder, a single ``.safetensors`` file or
+a hub id in the local cache (never downloaded at run time); optional TAESD VAE override."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+import ipfacediff
+from ipfacediff.errors import InputError, ModelNotFoundError
+from ipfacediff.runtime import models
+from ipfacediff.runtime.diffusers_backbone import SD_SCHEDULER_CONFIG, DiffusersBackbone, load_taesd
+from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
+from ipfacediff.runtime.files import write_atomic
+
+
+class StableDiffusionBackbone(DiffusersBackbone):
+    """Stable Diffusion 1.x/2.x from a diffusers folder, a single .safetensors/.ckpt, or a cached hub id."""
+
+    description = "Stable Diffusion 1.x/2.x: diffusers folder, single .safetensors, or a hub id in the local cache; fp16/bf16 on GPU, fp32 on CPU"
+
+    @dataclass
+    class Params:
+        path: str = field(default="", metadata={"help": "diffusers folder, .safetensors/.ckpt file, or hub id (owner/name) already cached"})
+        vae: Literal["own", "taesd"] = field(default="own", metadata={"help": "the checkpoint's VAE or TAESD (much faster)"})
+        dtype: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={"help": "auto: fp16 on CUDA, fp32 on CPU"})
+        resolution: int = field(default=512, metadata={"range": (64, 2048)})
+        adapters: dict = field(default_factory=dict, metadata={"help": "adapter name -> LoRA folder (identity, edit)"})
+
+    @classmethod
+    def build_for_test(cls, workdir: str) -> "StableDiffusionBackbone":
+        from ipfacediff.testing import make_tiny_sd_folder
+
+        return cls(cls.Params(path=make_tiny_sd_folder(f"{workdir}/tiny-sd"), resolution=64))
+
+    def __init__(self, params: "StableDiffusionBackbone.Params | None" = None) -> None:
+        super().__init__(params)
+        p = self.params
+        if not p.path:
+            raise ModelNotFoundError("stable-diffusion needs path: a diffusers folder, a .safetensors file or a cached hub id "
+                                     "(--set backbone.path=...); Stable Diffusion weights are never downloaded at run time")
+        kind, where = models.resolve_sd_checkpoint(p.path)
+        self.resolution = p.resolution
+        self.source = {"kind": kind, "path": str(where)}
+        if kind == "single_file":
+            self._load_single_file(Path(where))
+        else:
+            self._load_folder(Path(where))
+        if p.vae == "taesd":
+            self.vae = load_taesd()
+            self.vae_kind = "taesd"
+        self._finish(p.adapters)
+
+    def _load_folder(self, folder: Path) -> None:
+        import json
+
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+        # transformers 5 builds an empty tokenizer (ids 0, 2, 2, ...) from a missing subfolder instead of
+        # raising: only a folder with a vocabulary counts, else CLIP's own BPE (what SD 1.x uses)
+        self.tokenizer = clip_tokenizer(77)
+        if any((folder / "tokenizer" / f).is_file() for f in ("vocab.json", "tokenizer.json")):
+            self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+        if self.params.vae == "own":
+            self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).eval().requires_grad_(False)
+            self.vae_kind = "kl"
+        sched = folder / "scheduler" / "scheduler_config.json"
+        self.scheduler_config = {**SD_SCHEDULER_CONFIG, **(json.loads(sched.read_text()) if sched.is_file() else {})}
+
+    def _load_single_file(self, path: Path) -> None:
+        from diffusers import StableDiffusionPipeline
+
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, safety_checker=None,
+                                                            config=str(_sd_config_dir(path)))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: cannot load as a Stable Diffusion checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+        self.unet, self.text_encoder, self.tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+        self.vae, self.vae_kind = pipe.vae.eval().requires_grad_(False), "kl"
+        self.scheduler_config = {**SD_SCHEDULER_CONFIG, **dict(pipe.scheduler.config)}
+
+    def to(self, device):  # type: ignore[override]
+        dev = torch.device(device)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(self.params.dtype)
+        if dtype is None:
+            dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        if dev.type == "cpu" and dtype != torch.float32:
+            warnings.warn("half precision on the CPU is slow and inexact; using fp32")
+            dtype = torch.float32
+        for m in (self.unet, self.text_encoder):
+            m.to(dtype)
+        self.vae.to(dtype)
+        return super().to(dev)
+
+    def identity(self) -> dict[str, Any]:
+        d = super().identity()
+        src = Path(self.source["path"])
+        if src.is_file():
+            d["weights_sha256"] = file_digest(src)
+        else:
+            unet_files = sorted((src / "unet").glob("*.safetensors")) or sorted((src / "unet").glob("*.bin"))
+            d["weights_sha256"] = file_digest(unet_files[0]) if unet_files else str(src)
+        return d
+
+
+def _sd_config_dir(path: Path) -> Path:
+    """A local diffusers config folder for single-file loading: SD 1.x configs written by
+    ipfacediff itself (no hub access)."""
+    import json
+
+    from ipfacediff.runtime.models import cache_dir
+
+    folder = cache_dir() / "configs" / "sd15"
+    if (folder / "model_index.json").is_file():
+        return folder
+    unet = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+            "center_input_sample": False, "cross_attention_dim": 768, "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+            "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+    vae = {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+           "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+           "norm_num_groups": 32, "out_channels": 3, "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215}
+    text = {"architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072,
+            "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 12, "num_hidden_layers": 12,
+            "projection_dim": 768, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-05}
+    index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
+             "requires_safety_checker": False,
+             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    for sub, cfg, name in (("unet", unet, "config.json"), ("vae", vae, "config.json"), ("text_encoder", text, "config.json"),
+                           ("scheduler", SD_SCHEDULER_CONFIG, "scheduler_config.json")):
+        write_atomic(folder / sub / name, json.dumps(cfg))
+    clip_tokenizer(77).save_pretrained(folder / "tokenizer")  # (files of identical content if two runs race)
+    write_atomic(folder / "model_index.json", json.dumps(index))  # last: marks the folder complete
+    return folder
+
+
+@ipfacediff.hookimpl
+def register_backbones(register):
+    register(StableDiffusionBackbone, name="stable-diffusion")

@@ -1,0 +1,1 @@
+"""Built-in editors, one file each."""

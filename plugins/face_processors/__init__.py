@@ -1,0 +1,1 @@
+"""Built-in face processors, one file each."""

@@ -1,0 +1,1 @@
+"""Built-in identity encoders, one file each."""

@@ -1,0 +1,1 @@
+"""Built-in inverters, one file each."""

@@ -1,0 +1,1 @@
+"""Built-in localization losses, one file each."""

@@ -1,0 +1,1 @@
+"""Built-in fine-tuning objectives, one file each."""

@@ -1,0 +1,1 @@
+"""Built-in propagators, one file each."""

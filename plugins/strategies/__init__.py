@@ -1,0 +1,1 @@
+"""Built-in edit strategies (edit methods), one file each."""

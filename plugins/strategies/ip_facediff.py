@@ -1,0 +1,127 @@
+"""Strategy ``ip-facediff``: the paper's edit method.
+
+Keyframes are selected, DDIM-inverted with eps1 (the ``identity`` adapter) and edited jointly by the
+pipeline's editor (eps2 with eps1's decoder features injected), in groups of at most
+``settings.keyframe_group`` that share one anchor keyframe; then the edit reaches every other frame
+through the pipeline's propagator, chunk by chunk with the keyframes on both sides of each chunk,
+optionally followed by a few low-noise refinement steps (``settings.refine_steps``).
+
+The propagator matches on the source latents, or on eps1's last decoder features
+(``settings.propagation_source: eps1``; one more UNet pass per frame). Keyframe features are kept in
+a memory-mapped file (each chunk needs its border keyframes again) and normalised with statistics of
+all keyframes, so chunked propagation equals whole-clip propagation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+import ipfacediff
+from ipfacediff.interfaces import EditRun, PropagationInput, Strategy
+from ipfacediff.runtime.cache import hash_tensor
+from ipfacediff.runtime.diffusion import decoder_token_features
+from ipfacediff.runtime.editing import chunk_with_borders, keyframe_groups, refine
+from ipfacediff.runtime.progress import progress_bar
+
+
+class IPFaceDiff(Strategy):
+    """Invert and edit the keyframes (identity injection), propagate the edit to the other frames."""
+
+    description = "IP-FaceDiff: keyframes inverted and edited jointly (eps1 features injected into eps2), the edit propagated to every frame"
+    requires = ("face_processor", "inverter", "editor", "propagator")
+
+    def prepare(self, run: EditRun) -> None:
+        editor, inverter, e = run.components["editor"], run.components["inverter"], run.embeds
+        groups = keyframe_groups(run.keys, run.settings.keyframe_group)
+        run.report["keyframe_groups"] = len(groups)
+        self.edited: dict[int, torch.Tensor] = {}
+        self.missed = 0
+
+        def edit_group(lat: torch.Tensor) -> torch.Tensor:
+            self.missed += 1
+            inv = run.invert(lat)
+            with run.timer("edit_keyframes"):
+                return editor.edit(run.backbone, inv, e["target"], e["uncond"], e["empty"]).float().cpu()
+
+        with progress_bar("keyframes", len(run.keys), run.show_progress) as bar:
+            for g in groups:
+                lat = run.rows(g)
+                parts = {"latents": hash_tensor(lat), "embeds": {k: hash_tensor(v) for k, v in e.items()},
+                         "editor": [editor.name, asdict(editor.params)], "inverter": [inverter.name, asdict(inverter.params)]}
+                edited = run.cached("keyframe-edits", parts, lambda: edit_group(lat))
+                for row, value in zip(g, edited):
+                    self.edited.setdefault(row, value)  # an anchor keeps its first group's edit
+                bar.advance(len(g) if g is groups[0] else len(g) - 1)
+        if self.missed == 0:
+            run.reused.append("keyframe_edit")
+        with run.timer("propagate"):
+            self.stats = self._key_stats(run)
+
+    # ----------------------------------------------------------------------- matching features
+    def _eps1(self, run: EditRun, rows: list[int]) -> torch.Tensor:
+        run.backbone.set_adapter("identity")
+        try:
+            return decoder_token_features(run.backbone, run.rows(rows), run.settings.propagation_timestep, run.embeds["empty"], run.seed,
+                                          run.settings.batch_size)
+        finally:
+            run.backbone.set_adapter(None)
+
+    def _features(self, run: EditRun, rows: list[int]) -> torch.Tensor:
+        """The propagator's source features of ``rows``: their latents, or eps1's decoder features
+        (keyframes' from the store written by :meth:`_key_stats`, the others computed)."""
+        if run.settings.propagation_source != "eps1":
+            return run.rows(rows)
+        others = [r for r in rows if r not in self.key_pos]
+        computed = dict(zip(others, self._eps1(run, others))) if others else {}
+        return torch.stack([torch.from_numpy(np.array(self.key_features[self.key_pos[r]])) if r in self.key_pos else computed[r] for r in rows])
+
+    def _key_stats(self, run: EditRun) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of the keyframes' token features: one normalisation for every
+        chunk. eps1 features of the keyframes go to a memory-mapped file in the run's scratch folder."""
+        total, total_sq, count = None, None, 0
+        bs, eps1 = run.settings.batch_size, run.settings.propagation_source == "eps1"
+        self.key_pos = {k: i for i, k in enumerate(run.keys)}
+        self.key_features = None
+        for s in range(0, len(run.keys), bs):
+            f = self._eps1(run, run.keys[s:s + bs]) if eps1 else run.rows(run.keys[s:s + bs])
+            if eps1:
+                if self.key_features is None:
+                    self.key_features = np.lib.format.open_memmap(run.scratch / "key-features.npy", mode="w+", dtype=np.float16,
+                                                                  shape=(len(run.keys), *f.shape[1:]))
+                self.key_features[s:s + f.shape[0]] = f.half().numpy()
+            f = f.double()
+            total = f.sum(dim=(0, 2, 3)) + (0 if total is None else total)
+            total_sq = (f * f).sum(dim=(0, 2, 3)) + (0 if total_sq is None else total_sq)
+            count += f.shape[0] * f.shape[2] * f.shape[3]
+        mean = total / count
+        var = (total_sq - count * mean * mean) / max(count - 1, 1)
+        return mean.float(), var.clamp_min(0).sqrt().float()
+
+    # ---------------------------------------------------------------------------------- chunks
+    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
+        with run.timer("propagate"):
+            sub, sub_keys, first = chunk_with_borders(rows, run.keys)  # the keyframes on both sides take part
+            feats = self._features(run, sub)
+            inp = PropagationInput(key_rows=sub_keys, frames=[run.face_frames[r] for r in sub], features=feats, stats=self.stats,
+                                   source_latents=run.rows(sub), edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]))
+            out = run.components["propagator"].propagate(inp)
+            out = out[first:first + len(rows)].float()
+            if run.settings.refine_steps > 0:
+                keyset = set(run.keys)
+                others = [p for p, r in enumerate(rows) if r not in keyset]
+                bs = run.settings.batch_size
+                for s in range(0, len(others), bs):
+                    ps = others[s:s + bs]
+                    out[ps] = refine(run, out[ps], [run.seed + rows[p] for p in ps])
+        return out
+
+    def close(self) -> None:
+        self.key_features = None  # the job removes the scratch folder
+
+
+@ipfacediff.hookimpl
+def register_strategies(register):
+    register(IPFaceDiff, name="ip-facediff")
