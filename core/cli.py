@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import click
 from rich.console import Console
@@ -87,6 +87,31 @@ def plugins(as_json: bool) -> None:
     out.print(table)
     for p in problems:
         err.print(f"[yellow]warning:[/] {p['message']}")
+
+
+def parse_set_option(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``--set key.path=value`` options into a nested dict (values parsed as YAML scalars)."""
+    import yaml
+
+    from ipfacediff.errors import ParameterError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ParameterError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ParameterError(f"--set {item!r}: {p!r} is set both as a value and as a group")
+        node[parts[-1]] = value
+    return out
 
 
 def _describe(params_cls: type) -> list[dict[str, Any]]:
@@ -201,7 +226,6 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
           sets: tuple[str, ...], device: str, overwrite: bool, as_json: bool) -> None:
     """Detect, track and align the face in every frame; write the crops, the round trip, a strip and a report."""
     from ipfacediff.jobs.faces import run_face_crops
-    from ipfacediff.params import parse_set_option
     from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
@@ -244,7 +268,6 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
          overwrite: bool, no_cache: bool, as_json: bool) -> None:
     """Edit the face in a video (or image) with a text prompt, keeping who the person is."""
     from ipfacediff.jobs.edit import EditRequest, run_edit
-    from ipfacediff.params import parse_set_option
     from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
@@ -341,7 +364,6 @@ def finetune(ctx: click.Context, recipe_name: str, data: Path, output: Path, reg
              sets: tuple[str, ...], resume: bool, seed: int, device: str, overwrite: bool, as_json: bool) -> None:
     """Train a LoRA adapter of a recipe: identity (eps1, ArcFace identity loss) or edit (eps2, directional CLIP loss)."""
     from ipfacediff.jobs.finetune import FinetuneRequest, run_finetune
-    from ipfacediff.params import parse_set_option
     from ipfacediff.registry import load_registry
 
     reg = load_registry(registry_file)
@@ -378,8 +400,6 @@ def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None
           output: Path, as_json: bool) -> None:
     """Compare pipelines on clips and prompts: metrics, cost, results.json, a table and report.html."""
     from ipfacediff.jobs.bench import DEFAULT_METRICS, BenchRequest, find_videos, load_prompts_file, run_bench
-    from ipfacediff.params import parse_set_option
-
     if not videos:
         from ipfacediff.runtime.sample import sample_clip_path
 

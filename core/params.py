@@ -151,26 +151,3 @@ def describe_params(params_cls: type) -> list[dict[str, Any]]:
             "help": f.metadata.get("help", "") if f.metadata else "",
         })
     return out
-
-
-def parse_set_option(items: typing.Iterable[str]) -> dict[str, Any]:
-    """Parse ``--set key.path=value`` options into a nested dict (values parsed as YAML scalars)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ParameterError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ParameterError(f"--set {item!r}: {p!r} is set both as a value and as a group")
-        node[parts[-1]] = value
-    return out

@@ -15,7 +15,7 @@ from ipfacediff.interfaces import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ["__init__.py", "interfaces.py", "hookspecs.py", "catalog.py", "registry.py", "params.py", "errors.py"]
-KERNEL_MAX_LINES = 1550  # 1341 in 0.1.0 with 8 kinds; 0.2 adds 2 kinds and the typed strategy / propagator / objective inputs
+KERNEL_MAX_LINES = 1500  # 1341 in 0.1.0 with 8 kinds; 0.2 adds 2 kinds and the typed strategy / propagator / objective inputs
 
 
 def _modules() -> dict[str, Path]:

@@ -4,7 +4,8 @@ from typing import Literal
 import pytest
 
 from ipfacediff.errors import ParameterError
-from ipfacediff.params import describe_params, parse_set_option, validate_params
+from ipfacediff.cli import parse_set_option
+from ipfacediff.params import describe_params, validate_params
 
 
 @dataclass
