@@ -97,3 +97,51 @@ def test_cli_pipelines_validates_and_lists_user_file(tmp_path):
     assert data["pipelines"]["mine"]["components"]["face_processor"]["params"]["threshold"] == 0.99
     assert data["files"][-1] == str(f)
     assert str(ROOT / "registry.yaml") == data["files"][0]
+
+
+def test_extends_changes_one_slot_in_two_lines(tmp_path, catalog):
+    f = write(tmp_path, """
+version: 1
+pipelines:
+  ip-facediff-exact:
+    extends: ip-facediff
+    propagator: exact-nn
+  exact-dense:
+    extends: ip-facediff-exact
+    settings: {keyframe_interval: 2}
+""")
+    reg = load_registry(f, catalog=catalog)
+    base, one, two = reg.pipeline("ip-facediff"), reg.pipeline("ip-facediff-exact"), reg.pipeline("exact-dense")
+    assert one.components["propagator"].name == "exact-nn" and base.components["propagator"].name == "latent-nn"
+    assert {k: v.name for k, v in one.components.items() if k != "propagator"} == {k: v.name for k, v in base.components.items() if k != "propagator"}
+    assert one.components["editor"].params == base.components["editor"].params
+    assert [m.to_json() for m in one.metrics] == [m.to_json() for m in base.metrics]
+    # settings merge key by key through the chain; slots carry over
+    assert two.settings.keyframe_interval == 2 and two.settings.keyframe_method == base.settings.keyframe_method
+    assert two.components["propagator"].name == "exact-nn"
+    # the built-in ip-facediff-fast extends ip-facediff too
+    fast = reg.pipeline("ip-facediff-fast")
+    assert fast.settings.keyframe_interval == 16 and fast.components["propagator"].name == "latent-nn"
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("  a:\n    extends: nope\n", "extends: unknown pipeline 'nope'"),
+    ("  a:\n    extends: b\n  b:\n    extends: a\n", "extends itself"),
+    ("  a:\n    strategy: ip-facediff\n    face_processor: retinaface\n    inverter: ddim\n",
+     "the strategy 'ip-facediff' requires editor, propagator"),
+    ("  a:\n    face_processor: retinaface\n    settings: {strategy: tokenflow}\n", "the strategy is a slot now; write `strategy: tokenflow`"),
+])
+def test_bad_extends_missing_required_slots_and_old_strategy_setting_fail_at_load(tmp_path, catalog, body, needle):
+    f = write(tmp_path, "version: 1\npipelines:\n" + body)
+    with pytest.raises(RegistryError) as e:
+        load_registry(f, catalog=catalog)
+    assert needle in str(e.value) and str(f) in str(e.value)
+
+
+def test_recipe_names_its_objective_and_the_objective_s_required_slots_are_checked(tmp_path, catalog):
+    f = write(tmp_path, "version: 1\nrecipes:\n  r:\n    objective: identity\n    identity_encoder: mobilefacenet\n")
+    with pytest.raises(RegistryError, match="the objective 'identity' requires face_processor"):
+        load_registry(f, catalog=catalog)
+    reg = load_registry(catalog=catalog)
+    assert reg.recipe("identity").components["objective"].name == "identity"
+    assert reg.recipe("edit").components["objective"].name == "edit"
