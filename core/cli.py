@@ -161,7 +161,7 @@ def doctor(as_json: bool) -> None:
     """Python, torch, device, and which model weights are found where."""
     import torch
 
-    from ipfacediff import models
+    from ipfacediff.runtime import models
 
     device = "cuda" if torch.cuda.is_available() else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
     optional = {}
