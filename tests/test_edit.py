@@ -187,10 +187,7 @@ def test_edit_cli_on_the_sample_clip_and_cached_re_edit(sample_clip, tmp_path):
     assert rep2["inversion_cached"] is True and "inversion" not in rep2["unet_evaluations"]["by_stage"]
     assert rep2["edits"] == ["blonde hair", "beard"] and rep2["target_prompt"] == "a photo of a face, blonde hair, beard"
 
-    # same seed and settings: the same frames
-    r = _edit(str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "4", "--max-frames", "12", "-o", str(tmp_path / "c.mp4"), env=env)
-    a, b = open_frames(out).get(list(range(12))), open_frames(tmp_path / "c.mp4").get(list(range(12)))
-    assert np.array_equal(a, b)
+    # (the same seed and settings giving the same frames: tests/test_robustness.py, across processes)
 
 
 @pytest.mark.parametrize("args, needle", [

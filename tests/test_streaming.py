@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import needs_models, run_cli
+from conftest import needs_models, run_cli, run_main
 from ipfacediff.runtime.video import open_frames
 
 pytestmark = needs_models
@@ -194,12 +194,12 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
     env = {"IPFACEDIFF_CACHE": str(cache)}
     rep = _edit(sample_clip, tmp_path / "a.mp4", "--max-frames", "8", cache=cache)
     assert rep["cache"]["enabled"] and rep["cache"]["size_bytes"] > 0 and rep["cache"]["evicted"] == 0
-    listing = json.loads(run_cli("cache", "list", "--json", env=env).stdout)
+    listing = json.loads(run_main("cache", "list", "--json", env=env).stdout)
     cats = listing["categories"]
     assert {c: cats[c]["entries"] for c in ("tracks", "latents", "inversions", "keyframe-edits")} == dict.fromkeys(
         ("tracks", "latents", "inversions", "keyframe-edits"), 1)
     assert listing["evictable_bytes"] == sum(u["bytes"] for u in cats.values() if u["evictable"]) > 0
-    table = run_cli("cache", "list", env=env)
+    table = run_main("cache", "list", env=env)
     assert table.returncode == 0 and "keyframe-edits" in table.stdout and "evictable" in table.stdout
 
     # another clip under a 1 KB limit: the first clip's entries go, this run's own stay
@@ -208,16 +208,16 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["cache"]["evicted"] == 4 and rep["cache"]["limit_bytes"] == 1024 and rep["cache"]["freed_bytes"] > 0
-    cats = json.loads(run_cli("cache", "list", "--json", env=env).stdout)["categories"]
+    cats = json.loads(run_main("cache", "list", "--json", env=env).stdout)["categories"]
     assert all(cats[c]["entries"] == 1 for c in ("tracks", "latents", "inversions", "keyframe-edits"))
     again = _edit(long_clip, tmp_path / "c.mp4", "--max-frames", "8", cache=cache)
     assert again["reused_stages"] == ["detect", "encode", "keyframe_edit"]
 
-    cleared = json.loads(run_cli("cache", "clear", "--json", env=env).stdout)
+    cleared = json.loads(run_main("cache", "clear", "--json", env=env).stdout)
     assert cleared["removed"] == 4 and cleared["freed"] > 0
-    cats = json.loads(run_cli("cache", "list", "--json", env=env).stdout)["categories"]
+    cats = json.loads(run_main("cache", "list", "--json", env=env).stdout)["categories"]
     assert not any(u["evictable"] for u in cats.values())
     for args, needle in ((["cache", "clear", "everything"], "cache category 'everything' does not exist"),
                          (["--cache-limit", "lots", "cache", "list"], "cache limit 'lots'")):
-        r = run_cli(*args, env=env)
+        r = run_main(*args, env=env)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
