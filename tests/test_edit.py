@@ -250,3 +250,24 @@ def test_diffusers_to_ldm_round_trips_through_diffusers_own_converters(tmp_path)
         want = {k.removeprefix("text_model."): v for k, v in model.state_dict().items()}
         assert back.keys() == want.keys()
         assert all(torch.equal(back[k], want[k]) for k in want)
+
+
+def test_ip_facediff_strategy_refuses_a_pixel_space_propagator_in_one_line(catalog, tmp_path):
+    """A propagator that declares ``space = "pixels"`` is not silently fed latents."""
+    from ipfacediff.errors import ParameterError
+    from ipfacediff.interfaces import Propagator
+    from ipfacediff.testing.conformance import tiny_edit_run
+
+    class PixelProp(Propagator):
+        space = "pixels"
+        needs = ("source_pixels", "edited_pixels")
+
+        def propagate(self, inp):
+            return inp.source_pixels
+
+    strategy = catalog.build("strategy", "ip-facediff")
+    run = tiny_edit_run(strategy, tmp_path)
+    run.components["propagator"] = PixelProp()
+    run.components["propagator"].name = "pixel-prop"
+    with pytest.raises(ParameterError, match="propagator 'pixel-prop' works in pixels space"):
+        strategy.prepare(run)

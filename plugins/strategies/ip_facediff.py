@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import ipfacediff
+from ipfacediff.errors import ParameterError
 from ipfacediff.interfaces import EditRun, PropagationInput, Strategy
 from ipfacediff.runtime.cache import hash_tensor
 from ipfacediff.runtime.diffusion import decoder_token_features
@@ -35,6 +36,10 @@ class IPFaceDiff(Strategy):
 
     def prepare(self, run: EditRun) -> None:
         editor, inverter, e = run.components["editor"], run.components["inverter"], run.embeds
+        prop = run.components["propagator"]
+        if prop.space != "latents":
+            raise ParameterError(f"propagator {prop.name!r} works in {prop.space} space; the ip-facediff strategy of this version "
+                                 f"propagates latents (latent-nn, exact-nn)")
         groups = keyframe_groups(run.keys, run.settings.keyframe_group)
         run.report["keyframe_groups"] = len(groups)
         self.edited: dict[int, torch.Tensor] = {}
