@@ -421,6 +421,8 @@ class EditRun:
     * ``timer(name)``: a context manager adding the block's wall time to the report's ``timings_s``.
     * ``report``: facts for the edit report; ``reused``: names of stages loaded from the cache.
     * ``scratch``: a private folder for temporary files, removed when the edit ends.
+    * ``crops(rows)``: the unedited aligned face crops of ``rows``, ``uint8 [n, r, r, 3]`` at the
+      backbone's resolution (read and aligned on demand, for pixel-space propagation).
     """
 
     backbone: Backbone
@@ -439,6 +441,7 @@ class EditRun:
     scratch: Path
     report: dict[str, Any] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    crops: Callable[[Sequence[int]], np.ndarray] | None = None
 
     def rows(self, rows: Sequence[int]) -> torch.Tensor:
         """Source latents of ``rows`` as a float tensor."""
@@ -451,7 +454,8 @@ class Strategy(Component):
     The edit job calls :meth:`prepare` once (the clip-wide stage, e.g. invert and edit the
     keyframes), then :meth:`render` for each chunk of consecutive face rows (bounded memory: a chunk
     is ``settings.chunk_frames`` frames), then :meth:`close`. ``render`` returns the edited latents
-    ``[len(rows), 4, h, w]`` of those rows; the job decodes them, pastes them back and writes the video.
+    ``[len(rows), 4, h, w]`` of those rows (the job decodes them) or their edited crops
+    ``uint8 [len(rows), r, r, 3]`` (no VAE); the job pastes them back and writes the video.
     ``requires``: the pipeline slots it needs, checked when the registry file loads.
     """
 
@@ -462,8 +466,8 @@ class Strategy(Component):
         """The clip-wide stage (default: nothing)."""
 
     @abc.abstractmethod
-    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
-        """Edited latents of the consecutive face rows ``rows``."""
+    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor | np.ndarray:
+        """Edited latents (or crops) of the consecutive face rows ``rows``."""
 
     def close(self) -> None:
         """Release what :meth:`prepare` kept (default: nothing)."""

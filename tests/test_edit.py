@@ -252,22 +252,32 @@ def test_diffusers_to_ldm_round_trips_through_diffusers_own_converters(tmp_path)
         assert all(torch.equal(back[k], want[k]) for k in want)
 
 
-def test_ip_facediff_strategy_refuses_a_pixel_space_propagator_in_one_line(catalog, tmp_path):
-    """A propagator that declares ``space = "pixels"`` is not silently fed latents."""
+def test_pixel_propagation_refuses_latent_refinement_in_one_line(catalog, tmp_path):
+    """Refinement denoises latents; a pixel-space propagator gives crops: one clear line, not a crash."""
     from ipfacediff.errors import ParameterError
-    from ipfacediff.interfaces import Propagator
+    from ipfacediff.registry import PipelineSettings
     from ipfacediff.testing.conformance import tiny_edit_run
-
-    class PixelProp(Propagator):
-        space = "pixels"
-        needs = ("source_pixels", "edited_pixels")
-
-        def propagate(self, inp):
-            return inp.source_pixels
 
     strategy = catalog.build("strategy", "ip-facediff")
     run = tiny_edit_run(strategy, tmp_path)
-    run.components["propagator"] = PixelProp()
-    run.components["propagator"].name = "pixel-prop"
-    with pytest.raises(ParameterError, match="propagator 'pixel-prop' works in pixels space"):
+    run.components["propagator"] = catalog.build("propagator", "flow-residual")
+    run.settings = PipelineSettings(refine_steps=2)
+    with pytest.raises(ParameterError, match="refinement denoises latents, and the propagator 'flow-residual' carries pixels"):
         strategy.prepare(run)
+
+
+def test_flow_residual_edit_decodes_only_the_keyframes(sample_clip, tmp_path):
+    """ip-facediff-flow: the same UNet work as ip-facediff; the VAE decodes the keyframes only; the
+    output has every frame."""
+    reps = {}
+    for pipeline in ("ip-facediff", "ip-facediff-flow"):
+        out = tmp_path / f"{pipeline}.mp4"
+        r = run_main("--quiet", "edit", str(sample_clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "3", "--max-frames", "17",
+                     "-o", str(out), *CHEAP, "--no-cache", "--json")
+        assert r.returncode == 0, r.stderr
+        reps[pipeline] = json.loads(r.stdout)
+        assert probe(out).n_frames == 17
+    a, b = reps["ip-facediff"], reps["ip-facediff-flow"]
+    assert a["unet_evaluations"] == b["unet_evaluations"] and a["keyframes"] == b["keyframes"] == [0, 8, 16]
+    assert "decode" in a["timings_s"] and "decode" not in b["timings_s"] and "decode_keyframes" in b["timings_s"]
+    assert b["components"]["propagator"]["component"] == "flow-residual"

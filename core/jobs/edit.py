@@ -208,7 +208,7 @@ def encode_stage(req: EditRequest, plan: _Plan, processor: FaceProcessor, backbo
 
 
 def make_run(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Backbone, latents: np.ndarray, keys: list[int],
-             face_frames: list[int], cache: StageCache, timings: Timings, reused: list[str]) -> EditRun:
+             face_frames: list[int], cache: StageCache, timings: Timings, reused: list[str], source, track) -> EditRun:
     """The strategy's view of the edit, with the job's cached inversion and cached stages."""
     embeds = {"empty": backbone.encode_prompt([""]), "target": backbone.encode_prompt([plan.target_prompt]),
               "uncond": backbone.encode_prompt([plan.settings.guidance_prompt])}
@@ -243,9 +243,13 @@ def make_run(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Bac
             report["inversion_cached"] = report.get("inversion_cached", True) and hit  # every inversion came from the cache
         return Inversion(d["timesteps"], list(d["trajectory"].unbind(0)), d["denoise_timesteps"], d["steps"], d["extras"])
 
+    def crops(rows) -> np.ndarray:
+        frames = source.get([face_frames[r] for r in rows])
+        return np.stack([comps["face_processor"].align(f, track[face_frames[r]], backbone.resolution).crop for f, r in zip(frames, rows)])
+
     scratch = cache.new_dir("latents", "scratch")  # hidden .part folder: cleared by the cache if a kill leaves it
     return EditRun(backbone, comps, plan.settings, latents, keys, face_frames, embeds, req.steps, req.seed, req.show_progress,
-                   invert, cached, timings, scratch, report, reused)
+                   invert, cached, timings, scratch, report, reused, crops)
 
 
 def render_stage(req: EditRequest, plan: _Plan, run: EditRun, strategy, processor: FaceProcessor, source, track, matrices: np.ndarray,
@@ -271,9 +275,12 @@ def render_stage(req: EditRequest, plan: _Plan, run: EditRun, strategy, processo
                 crops = None
                 if rows:
                     z = strategy.render(run, rows)
-                    with timings("decode"):
-                        crops = np.concatenate([to_uint8(backbone.decode_latents(z[s:s + settings.batch_size]))
-                                                for s in range(0, len(rows), settings.batch_size)])
+                    if isinstance(z, np.ndarray):  # edited crops (pixel-space propagation): no VAE
+                        crops = z
+                    else:
+                        with timings("decode"):
+                            crops = np.concatenate([to_uint8(backbone.decode_latents(z[s:s + settings.batch_size]))
+                                                    for s in range(0, len(rows), settings.batch_size)])
                 with timings("paste_write"):
                     for s in range(a, b, source.batch):
                         frames = source.get(list(range(s, min(b, s + source.batch))))
@@ -321,7 +328,7 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
             track_key, track, face_frames, keys = detect_stage(req, plan, processor, source, cache, reused, warnings)
         with timings("align_encode"):
             latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused)
-        run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused)
+        run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused, source, track)
         strategy.prepare(run)
         strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
     finally:

@@ -6,6 +6,7 @@ registered component; a third-party package runs them on its own with :func:`con
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import tempfile
@@ -145,32 +146,54 @@ def editor_edits_to_the_latent_shape(c) -> None:
     assert isinstance(c.guidance_scale, float) and c.guidance_scale >= 1.0
 
 
-def _prop_input(z: torch.Tensor, keys: list[int], frames: list[int], edited: torch.Tensor, stats) -> PropagationInput:
-    return PropagationInput(key_rows=keys, frames=frames, features=z, stats=stats, source_latents=z, edited_latents=edited)
+def _moving_crops(n: int, size: int = 32) -> np.ndarray:
+    """``uint8 [n, size, size, 3]``: a smooth texture sliding one pixel per frame."""
+    import cv2
+
+    base = cv2.resize(np.random.default_rng(0).integers(30, 220, (12, 12, 3)).astype(np.float32), (size + n + 8, size + n + 8),
+                      interpolation=cv2.INTER_CUBIC)
+    return np.stack([base[4:4 + size, 4 + t:4 + t + size] for t in range(n)]).clip(0, 255).astype(np.uint8)
+
+
+def _prop_input(n: int, keys: list[int], rows: list[int] | None = None, seed: int = 0) -> PropagationInput:
+    """Both latents and pixels of ``n`` frames (rows ``rows`` of them), the keyframes edited."""
+    rows = list(range(n)) if rows is None else list(rows)
+    z = _latents(n, size=6)[rows]
+    px = _moving_crops(n)[rows]
+    key_rows = [p for p, r in enumerate(rows) if r in keys]
+    edited_z = _latents(n, seed=seed + 1, size=6)[[rows[p] for p in key_rows]]
+    edited_px = np.clip(px[key_rows].astype(int) + np.array([40, -30, 20]), 0, 255).astype(np.uint8)
+    all_z = _latents(n, size=6)
+    stats = (all_z[keys].mean(dim=(0, 2, 3)), all_z[keys].std(dim=(0, 2, 3)))
+    return PropagationInput(key_rows=key_rows, frames=rows, features=z, stats=stats, source_latents=z, source_pixels=px,
+                            edited_latents=edited_z, edited_pixels=edited_px, reconstructed_pixels=px[key_rows].copy())
 
 
 def propagator_keyframes_keep_their_edit(c) -> None:
-    z, keys = _latents(5), [0, 4]
-    edited = _latents(2, seed=1)
-    inp = _prop_input(z, keys, list(range(5)), edited, None)
-    out = _unchanged(lambda: c.propagate(inp), z, edited)
-    assert c.space == "latents" and out.shape == z.shape and _finite(out)
-    assert torch.allclose(out[keys], edited, atol=1e-5), "keyframes keep their edited values"
+    inp = _prop_input(5, [0, 4])
+    out = _unchanged(lambda: c.propagate(inp), inp.features, inp.source_pixels, inp.edited_latents, inp.edited_pixels)
+    assert c.space in ("latents", "pixels") and set(c.needs) <= {f.name for f in dataclasses.fields(PropagationInput)}
+    if c.space == "latents":
+        assert isinstance(out, torch.Tensor) and out.shape == inp.source_latents.shape and _finite(out)
+        assert torch.allclose(out[inp.key_rows], inp.edited_latents, atol=1e-5), "keyframes keep their edited values"
+    else:
+        assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == inp.source_pixels.shape
+        assert np.array_equal(out[inp.key_rows], inp.edited_pixels), "keyframes keep their edited pixels"
 
 
 def propagator_chunked_equals_whole_clip(c) -> None:
     from ipfacediff.runtime.editing import chunk_with_borders
 
-    z, keys = _latents(11, size=6), [0, 4, 8]
-    edited = _latents(3, seed=1, size=6)
-    stats = (z[keys].mean(dim=(0, 2, 3)), z[keys].std(dim=(0, 2, 3)))
-    whole = c.propagate(_prop_input(z, keys, list(range(11)), edited, stats))
+    n, keys = 11, [0, 4, 8]
+    whole = c.propagate(_prop_input(n, keys))
     for size in (1, 3, 5):
-        for a in range(0, 11, size):
-            rows = list(range(a, min(11, a + size)))
+        for a in range(0, n, size):
+            rows = list(range(a, min(n, a + size)))
             sub, sub_keys, first = chunk_with_borders(rows, keys)
-            part = c.propagate(_prop_input(z[sub], sub_keys, sub, edited[[keys.index(sub[p]) for p in sub_keys]], stats))
-            assert torch.allclose(part[first:first + len(rows)], whole[rows], atol=1e-6), f"chunk {rows} (size {size}) differs"
+            part = c.propagate(_prop_input(n, keys, sub))
+            got, want = part[first:first + len(rows)], whole[rows]
+            same = torch.allclose(got, want, atol=1e-6) if isinstance(got, torch.Tensor) else np.array_equal(got, want)
+            assert same, f"chunk {rows} (size {size}) differs from the whole clip"
 
 
 def loss_is_a_differentiable_scalar(c) -> None:

@@ -37,9 +37,9 @@ class IPFaceDiff(Strategy):
     def prepare(self, run: EditRun) -> None:
         editor, inverter, e = run.components["editor"], run.components["inverter"], run.embeds
         prop = run.components["propagator"]
-        if prop.space != "latents":
-            raise ParameterError(f"propagator {prop.name!r} works in {prop.space} space; the ip-facediff strategy of this version "
-                                 f"propagates latents (latent-nn, exact-nn)")
+        if prop.space == "pixels" and run.settings.refine_steps > 0:
+            raise ParameterError(f"settings.refine_steps {run.settings.refine_steps}: refinement denoises latents, and the propagator "
+                                 f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-nn, exact-nn)")
         groups = keyframe_groups(run.keys, run.settings.keyframe_group)
         run.report["keyframe_groups"] = len(groups)
         self.edited: dict[int, torch.Tensor] = {}
@@ -62,8 +62,31 @@ class IPFaceDiff(Strategy):
                 bar.advance(len(g) if g is groups[0] else len(g) - 1)
         if self.missed == 0:
             run.reused.append("keyframe_edit")
-        with run.timer("propagate"):
-            self.stats = self._key_stats(run)
+        self.stats = None
+        if "features" in prop.needs:
+            with run.timer("propagate"):
+                self.stats = self._key_stats(run)
+        if prop.space == "pixels":
+            self._key_pixels(run)
+
+    def _key_pixels(self, run: EditRun) -> None:
+        """The keyframes as they go out: source crop + (decoded edit - decoded unedited latents), so the
+        VAE's own error is not carried as if it were the edit (and keyframes agree with the frames
+        propagated from them). Kept in memory-mapped files of the run's scratch folder."""
+        from ipfacediff.runtime.frames import to_uint8
+
+        k, r, bs = len(run.keys), run.backbone.resolution, run.settings.batch_size
+        self.key_pos = {key: i for i, key in enumerate(run.keys)}
+        self.key_src = np.lib.format.open_memmap(run.scratch / "key-source.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3))
+        self.key_out = np.lib.format.open_memmap(run.scratch / "key-edited.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3))
+        with run.timer("decode_keyframes"):
+            for s in range(0, k, bs):
+                rows = run.keys[s:s + bs]
+                src = run.crops(rows)
+                edit = to_uint8(run.backbone.decode_latents(torch.stack([self.edited[row] for row in rows]))).astype(np.int16)
+                recon = to_uint8(run.backbone.decode_latents(run.rows(rows))).astype(np.int16)
+                self.key_src[s:s + len(rows)] = src
+                self.key_out[s:s + len(rows)] = np.clip(src.astype(np.int16) + edit - recon, 0, 255).astype(np.uint8)
 
     # ----------------------------------------------------------------------- matching features
     def _eps1(self, run: EditRun, rows: list[int]) -> torch.Tensor:
@@ -106,13 +129,20 @@ class IPFaceDiff(Strategy):
         return mean.float(), var.clamp_min(0).sqrt().float()
 
     # ---------------------------------------------------------------------------------- chunks
-    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
+    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor | np.ndarray:
+        prop = run.components["propagator"]
         with run.timer("propagate"):
             sub, sub_keys, first = chunk_with_borders(rows, run.keys)  # the keyframes on both sides take part
-            feats = self._features(run, sub)
-            inp = PropagationInput(key_rows=sub_keys, frames=[run.face_frames[r] for r in sub], features=feats, stats=self.stats,
-                                   source_latents=run.rows(sub), edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]))
-            out = run.components["propagator"].propagate(inp)
+            inp = PropagationInput(key_rows=sub_keys, frames=[run.face_frames[r] for r in sub], stats=self.stats, source_latents=run.rows(sub),
+                                   edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]))
+            if "features" in prop.needs:
+                inp.features = self._features(run, sub)
+            if prop.space == "pixels":
+                keyed = [self.key_pos[sub[p]] for p in sub_keys]
+                inp.source_pixels = run.crops(sub)
+                inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
+                return prop.propagate(inp)[first:first + len(rows)]
+            out = prop.propagate(inp)
             out = out[first:first + len(rows)].float()
             if run.settings.refine_steps > 0:
                 keyset = set(run.keys)
@@ -124,7 +154,7 @@ class IPFaceDiff(Strategy):
         return out
 
     def close(self) -> None:
-        self.key_features = None  # the job removes the scratch folder
+        self.key_features = self.key_src = self.key_out = None  # memory maps closed; the job removes the scratch folder
 
 
 @ipfacediff.hookimpl
