@@ -41,6 +41,7 @@ class IPFaceDiff(Strategy):
             raise ParameterError(f"settings.refine_steps {run.settings.refine_steps}: refinement denoises latents, and the propagator "
                                  f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-nn, exact-nn)")
         groups = keyframe_groups(run.keys, run.settings.keyframe_group)
+        self.key_pos = {key: i for i, key in enumerate(run.keys)}  # keyframe row -> position among the keyframes
         run.report["keyframe_groups"] = len(groups)
         self.edited: dict[int, torch.Tensor] = {}
         self.missed = 0
@@ -76,7 +77,6 @@ class IPFaceDiff(Strategy):
         from ipfacediff.runtime.frames import to_uint8
 
         k, r, bs = len(run.keys), run.backbone.resolution, run.settings.batch_size
-        self.key_pos = {key: i for i, key in enumerate(run.keys)}
         self.key_src = np.lib.format.open_memmap(run.scratch / "key-source.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3))
         self.key_out = np.lib.format.open_memmap(run.scratch / "key-edited.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3))
         with run.timer("decode_keyframes"):
@@ -111,7 +111,6 @@ class IPFaceDiff(Strategy):
         chunk. eps1 features of the keyframes go to a memory-mapped file in the run's scratch folder."""
         total, total_sq, count = None, None, 0
         bs, eps1 = run.settings.batch_size, run.settings.propagation_source == "eps1"
-        self.key_pos = {k: i for i, k in enumerate(run.keys)}
         self.key_features = None
         for s in range(0, len(run.keys), bs):
             f = self._eps1(run, run.keys[s:s + bs]) if eps1 else run.rows(run.keys[s:s + bs])
@@ -139,7 +138,12 @@ class IPFaceDiff(Strategy):
                 inp.features = self._features(run, sub)
             if prop.space == "pixels":
                 keyed = [self.key_pos[sub[p]] for p in sub_keys]
-                inp.source_pixels = run.crops(sub)
+                others = [p for p in range(len(sub)) if p not in sub_keys]
+                src = np.empty((len(sub), *self.key_src.shape[1:]), np.uint8)
+                src[sub_keys] = self.key_src[keyed]  # aligned once in prepare; only the chunk's own frames are read
+                if others:
+                    src[others] = run.crops([sub[p] for p in others])
+                inp.source_pixels = src
                 inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
                 return prop.propagate(inp)[first:first + len(rows)]
             out = prop.propagate(inp)
