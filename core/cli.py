@@ -249,7 +249,8 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-p", "--prompt", required=True, help='The edit(s), comma-separated: "eyeglasses" or "blonde hair, beard".')
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Output video (default: ./<input name>-edited.mp4).")
+@click.option("-o", "--output", default=None, metavar="PATH",
+              help="Output video (default: ./<input name>-edited.mp4), or a folder (ending with / or existing) for numbered PNG frames.")
 @click.option("--pipeline", "pipeline_name", default="ip-facediff", show_default=True, help="A pipeline of the registry.")
 @registry_option
 @click.option("--backbone", default="auto", show_default=True, help="auto, tiny, stable-diffusion, or a backbone of the registry.")
@@ -263,15 +264,17 @@ def faces(ctx: click.Context, input_path: Path, output: Path | None, pipeline_na
 @click.option("--no-cache", is_flag=True, help="Neither reuse nor keep finished stages (face track, latents, inversions, keyframe edits).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None, pipeline_name: str, registry_file: Path | None,
+def edit(ctx: click.Context, input_path: Path, prompt: str, output: str | None, pipeline_name: str, registry_file: Path | None,
          backbone: str, face_processor: str | None, steps: int, max_frames: int | None, sets: tuple[str, ...], seed: int, device: str,
          overwrite: bool, no_cache: bool, as_json: bool) -> None:
     """Edit the face in a video (or image) with a text prompt, keeping who the person is."""
     from ipfacediff.jobs.edit import EditRequest, run_edit
     from ipfacediff.registry import load_registry
+    from ipfacediff.runtime.video import is_sequence_output
 
     reg = load_registry(registry_file)
-    req = EditRequest(input=input_path, prompt=prompt, pipeline=reg.pipeline(pipeline_name), registry=reg, output=output, backbone=backbone,
+    req = EditRequest(input=input_path, prompt=prompt, pipeline=reg.pipeline(pipeline_name), registry=reg, output=Path(output) if output else None,
+                      sequence=is_sequence_output(output) if output else None, backbone=backbone,
                       steps=steps, max_frames=max_frames, sets=parse_set_option(sets), seed=seed, face_processor=face_processor, device=device,
                       overwrite=overwrite, cache=not no_cache,
                       show_progress=not (ctx.obj["quiet"] or as_json))
@@ -285,6 +288,36 @@ def edit(ctx: click.Context, input_path: Path, prompt: str, output: Path | None,
     out.print(f"result: [bold]{report['output']}[/]  strip: {report['strip']}  report: {report['report']}")
     if report["reused_stages"]:
         out.print(f"reused from the cache: {', '.join(report['reused_stages'])}")
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--keyframes", "keyframes", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder of edited full-size frames named by the 0-based frame index they replace (8.png, 00008.png, frame_0008.jpg).")
+@click.option("-o", "--output", required=True, metavar="PATH", help="Output video, or a folder (ending with / or existing) for numbered PNG frames.")
+@click.option("--propagator", default=None, help="A pixel-space propagator (default: the ip-facediff pipeline's).")
+@click.option("--face-processor", default=None, help="Face detector/aligner (default: the ip-facediff pipeline's); full-frame propagates whole frames.")
+@click.option("--max-frames", type=int, default=None, help="Only the first N frames.")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter: propagator.tolerance=4, face_processor.threshold=0.8.")
+@registry_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def propagate(ctx: click.Context, input_path: Path, keyframes: Path, output: str, propagator: str | None, face_processor: str | None,
+              max_frames: int | None, sets: tuple[str, ...], registry_file: Path | None, overwrite: bool, as_json: bool) -> None:
+    """Carry keyframe edits made elsewhere (an image editor, another model) to every frame of a video
+    or a folder of frames."""
+    from ipfacediff.jobs.propagate import PropagateRequest, run_propagate
+    from ipfacediff.runtime.video import is_sequence_output
+
+    req = PropagateRequest(input=input_path, keyframes=keyframes, output=Path(output), propagator=propagator, face_processor=face_processor,
+                           max_frames=max_frames, sets=parse_set_option(sets), registry_file=registry_file, sequence=is_sequence_output(output),
+                           overwrite=overwrite, show_progress=not (ctx.obj["quiet"] or as_json))
+    report = run_propagate(req)
+    if _json_or_warnings(report, as_json):
+        return
+    out.print(f"{report['frames']} frames, keyframes {report['keyframes']} carried by {report['propagator']} in {report['seconds']:.1f} s")
+    out.print(f"result: [bold]{report['output']}[/]")
 
 
 @cli.group()

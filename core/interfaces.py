@@ -342,8 +342,7 @@ class PropagationInput:
     """What a propagator gets for one run of consecutive face frames (a chunk) plus the keyframes on
     both sides of it. Rows are face frames; ``key_rows`` are the keyframes' positions among them.
 
-    * ``frames``: the clip frame index of each row (a chunk's rows are not evenly spaced: its border
-      keyframes lie further away), for temporal weights.
+    * ``frames``: the clip frame index of each row (for temporal weights; not evenly spaced).
     * ``features``: ``[T, C, h, w]`` source features to find correspondences on (the unedited
       frames' latents, or eps1's decoder features), when the strategy has them.
     * ``stats``: per-channel ``(mean, std)`` ``[C]`` of ``features`` over all of the clip's keyframes.
@@ -355,6 +354,7 @@ class PropagationInput:
     * ``edited_pixels``: ``uint8 [K, S, S, 3]`` the edited keyframes' pixels.
     * ``reconstructed_pixels``: ``uint8 [K, S, S, 3]`` the unedited keyframes as the VAE gives them
       back (a pixel-space propagator carries ``edited - reconstructed``, not the VAE's own error).
+    * ``faces``: per row, the tracked face (or ``None``) in ``source_pixels`` coordinates.
 
     A field a propagator needs (:attr:`Propagator.needs`) is always set; the others may be ``None``.
     """
@@ -368,6 +368,7 @@ class PropagationInput:
     edited_latents: torch.Tensor | None = None
     edited_pixels: np.ndarray | None = None
     reconstructed_pixels: np.ndarray | None = None
+    faces: list[FaceDetection | None] | None = None
 
 
 class Propagator(Component):
@@ -378,12 +379,13 @@ class Propagator(Component):
     ``uint8 [T, S, S, 3]``. Rows at ``key_rows`` equal the edited keyframes. ``needs`` names the
     input fields it reads (the strategy fills at least those). It is called once per chunk: its
     result for a row depends only on that row and the keyframes on both sides (plus ``stats``), so
-    chunked propagation equals whole-clip propagation.
+    chunked propagation equals whole-clip propagation. ``landmark_model``: the landmark model it follows.
     """
 
     kind = "propagator"
     space: ClassVar[Literal["latents", "pixels"]] = "latents"
     needs: ClassVar[tuple[str, ...]] = ("features", "edited_latents")
+    landmark_model: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def propagate(self, inp: PropagationInput) -> torch.Tensor | np.ndarray: ...

@@ -32,7 +32,7 @@ from ipfacediff.runtime.files import write_atomic
 from ipfacediff.runtime.frames import make_strip, to_tensor, to_uint8
 from ipfacediff.runtime.keyframes import select_keyframes
 from ipfacediff.runtime.progress import progress_bar
-from ipfacediff.runtime.video import IMAGE_EXTS, VideoWriter, check_output, check_size, open_frames
+from ipfacediff.runtime.video import IMAGE_EXTS, check_output, check_size, is_sequence_output, open_frames, open_writer
 
 
 @dataclass
@@ -53,6 +53,7 @@ class EditRequest:
     show_progress: bool = True
     null_edit: bool = False  # the source prompt only (no edit): what the pipeline does to a face it should keep
     cache: bool = True  # keep finished stages in the cache (resume, re-edits); False: nothing read or kept
+    sequence: bool | None = None  # output numbered PNG frames into the folder ``output``; None: when it ends with / or is a folder
 
 
 def align_and_encode(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
@@ -130,6 +131,7 @@ class _Plan:
     info: Any
     output: Path
     frames: int
+    sequence: bool = False
 
 
 def plan_edit(req: EditRequest) -> _Plan:
@@ -147,11 +149,12 @@ def plan_edit(req: EditRequest) -> _Plan:
     info = open_frames(req.input).info  # validates the input before anything is built
     check_size(info, settings.max_input_side)
     out = req.output or Path.cwd() / (f"{req.input.stem}-edited" + (".png" if info.kind == "image" else ".mp4"))
+    sequence = req.sequence if req.sequence is not None else is_sequence_output(out)
     out = check_output(out, req.overwrite, [req.input])
     n = info.n_frames if req.max_frames is None else min(info.n_frames, req.max_frames)
-    if out.suffix.lower() in IMAGE_EXTS and n != 1:
-        raise InputError(f"{out}: an image output needs a one-frame input; use .mp4 for {n} frames")
-    return _Plan(settings, edits, target, info, out, n)
+    if out.suffix.lower() in IMAGE_EXTS and n != 1 and not sequence:
+        raise InputError(f"{out}: an image output needs a one-frame input; use .mp4 for {n} frames, or a folder (ending with /) for PNG frames")
+    return _Plan(settings, edits, target, info, out, n, sequence)
 
 
 def build_components(req: EditRequest, device: torch.device) -> tuple[dict[str, Any], Backbone, list[str]]:
@@ -262,11 +265,9 @@ def render_stage(req: EditRequest, plan: _Plan, run: EditRun, strategy, processo
     strip_keys = {run.face_frames[k] for k in run.keys[:8]}
     strip: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     writer = None
-    if out.suffix.lower() not in IMAGE_EXTS:
+    if plan.sequence or out.suffix.lower() not in IMAGE_EXTS:
         audio = info.path if info.kind == "video" and info.has_audio else None
-        vfr = info.variable_frame_rate and len(info.timestamps or []) >= n
-        writer = VideoWriter(out, info.fps_fraction, info.width, info.height, audio_from=audio, overwrite=True,
-                             timestamps=info.timestamps[:n] if vfr else None, time_base=info.time_base)
+        writer = open_writer(out, info, n, overwrite=True, audio_from=audio, inputs=[req.input], sequence=plan.sequence)
     try:
         with progress_bar("render", n, req.show_progress) as bar:
             for a in range(0, n, settings.chunk_frames):

@@ -3,6 +3,8 @@ forward-backward consistency test that marks occluded pixels."""
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
 
 
@@ -22,8 +24,8 @@ def warp_back(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
     import cv2
 
     h, w = flow.shape[:2]
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(img, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    g = grid(h, w) + flow
+    return cv2.remap(img, g[..., 0], g[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def valid_mask(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
@@ -36,3 +38,59 @@ def valid_mask(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
     xs, ys = np.meshgrid(np.arange(w), np.arange(h))
     inside = (xs + fwd[..., 0] >= 0) & (xs + fwd[..., 0] <= w - 1) & (ys + fwd[..., 1] >= 0) & (ys + fwd[..., 1] <= h - 1)
     return (diff < bound) & inside
+
+
+def grid(h: int, w: int) -> np.ndarray:
+    """``[h, w, 2]`` float32 pixel coordinates (x, y)."""
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return np.stack([xs, ys], -1)
+
+
+def photometric_error(frame: np.ndarray, other: np.ndarray, flow: np.ndarray, blur: float = 3.0) -> np.ndarray:
+    """Mean absolute RGB difference between ``frame`` and ``other`` brought back by ``flow``,
+    smoothed by a Gaussian of ``blur`` px: how well the flow explains the pixels, per pixel."""
+    import cv2
+
+    err = np.abs(warp_back(other, flow).astype(np.float32) - frame.astype(np.float32)).mean(-1)
+    return cv2.GaussianBlur(err, (0, 0), blur) if blur > 0 else err
+
+
+FlowPair = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def carry_keyframes(source: np.ndarray, edited: np.ndarray, reconstructed: np.ndarray, key_rows: Sequence[int], frames: Sequence[int],
+                    flows: FlowPair, mode: str = "two-nearest", occluded_weight: float = 0.05, carry: str = "residual") -> np.ndarray:
+    """Every non-key row of ``source`` (``uint8 [T, H, W, 3]``) with the keyframes' edit carried to it.
+
+    ``flows(i, j)`` gives ``(forward, backward)``: the flow from row ``i`` to key row ``key_rows[j]``
+    and back. ``carry="residual"`` warps ``edited - reconstructed`` and adds it to the row's own
+    pixels (where nothing was edited the row is unchanged); ``"pixels"`` warps the edited keyframe
+    itself. The keyframes on both sides (``mode="two-nearest"``) are blended by temporal distance
+    times a forward-backward confidence (``occluded_weight`` where the test fails). Key rows get
+    ``edited`` as it is.
+    """
+    from ipfacediff.runtime.tokens import neighbour_keys
+
+    keys, at = list(key_rows), list(frames)
+    if edited.shape != (len(keys), *source.shape[1:]) or reconstructed.shape != edited.shape:
+        raise ValueError(f"edited {edited.shape} / reconstructed {reconstructed.shape} keyframes do not fit source {source.shape} at rows {keys}")
+    residual = edited.astype(np.float32) - reconstructed.astype(np.float32)
+    out = source.copy()
+    out[keys] = edited
+    key_times = [at[k] for k in keys]
+    for i in range(len(source)):
+        if i in keys:
+            continue
+        acc = np.zeros(source.shape[1:], np.float32)
+        wsum = np.zeros(source.shape[1:3], np.float32)
+        for j, wt in neighbour_keys(at[i], key_times, mode):
+            fwd, bwd = flows(i, j)
+            conf = np.where(valid_mask(fwd, bwd), 1.0, occluded_weight).astype(np.float32) * wt
+            if carry == "pixels":
+                acc += conf[..., None] * (warp_back(edited[j], fwd).astype(np.float32) - source[i])
+            else:
+                acc += conf[..., None] * warp_back(residual[j], fwd)
+            wsum += conf
+        carried = acc / np.maximum(wsum, 1e-6)[..., None]
+        out[i] = np.clip(np.rint(source[i].astype(np.float32) + carried), 0, 255).astype(np.uint8)
+    return out

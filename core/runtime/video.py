@@ -218,12 +218,20 @@ def open_frames(path: str | Path) -> FrameSource:
     return _DecordSource(p, info)
 
 
+def is_sequence_output(path: str | Path) -> bool:
+    """An output written as numbered PNG frames: a path ending with ``/`` or an existing folder."""
+    return str(path).endswith(("/", os.sep)) or Path(path).is_dir()
+
+
 def check_output(path: str | Path, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
-    """Refuse to write over an input, or over an existing output without ``overwrite``."""
+    """Refuse to write over an input, or over an existing output without ``overwrite`` (an empty
+    folder for an image sequence is not in the way)."""
     out = Path(path)
     for i in inputs:
-        if Path(i).exists() and out.exists() and os.path.samefile(out, i):
+        if Path(i).exists() and out.exists() and (os.path.samefile(out, i) or (out.is_dir() and Path(i).resolve().is_relative_to(out.resolve()))):
             raise OutputExistsError(f"{out}: the output would overwrite the input; choose another -o")
+    if out.is_dir() and not any(out.iterdir()):
+        return out
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.exists():
@@ -317,6 +325,76 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+class FrameSequenceWriter:
+    """Write frames as numbered PNGs ``00000.png, 00001.png, ...`` into the folder ``path``,
+    atomically: they go to a hidden folder beside it, which replaces ``path`` only when
+    :meth:`close` is reached (an interrupted run leaves nothing under ``path``). Same interface as
+    :class:`VideoWriter`; there is no audio in an image sequence."""
+
+    def __init__(self, path: str | Path, width: int, height: int, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
+        self.path = check_output(Path(path), overwrite, inputs)
+        self.width, self.height = int(width), int(height)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".frames"))
+        self.n_written = 0
+        self._closed = False
+
+    def write(self, frames: np.ndarray) -> None:
+        from PIL import Image
+
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
+        for f in frames:
+            Image.fromarray(f).save(self._tmp / f"{self.n_written:05d}.png", compress_level=1)
+            self.n_written += 1
+
+    def close(self) -> Path:
+        import shutil
+
+        if self._closed:
+            return self.path
+        self._closed = True
+        old = None
+        if self.path.exists():
+            old = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".old"))
+            os.rmdir(old)
+            os.replace(self.path, old)
+        os.replace(self._tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.path
+
+    def abort(self) -> None:
+        import shutil
+
+        self._closed = True
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "FrameSequenceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_writer(path: str | Path, info: VideoInfo, n: int, overwrite: bool = False, audio_from: str | Path | None = None,
+                inputs: Sequence[str | Path] = (), sequence: bool | None = None) -> "VideoWriter | FrameSequenceWriter":
+    """A writer for ``n`` frames like ``info``'s: numbered PNGs when ``path`` is a folder
+    (:func:`is_sequence_output`), else a video at the input's fps (and its frame times, for a
+    variable-frame-rate input) with ``audio_from``'s audio."""
+    if is_sequence_output(path) if sequence is None else sequence:
+        return FrameSequenceWriter(path, info.width, info.height, overwrite, inputs)
+    vfr = info.variable_frame_rate and info.timestamps is not None
+    return VideoWriter(path, info.fps_fraction, info.width, info.height, audio_from=audio_from, overwrite=overwrite,
+                       timestamps=info.timestamps[:n] if vfr else None, time_base=info.time_base)
 
 
 def _has_audio(path: Path) -> bool:

@@ -1,0 +1,137 @@
+"""Ground truth for propagation: a synthetic edit that moves with the face, so the edited video is
+known on every frame.
+
+The edit is drawn once on the reference keyframe (the clip's first frame) in face coordinates
+(positions taken from that frame's 468 FaceMesh landmarks) as an RGBA layer, and carried to every
+frame by the piecewise-affine warp of the reference landmarks onto that frame's own landmarks
+(triangles drawn far to near, so a turned head hides the far side). Two kinds:
+
+* ``paint``: a coloured, textured face paint on the cheeks and chin (alpha 0.75, soft edge);
+* ``glasses``: thin dark eyeglass rims, bridge and temples (alpha 0.95, anti-aliased).
+
+A propagator given the source frames and the ground truth's keyframes should rebuild the other
+frames; it is scored over the face (the landmarks' hull) and over the edit alone.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ipfacediff.runtime.facemesh import face_mesh, load_facemesh, piecewise_affine_map, triangulate
+
+EDITS = ("paint", "glasses")
+NOSE_TIP, MOUTH_CORNERS, INNER_LIPS = 1, (61, 291), (13, 14)
+EYES = ((33, 133), (263, 362))  # (outer, inner) corner of each eye
+
+
+def track_landmarks(frames: np.ndarray, track, net=None) -> np.ndarray:
+    """``[T, 468, 3]`` FaceMesh landmarks of the tracked face in each frame (frames without a
+    detection take the previous frame's landmarks)."""
+    net = net or load_facemesh()
+    out, last = [], None
+    for f, d in zip(frames, track):
+        if d is not None:
+            eyes = d.landmarks[:2] if d.landmarks is not None else None
+            last = face_mesh(net, f, d.box, eyes)[0]
+        if last is None:
+            raise ValueError("ground truth: no face in the first frame")
+        out.append(last)
+    return np.stack(out)
+
+
+def _hull_mask(points: np.ndarray, shape) -> np.ndarray:
+    m = np.zeros(shape[:2], np.uint8)
+    cv2.fillConvexPoly(m, np.rint(cv2.convexHull(points[:, :2].astype(np.float32))[:, 0] * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    return m.astype(bool)
+
+
+def face_mask(lms: np.ndarray, shape) -> np.ndarray:
+    """The face region of one frame: the convex hull of its landmarks."""
+    return _hull_mask(lms, shape)
+
+
+def _paint_layer(lms: np.ndarray, shape, seed: int) -> np.ndarray:
+    h, w = shape[:2]
+    pts = lms[:, :2]
+    d = pts[EYES[1][0]] - pts[EYES[0][0]]
+    ang = np.arctan2(d[1], d[0])
+    rot = np.array([[np.cos(ang), np.sin(ang)], [-np.sin(ang), np.cos(ang)]])  # frame -> face-upright
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    up = np.stack([xs, ys], -1) @ rot.T.astype(np.float32)
+    nose_y = (pts[NOSE_TIP] @ rot.T)[1]
+    eye_w = float(np.linalg.norm(d))
+    region = face_mask(lms, shape) & (up[..., 1] > nose_y)
+    mouth = ((pts[MOUTH_CORNERS[0]] + pts[MOUTH_CORNERS[1]]) / 2)
+    mw = np.linalg.norm(pts[MOUTH_CORNERS[1]] - pts[MOUTH_CORNERS[0]]) * 0.65
+    mh = max(np.linalg.norm(pts[INNER_LIPS[0]] - pts[INNER_LIPS[1]]), 0.15 * mw) + 0.3 * mw
+    mu = mouth @ rot.T
+    region &= ((up[..., 0] - mu[0]) / mw) ** 2 + ((up[..., 1] - mu[1]) / mh) ** 2 > 1.0
+    rng = np.random.default_rng(seed)
+    period = eye_w / 3.0
+    u, v = up[..., 0] / period, up[..., 1] / period
+    hue = (np.sin(u * 2.1 + v * 1.3) * 0.5 + 0.5) * 120 + (np.sin(v * 3.7) > 0.2) * 40
+    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    hsv = np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1).clip(0, 255).astype(np.uint8)
+    color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
+    alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75
+    return np.concatenate([color, alpha[..., None]], -1)
+
+
+def _glasses_layer(lms: np.ndarray, shape) -> np.ndarray:
+    h, w = shape[:2]
+    ss = 4  # drawn 4x larger, then averaged down: anti-aliased rims
+    pts = lms[:, :2]
+    canvas = np.zeros((h * ss, w * ss), np.float32)
+    eye_w = float(np.linalg.norm(pts[EYES[1][0]] - pts[EYES[0][0]]))
+    thick = max(1, int(round(eye_w * 0.035 * ss)))
+    d = pts[EYES[1][0]] - pts[EYES[0][0]]
+    ang = float(np.degrees(np.arctan2(d[1], d[0])))
+    rims = []
+    for outer, inner in EYES:
+        c = (pts[outer] + pts[inner]) / 2
+        width = np.linalg.norm(pts[outer] - pts[inner]) * 1.9
+        axes = (width / 2, width * 0.36)
+        rims.append((c, axes))
+        cv2.ellipse(canvas, (tuple(int(round(x * ss)) for x in c), tuple(int(round(a * ss)) for a in axes), ang),
+                    1.0, thick, cv2.LINE_AA) if False else cv2.ellipse(
+            canvas, tuple(int(round(x * ss)) for x in c), tuple(int(round(a * ss)) for a in axes), ang, 0, 360, 1.0, thick, cv2.LINE_AA)
+    u = d / (np.linalg.norm(d) + 1e-9)
+    a_in = rims[0][0] + u * rims[0][1][0]
+    b_in = rims[1][0] - u * rims[1][1][0]
+    cv2.line(canvas, tuple(int(round(x * ss)) for x in a_in), tuple(int(round(x * ss)) for x in b_in), 1.0, thick, cv2.LINE_AA)
+    hull = cv2.convexHull(pts.astype(np.float32))[:, 0]
+    for c, axes, sign in ((rims[0][0], rims[0][1], -1), (rims[1][0], rims[1][1], 1)):
+        start = c + sign * u * axes[0]
+        side = hull[np.argmax((hull - c) @ (sign * u))]
+        end = start + (side - start) * 0.95
+        cv2.line(canvas, tuple(int(round(x * ss)) for x in start), tuple(int(round(x * ss)) for x in end), 1.0, thick, cv2.LINE_AA)
+    alpha = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95
+    color = np.empty((h, w, 3), np.float32)
+    color[:] = (22, 20, 24)
+    return np.concatenate([color, alpha[..., None]], -1)
+
+
+def edit_layer(lms: np.ndarray, shape, kind: str, seed: int = 0) -> np.ndarray:
+    """``float32 [h, w, 4]`` RGBA layer of the synthetic edit ``kind`` on the frame whose landmarks are ``lms``."""
+    if kind == "paint":
+        return _paint_layer(lms, shape, seed)
+    if kind == "glasses":
+        return _glasses_layer(lms, shape)
+    raise ValueError(f"ground truth: unknown edit {kind!r} ({', '.join(EDITS)})")
+
+
+def ground_truth(frames: np.ndarray, lms: np.ndarray, kind: str, ref: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The edited clip (``uint8 [T, H, W, 3]``) and the edit's alpha per frame (``[T, H, W]``): the
+    layer drawn on frame ``ref`` carried to each frame by the piecewise-affine landmark warp."""
+    shape = frames.shape[1:3]
+    layer = edit_layer(lms[ref], shape, kind, seed)
+    tris = triangulate(lms[ref])
+    out, alphas = np.empty_like(frames), np.zeros(frames.shape[:3], np.float32)
+    for t, f in enumerate(frames):
+        mp, inside = piecewise_affine_map(lms[t], lms[ref], tris, shape, depth=lms[t][:, 2])
+        lt = cv2.remap(layer, mp[..., 0], mp[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        a = np.where(inside, lt[..., 3], 0.0).astype(np.float32)
+        out[t] = np.clip(np.rint(f.astype(np.float32) * (1 - a[..., None]) + lt[..., :3] * a[..., None]), 0, 255).astype(np.uint8)
+        alphas[t] = a
+    return out, alphas
