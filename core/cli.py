@@ -426,11 +426,15 @@ def finetune(ctx: click.Context, recipe_name: str, data: Path, output: Path, reg
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (reruns skip finished jobs).")
+@click.option("--ground-truth", is_flag=True, help="The ground-truth propagation benchmark (synthetic edits known on every frame) instead of pipelines.")
+@click.option("--propagators", default="flow-residual,mesh-flow", show_default=True, help="--ground-truth: pixel-space propagators, comma-separated.")
+@click.option("--intervals", default="8,16", show_default=True, help="--ground-truth: keyframe intervals, comma-separated.")
+@click.option("--edits", default="paint,glasses", show_default=True, help="--ground-truth: synthetic edits, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 @click.pass_context
 def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None, pipelines: str, registry_file: Path | None, backbone: str, steps: int,
           max_frames: int, metrics: str | None, executor: str, face_processor: str | None, sets: tuple[str, ...], seed: int, device: str,
-          output: Path, as_json: bool) -> None:
+          output: Path, ground_truth: bool, propagators: str, intervals: str, edits: str, as_json: bool) -> None:
     """Compare pipelines on clips and prompts: metrics, cost, results.json, a table and report.html."""
     from ipfacediff.jobs.bench import DEFAULT_METRICS, BenchRequest, find_videos, load_prompts_file, run_bench
     if not videos:
@@ -442,13 +446,29 @@ def bench(ctx: click.Context, videos: tuple[str, ...], prompts_file: Path | None
                        metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
                        backbone=backbone, steps=steps, max_frames=max_frames or None, sets=parse_set_option(sets),
                        registry_file=str(registry_file) if registry_file else None, face_processor=face_processor, seed=seed, device=device,
-                       executor=executor, show_progress=not (ctx.obj["quiet"] or as_json))
+                       executor=executor, show_progress=not (ctx.obj["quiet"] or as_json), ground_truth=ground_truth,
+                       propagators=_csv(propagators), edits=_csv(edits), intervals=_int_list(intervals, "--intervals"))
     result = run_bench(req, console=None if as_json else out)
     if as_json:
         _print_json(result)
         return
+    if ground_truth:
+        out.print(f"{result['jobs']} jobs ({result['jobs_skipped']} already done, skipped) in {result['seconds']:.0f} s; "
+                  f"results: [bold]{output / 'results.json'}[/]  tables: [bold]{result['tables']}[/]")
+        return
     out.print(f"{result['jobs']} jobs ({result['jobs_skipped']} already done, skipped) in {result['seconds']:.0f} s; "
               f"results: [bold]{output / 'results.json'}[/]  report: [bold]{result['report']}[/]")
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(p) for p in _csv(text)]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: whole numbers, comma-separated", param_hint=flag) from None
 
 
 INTERRUPTED = ("interrupted: nothing was written under the output name; run the same command again to resume after the finished stages "

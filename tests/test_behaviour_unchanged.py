@@ -21,9 +21,12 @@ pytestmark = needs_models
 
 GOLDEN = Path(__file__).with_name("golden_edits.json")
 CASES = {
-    "ip-facediff": ["--pipeline", "ip-facediff"],
-    "ip-facediff-eps1-refine": ["--pipeline", "ip-facediff", "--set", "settings.propagation_source=eps1", "--set", "settings.refine_steps=1"],
-    "ip-facediff-fast": ["--pipeline", "ip-facediff-fast"],
+    # 0.3 made mesh-flow the default propagator of ip-facediff; ip-facediff-paper is 0.1's ip-facediff
+    # (latent-nn), and 0.1's ip-facediff-fast is ip-facediff-paper with the fast settings: same bytes
+    "ip-facediff": ["--pipeline", "ip-facediff-paper"],
+    "ip-facediff-eps1-refine": ["--pipeline", "ip-facediff-paper", "--set", "settings.propagation_source=eps1", "--set", "settings.refine_steps=1"],
+    "ip-facediff-fast": ["--pipeline", "ip-facediff-paper", "--set", "settings.keyframe_interval=16", "--set", "editor.attn_fraction=0.3",
+                         "--set", "editor.residual_fraction=0.5"],
     "per-frame": ["--pipeline", "per-frame"],
     "sdedit": ["--pipeline", "sdedit"],
     "tokenflow": ["--pipeline", "tokenflow"],

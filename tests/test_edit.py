@@ -139,7 +139,7 @@ def test_unet_evaluations_ip_facediff_vs_baselines(tmp_path):
     clip = write_sample_clip(tmp_path / "clip40.mp4", n_frames=40, size=128, audio=False)
     per_frame, reports = {}, {}
     runs = {p: (p,) for p in ("ip-facediff", "ip-facediff-fast", "tokenflow", "per-frame", "sdedit")}
-    runs["ip-facediff eps1-matching"] = ("ip-facediff", "--set", "settings.propagation_source=eps1", "--set", "propagator.patch=1")
+    runs["ip-facediff eps1-matching"] = ("ip-facediff-paper", "--set", "settings.propagation_source=eps1", "--set", "propagator.patch=1")
     for name, (pipeline, *extra) in runs.items():
         out = tmp_path / f"{name.replace(' ', '_')}.mp4"
         # every count without another run's cached inversion or keyframe edits; the full-frame processor
@@ -266,18 +266,19 @@ def test_pixel_propagation_refuses_latent_refinement_in_one_line(catalog, tmp_pa
         strategy.prepare(run)
 
 
-def test_flow_residual_edit_decodes_only_the_keyframes(sample_clip, tmp_path):
-    """ip-facediff-flow: the same UNet work as ip-facediff; the VAE decodes the keyframes only; the
-    output has every frame."""
+def test_pixel_propagation_edit_decodes_only_the_keyframes(sample_clip, tmp_path):
+    """ip-facediff (mesh-flow) and ip-facediff-flow: the same UNet work as ip-facediff-paper
+    (latent-nn); the VAE decodes the keyframes only; the output has every frame."""
     reps = {}
-    for pipeline in ("ip-facediff", "ip-facediff-flow"):
+    for pipeline in ("ip-facediff-paper", "ip-facediff-flow", "ip-facediff"):
         out = tmp_path / f"{pipeline}.mp4"
         r = run_main("--quiet", "edit", str(sample_clip), "-p", "eyeglasses", "--pipeline", pipeline, "--steps", "3", "--max-frames", "17",
                      "-o", str(out), *CHEAP, "--no-cache", "--json")
         assert r.returncode == 0, r.stderr
         reps[pipeline] = json.loads(r.stdout)
         assert probe(out).n_frames == 17
-    a, b = reps["ip-facediff"], reps["ip-facediff-flow"]
-    assert a["unet_evaluations"] == b["unet_evaluations"] and a["keyframes"] == b["keyframes"] == [0, 8, 16]
+    a, b, c = reps["ip-facediff-paper"], reps["ip-facediff-flow"], reps["ip-facediff"]
+    assert a["unet_evaluations"] == b["unet_evaluations"] == c["unet_evaluations"] and a["keyframes"] == b["keyframes"] == [0, 8, 16]
     assert "decode" in a["timings_s"] and "decode" not in b["timings_s"] and "decode_keyframes" in b["timings_s"]
-    assert b["components"]["propagator"]["component"] == "flow-residual"
+    assert "decode" not in c["timings_s"] and "decode_keyframes" in c["timings_s"]
+    assert b["components"]["propagator"]["component"] == "flow-residual" and c["components"]["propagator"]["component"] == "mesh-flow"

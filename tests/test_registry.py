@@ -112,7 +112,7 @@ pipelines:
 """)
     reg = load_registry(f, catalog=catalog)
     base, one, two = reg.pipeline("ip-facediff"), reg.pipeline("ip-facediff-exact"), reg.pipeline("exact-dense")
-    assert one.components["propagator"].name == "exact-nn" and base.components["propagator"].name == "latent-nn"
+    assert one.components["propagator"].name == "exact-nn" and base.components["propagator"].name == "mesh-flow"
     assert {k: v.name for k, v in one.components.items() if k != "propagator"} == {k: v.name for k, v in base.components.items() if k != "propagator"}
     assert one.components["editor"].params == base.components["editor"].params
     assert [m.to_json() for m in one.metrics] == [m.to_json() for m in base.metrics]
@@ -121,7 +121,7 @@ pipelines:
     assert two.components["propagator"].name == "exact-nn"
     # the built-in ip-facediff-fast extends ip-facediff too
     fast = reg.pipeline("ip-facediff-fast")
-    assert fast.settings.keyframe_interval == 16 and fast.components["propagator"].name == "latent-nn"
+    assert fast.settings.keyframe_interval == 16 and fast.components["propagator"].name == "mesh-flow"
 
 
 @pytest.mark.parametrize("body, needle", [

@@ -22,7 +22,7 @@ import numpy as np
 
 from ipfacediff.errors import InputError, ParameterError
 from ipfacediff.interfaces import FaceDetection, FaceProcessor, PropagationInput, Propagator
-from ipfacediff.runtime.face import detect_track, feather_mask
+from ipfacediff.runtime.face import detect_track, face_from_landmarks, feather_mask
 from ipfacediff.runtime.video import IMAGE_EXTS, check_output, is_sequence_output, open_frames, open_writer, read_image
 
 CHANGED_LEVEL = 12  # grey levels: a keyframe pixel differing more than this from the source was edited
@@ -102,11 +102,9 @@ def _in_window(det: FaceDetection | None, x0: int, y0: int, full_frame: bool) ->
     if det is None:
         return None
     lm = None if det.landmarks is None else det.landmarks - [x0, y0]
-    box = det.box - [x0, y0, x0, y0]
     if full_frame and lm is not None:  # the box is the frame: a face box from the landmarks instead
-        c, span = lm.mean(0), float(np.ptp(lm, 0).max())
-        box = np.array([c[0] - span, c[1] - span, c[0] + span, c[1] + span])
-    return FaceDetection(box, det.score, lm, det.source)
+        return face_from_landmarks(lm, det.score, det.source)
+    return FaceDetection(det.box - [x0, y0, x0, y0], det.score, lm, det.source)
 
 
 def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, np.ndarray], track: list[FaceDetection | None],

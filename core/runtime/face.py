@@ -50,6 +50,19 @@ def crop_template(size: int, zoom: float = 0.45, shift_y: float = 0.06) -> np.nd
     return (centred * zoom + np.array([0.5, 0.5 + shift_y])) * size
 
 
+def face_from_landmarks(landmarks: np.ndarray, score: float = 1.0, source: str = "") -> FaceDetection:
+    """A face detection around five landmarks (a box as wide as twice their spread): for crops whose
+    box is the crop itself (full-frame) or that were aligned to a template."""
+    lm = np.asarray(landmarks, np.float64)
+    c, span = lm.mean(0), float(np.ptp(lm, 0).max())
+    return FaceDetection(np.array([c[0] - span, c[1] - span, c[0] + span, c[1] + span]), score, lm, source)
+
+
+def template_face(size: int, zoom: float = 0.45) -> FaceDetection:
+    """Where the face lies in an aligned ``size`` crop (its landmarks were moved onto the template)."""
+    return face_from_landmarks(crop_template(size, zoom), 1.0, "template")
+
+
 def invert_affine(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(m, np.float64))
 

@@ -22,6 +22,7 @@ import torch
 import ipfacediff
 from ipfacediff.errors import ParameterError
 from ipfacediff.interfaces import EditRun, PropagationInput, Strategy
+from ipfacediff.runtime.face import template_face
 from ipfacediff.runtime.cache import hash_tensor
 from ipfacediff.runtime.diffusion import decoder_token_features
 from ipfacediff.runtime.editing import chunk_with_borders, keyframe_groups, refine
@@ -144,6 +145,9 @@ class IPFaceDiff(Strategy):
                 if others:
                     src[others] = run.crops([sub[p] for p in others])
                 inp.source_pixels = src
+                if "faces" in prop.needs:  # aligned crops: the face sits on the crop template
+                    zoom = float(getattr(run.components["face_processor"].params, "zoom", 0.45)) if "face_processor" in run.components else 0.45
+                    inp.faces = [template_face(src.shape[1], zoom)] * len(sub)
                 inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
                 return prop.propagate(inp)[first:first + len(rows)]
             out = prop.propagate(inp)

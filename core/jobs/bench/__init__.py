@@ -11,6 +11,10 @@ the same settings):
 * ``null-edit``: one (clip, pipeline) run with the source prompt only, for ``reconstruction``;
 * ``propagation``: one (clip, pipeline with a propagator): the keyframes' own latents propagated to
   the other frames, for ``propagation`` (what the propagator loses, independent of any edit).
+* ``ground-truth`` (``--ground-truth``): one (clip, synthetic edit) whose edited video is known on
+  every frame (:mod:`ipfacediff.jobs.bench.groundtruth`); pixel-space propagators and baselines get
+  the source frames and the edited keyframes (every 8 and 16 frames) and are scored on the others.
+  Results: ``groundtruth.md`` (a table per keyframe interval) and ``results.json``.
 
 Outputs in OUT: ``results.json`` (versioned schema, one row per job), a rich table in the terminal
 (pipelines x metrics, the best of each column marked), ``report.html`` with per-clip strips, metric
@@ -26,7 +30,7 @@ from typing import Any
 
 from ipfacediff.errors import InputError, ParameterError
 from ipfacediff.jobs.bench.executors import run_local, run_ray
-from ipfacediff.jobs.bench.plan import DEFAULT_METRICS, DEFAULT_PIPELINES, SCHEMA, BenchRequest, find_videos, load_prompts_file, plan_jobs
+from ipfacediff.jobs.bench.plan import DEFAULT_METRICS, DEFAULT_PIPELINES, SCHEMA, BenchRequest, find_videos, load_prompts_file, plan_groundtruth, plan_jobs
 from ipfacediff.jobs.bench.report import _notes, _strip_and_plots, print_table, summarize, write_html
 from ipfacediff.runtime.files import write_atomic
 
@@ -43,6 +47,8 @@ def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
         raise ParameterError(f"--max-frames {req.max_frames}: a benchmark needs at least 2 frames per clip")
     if req.executor not in ("local", "ray"):
         raise ParameterError(f"--executor {req.executor}: local or ray")
+    if req.ground_truth:
+        return _run_groundtruth(req, console)
     reg = load_registry(req.registry_file)
     for p in req.pipelines:
         reg.pipeline(p)
@@ -71,4 +77,26 @@ def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
     write_atomic(req.output / "results.json", json.dumps(result, indent=1, default=str))
     if console is not None:
         print_table(summary, req.metrics, notes, console)
+    return result
+
+
+def _run_groundtruth(req: BenchRequest, console=None) -> dict[str, Any]:
+    from ipfacediff.jobs.bench.report import groundtruth_tables
+    from ipfacediff.runtime.progress import progress_bar
+
+    jobs = plan_groundtruth(req)
+    req.output.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with progress_bar("ground-truth jobs", len(jobs), req.show_progress) as bar:
+        runner = run_ray if req.executor == "ray" else run_local
+        rows = runner(jobs, lambda row: bar.advance(description=f"{row['clip']} {row['edit']}"))
+    markdown = groundtruth_tables(rows, console)
+    write_atomic(req.output / "groundtruth.md", markdown)
+    settings = {"videos": [str(v) for v in req.videos], "propagators": req.propagators, "intervals": req.intervals, "edits": req.edits,
+                "max_frames": req.max_frames, "seed": req.seed, "sets": req.sets, "executor": req.executor}
+    result = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings, "jobs": len(rows),
+              "jobs_skipped": sum(1 for r in rows if r.get("skipped")), "seconds": round(time.perf_counter() - t0, 3),
+              "rows": [{k: v for k, v in r.items() if k != "skipped"} | {"skipped": bool(r.get("skipped"))} for r in rows],
+              "tables": str(req.output / "groundtruth.md")}
+    write_atomic(req.output / "results.json", json.dumps(result, indent=1, default=str))
     return result

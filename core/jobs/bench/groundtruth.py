@@ -15,6 +15,8 @@ frames; it is scored over the face (the landmarks' hull) and over the edit alone
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 
@@ -135,3 +137,155 @@ def ground_truth(frames: np.ndarray, lms: np.ndarray, kind: str, ref: int = 0, s
         out[t] = np.clip(np.rint(f.astype(np.float32) * (1 - a[..., None]) + lt[..., :3] * a[..., None]), 0, 255).astype(np.uint8)
         alphas[t] = a
     return out, alphas
+
+
+# ------------------------------------------------------------------------------ the benchmark job
+BASELINES = ("source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip")
+DEFAULT_PROPAGATORS = ("flow-residual", "mesh-flow")
+INTERVALS = (8, 16)
+SCORES = ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "warp_error")
+
+
+def _masked_scores(out: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM (luminance, Gaussian window) of ``out`` against ``gt`` over ``mask``."""
+    from skimage.metrics import structural_similarity
+
+    if not mask.any():
+        return float("nan"), float("nan")
+    d = (out.astype(np.float64) - gt.astype(np.float64))[mask]
+    mse = float((d ** 2).mean())
+    psnr = 100.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    if min(y1 - y0, x1 - x0) < 7:
+        return psnr, float("nan")
+    ga = cv2.cvtColor(np.ascontiguousarray(out[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    gb = cv2.cvtColor(np.ascontiguousarray(gt[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    _, smap = structural_similarity(ga, gb, data_range=255, gaussian_weights=True, full=True)
+    return psnr, float(smap[mask[y0:y1, x0:x1]].mean())
+
+
+def warp_error(frames: np.ndarray, source: np.ndarray, masks: list[np.ndarray]) -> float:
+    """Mean absolute difference (grey levels) between each output frame and the next one brought back
+    by the *source*'s optical flow, over the face where that flow passes the forward-backward test."""
+    from ipfacediff.runtime.flow import optical_flow, valid_mask, warp_back
+
+    errs = []
+    for t in range(len(frames) - 1):
+        fwd, bwd = optical_flow(source[t], source[t + 1]), optical_flow(source[t + 1], source[t])
+        m = valid_mask(fwd, bwd) & masks[t]
+        if m.any():
+            errs.append(float(np.abs(warp_back(frames[t + 1], fwd).astype(np.float32) - frames[t])[m].mean()))
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+def _roundtrip(gt: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """The ground truth through TAESD (encode, decode) in a window around the face: the best a
+    latent-space propagator could give back."""
+    import torch
+
+    from ipfacediff.runtime.diffusers_backbone import load_taesd
+
+    vae = load_taesd()
+    ys, xs = np.nonzero(np.any(np.stack(masks), 0))
+    h, w = gt.shape[1:3]
+    y0, x0 = max(0, ys.min() - 16) // 8 * 8, max(0, xs.min() - 16) // 8 * 8
+    y1, x1 = min(h, -(-(ys.max() + 17) // 8) * 8), min(w, -(-(xs.max() + 17) // 8) * 8)
+    out = gt.copy()
+    with torch.no_grad():
+        for t in range(len(gt)):
+            x = torch.from_numpy(np.ascontiguousarray(gt[t, y0:y1, x0:x1])).permute(2, 0, 1)[None].float() / 127.5 - 1
+            y = vae.decode(vae.encode(x).latents).sample
+            out[t, y0:y1, x0:x1] = ((y[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()[: y1 - y0, : x1 - x0]
+    return out
+
+
+def run_groundtruth_job(job: dict, job_dir) -> dict:
+    """One clip and one synthetic edit: its ground truth, then every method at every keyframe
+    interval, scored on the non-key frames."""
+    from pathlib import Path
+
+    from ipfacediff.catalog import get_catalog
+    from ipfacediff.runtime.face import detect_track
+    from ipfacediff.runtime.video import open_frames
+
+    catalog = get_catalog()
+    processor = catalog.build("face_processor", job["face_processor"] or "retinaface", job["sets"].get("face_processor", {}))
+    src = open_frames(job["clip"])
+    try:
+        n = min(len(src), job["max_frames"] or 33)
+        frames = src.get(list(range(n)))
+        track = detect_track(processor, src, n, 3, False)
+    finally:
+        src.close()
+    if track[0] is None:
+        raise ValueError(f"{job['clip']}: no face in the first frame; the ground truth is drawn there")
+    lms = track_landmarks(frames, track)
+    gt, alpha = ground_truth(frames, lms, job["edit"], seed=job["seed"])
+    faces = [face_mask(lm, frames.shape[1:3]) for lm in lms]
+    edits = [cv2.dilate((a > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & f for a, f in zip(alpha, faces)]
+    rows: list[dict] = []
+    methods = list(BASELINES) + list(job["propagators"])
+    shown: dict[str, np.ndarray] = {}
+    for interval in job["intervals"]:
+        keys = sorted(set(range(0, n, interval)) | ({n - 1} if (n - 1) % interval == 0 else set()))
+        others = [t for t in range(n) if t not in keys]
+        for m in methods:
+            t0 = time.perf_counter()
+            out, marked = _method_output(m, job, catalog, frames, gt, faces, keys, track, processor, shown)
+            fs = [_masked_scores(out[t], gt[t], faces[t]) for t in others]
+            es = [_masked_scores(out[t], gt[t], edits[t]) for t in others]
+            rows.append({"method": m, "interval": interval, "self_graded": marked,
+                         "face_psnr": float(np.nanmean([a for a, _ in fs])), "face_ssim": float(np.nanmean([b for _, b in fs])),
+                         "edit_psnr": float(np.nanmean([a for a, _ in es])), "edit_ssim": float(np.nanmean([b for _, b in es])),
+                         "warp_error": warp_error(out, frames, faces), "seconds": round(time.perf_counter() - t0, 3)})
+            if interval == job["intervals"][-1]:
+                shown[m] = out
+    rows.append({"method": "ground truth", "interval": None, "self_graded": False, "warp_error": warp_error(gt, frames, faces)})
+    strip = _strip(frames, gt, shown, faces, job["intervals"][-1], n)
+    cv2.imwrite(str(Path(job_dir) / "strip.png"), strip[..., ::-1])
+    return {"scores": rows, "frames": n, "strip": str(Path(job_dir) / "strip.png")}
+
+
+def _method_output(m: str, job: dict, catalog, frames, gt, faces, keys, track, processor, shown) -> tuple[np.ndarray, bool]:
+    """One method's output clip given the ground truth's keyframes, and whether it follows FaceMesh."""
+    from ipfacediff.jobs.propagate import carry_edits
+
+    n = len(frames)
+    if m == "source":
+        return frames, False
+    if m == "taesd-roundtrip":  # independent of the keyframes: computed once per job
+        if "_rt" not in shown:
+            shown["_rt"] = _roundtrip(gt, faces)
+        return shown["_rt"], False
+    if m == "copy-nearest":
+        return np.stack([gt[min(keys, key=lambda k: (abs(k - t), k))] for t in range(n)]), False
+    name, params = ("flow-residual", {"carry": "pixels"}) if m == "flow-warp-edited" else (m, job["sets"].get("propagators", {}).get(m, {}))
+    prop = catalog.build("propagator", name, params, f"--propagators {m}")
+    chunks: list[np.ndarray] = []
+    carry_edits(lambda idx: frames[idx], n, {k: gt[k] for k in keys}, track, processor, prop, on_frames=lambda first, f: chunks.append(f))
+    return np.concatenate(chunks), prop.landmark_model == "facemesh"
+
+
+def _strip(frames, gt, shown, faces, interval, n) -> np.ndarray:
+    """The middle frame between the first two keyframes, cropped to the face: ground truth, then each
+    method above its error (x4)."""
+    t = min(interval // 2, n - 1)
+    ys, xs = np.nonzero(faces[t])
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    scale = 160 / max(1, y1 - y0)
+
+    def cell(img, label):
+        c = cv2.resize(np.ascontiguousarray(img[y0:y1, x0:x1]), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        c = np.ascontiguousarray(c)
+        cv2.putText(c, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+        return c
+
+    top, bottom = [cell(gt[t], "ground truth")], [cell(frames[t], "source")]
+    for m, out in shown.items():
+        if m.startswith("_") or m == "source":
+            continue
+        err = np.repeat(np.clip(np.abs(out[t].astype(np.int16) - gt[t]).max(-1) * 4, 0, 255).astype(np.uint8)[..., None], 3, -1)
+        top.append(cell(out[t], m))
+        bottom.append(cell(err, "error x4"))
+    return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)

@@ -36,6 +36,10 @@ class BenchRequest:
     device: str = "cpu"
     executor: str = "local"
     show_progress: bool = True
+    ground_truth: bool = False  # the ground-truth propagation benchmark instead of pipelines (groundtruth.py)
+    propagators: list[str] = field(default_factory=lambda: ["flow-residual", "mesh-flow"])
+    intervals: list[int] = field(default_factory=lambda: [8, 16])
+    edits: list[str] = field(default_factory=lambda: ["paint", "glasses"])
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -106,6 +110,32 @@ def slug(text: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------- jobs
+def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
+    """One job per (clip, synthetic edit): every propagator and baseline at every keyframe interval."""
+    from ipfacediff.catalog import get_catalog
+    from ipfacediff.jobs.bench.groundtruth import EDITS
+
+    catalog = get_catalog()
+    for p in req.propagators:
+        if catalog.get("propagator", p, "--propagators").cls.space != "pixels":
+            raise ParameterError(f"--propagators {p}: the ground-truth benchmark runs pixel-space propagators (as `propagate` does)")
+    for e in req.edits:
+        if e not in EDITS:
+            raise ParameterError(f"--edits {e}: one of {', '.join(EDITS)}")
+    if not req.intervals or min(req.intervals) < 2:
+        raise ParameterError("--intervals: keyframe intervals of at least 2")
+    jobs = []
+    for clip in req.videos:
+        for e in req.edits:
+            j = {"kind": "ground-truth", "clip": str(clip), "edit": e, "prompt": None, "pipeline": "ground-truth", "propagators": list(req.propagators),
+                 "intervals": list(req.intervals), "max_frames": req.max_frames, "sets": req.sets, "seed": req.seed, "face_processor": req.face_processor,
+                 "backbone": None, "steps": None, "registry_file": req.registry_file, "device": req.device, "threads": None}
+            j["id"] = hashlib.sha256(json.dumps(j, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            j["dir"] = str(req.output / "jobs" / Path(j["clip"]).stem / "ground-truth" / e)
+            jobs.append(j)
+    return jobs
+
+
 def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
     from ipfacediff.catalog import get_catalog
 

@@ -211,3 +211,42 @@ td.best {{ background: #d9f2d9; font-weight: bold; }} img {{ max-width: 100%; }}
 </body></html>
 """
     write_atomic(path, doc)
+
+
+def groundtruth_tables(rows: list[dict[str, Any]], console=None) -> str:
+    """Markdown (and, with a console, rich) tables of the ground-truth benchmark: per keyframe
+    interval, a row per method, face-region PSNR per clip (mean of the edits), then the means over
+    clips of every score. Rows of propagators following the ground truth's own landmarks get a *."""
+    import numpy as np
+
+    scores = [dict(s, clip=r["clip"], edit=r["edit"]) for r in rows for s in r["scores"] if s["interval"] is not None]
+    clips = sorted({s["clip"] for s in scores})
+    methods = list(dict.fromkeys(s["method"] for s in scores))
+    marked = {s["method"] for s in scores if s.get("self_graded")}
+    gt_warp = [s["warp_error"] for r in rows for s in r["scores"] if s["interval"] is None]
+    lines = []
+    for interval in sorted({s["interval"] for s in scores}):
+        head = ["method", *[f"{c} face PSNR" for c in clips], "face PSNR", "face SSIM", "edit PSNR", "edit SSIM", "warp error"]
+        table = []
+        for m in methods:
+            sel = [s for s in scores if s["method"] == m and s["interval"] == interval]
+            per_clip = [np.nanmean([s["face_psnr"] for s in sel if s["clip"] == c]) for c in clips]
+            means = [np.nanmean([s[k] for s in sel]) for k in ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "warp_error")]
+            table.append([m + (" *" if m in marked else ""), *[f"{v:.2f}" for v in per_clip], f"{means[0]:.2f}", f"{means[1]:.4f}",
+                          f"{means[2]:.2f}", f"{means[3]:.4f}", f"{means[4]:.2f}"])
+        lines += [f"### keyframes every {interval}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in table] + [""]
+        if console is not None:
+            from rich.table import Table
+
+            t = Table(title=f"ground truth, keyframes every {interval}")
+            for h in head:
+                t.add_column(h, justify="left" if h == "method" else "right")
+            for r in table:
+                t.add_row(*r)
+            console.print(t)
+    lines.append(f"Warp error of the ground truth itself: {np.nanmean(gt_warp):.2f}. PSNR and SSIM over the face (the landmarks' hull) "
+                 "and over the edit alone (its alpha > 0.02, dilated 2 px), on the non-key frames; mean over the edits (paint, glasses).")
+    if marked:
+        lines.append("* follows FaceMesh landmarks, the model the ground truth is made with: it grades itself here.")
+    return "\n".join(lines) + "\n"

@@ -107,6 +107,15 @@ def _run_job(job: dict[str, Any], job_dir: Path, done: Path) -> dict[str, Any]:
     from ipfacediff.jobs.edit import EditRequest, run_edit
     from ipfacediff.registry import load_registry
 
+    if job["kind"] == "ground-truth":
+        from ipfacediff.jobs.bench.groundtruth import run_groundtruth_job
+
+        t0 = time.perf_counter()
+        row = {"schema": SCHEMA, "job_id": job["id"], "kind": job["kind"], "clip": Path(job["clip"]).stem, "clip_path": job["clip"],
+               "edit": job["edit"], "pipeline": "ground-truth", "dir": str(job_dir), **run_groundtruth_job(job, job_dir)}
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        write_atomic(done, json.dumps(row, indent=1, default=str))
+        return row
     reg = load_registry(job["registry_file"])
     pipeline = reg.pipeline(job["pipeline"])
     t0 = time.perf_counter()
