@@ -109,9 +109,9 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
     out, r, _, videos = bench_run
     res = json.loads((out / "results.json").read_text())
     clips = sorted(p.stem for p in videos.glob("*.mp4"))
-    pipelines = ["ip-facediff", "per-frame", "tokenflow", "sdedit"]
+    pipelines = ["ip-facediff-paper", "per-frame", "tokenflow", "sdedit"]
     assert res["schema"] == "ipfacediff.jobs.bench/1"
-    # per clip: 4 edits, 4 null edits, and 1 propagation job (only ip-facediff has a propagator)
+    # per clip: 4 edits, 4 null edits, and 1 propagation job (only ip-facediff-paper has a latent propagator)
     assert res["jobs"] == len(clips) * 9 and res["jobs_skipped"] == 0
     edits = [row for row in res["rows"] if row["kind"] == "edit"]
     assert sorted({row["clip"] for row in edits}) == clips and sorted({row["pipeline"] for row in edits}) == sorted(pipelines)
@@ -121,8 +121,8 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
             assert row["metrics"][m]["value"] is not None, (row["clip"], row["pipeline"], m, row["metrics"][m])
         assert row["metrics"]["clip-text"]["value"] is None and "n/a" in row["metrics"]["clip-text"]["note"]
     s = res["summary"]
-    assert s["ip-facediff"]["unet_evals_per_frame"] < s["tokenflow"]["unet_evals_per_frame"]
-    assert s["ip-facediff"]["propagation"] is not None and s["per-frame"]["propagation"] is None
+    assert s["ip-facediff-paper"]["unet_evals_per_frame"] < s["tokenflow"]["unet_evals_per_frame"]
+    assert s["ip-facediff-paper"]["propagation"] is not None and s["per-frame"]["propagation"] is None
     assert all(s[p]["reconstruction"] is not None for p in pipelines)
     # the terminal table: pipelines x metrics, best of a column marked
     assert "ipfacediff bench" in r.stdout and all(p in r.stdout for p in pipelines) and "*" in r.stdout
@@ -178,14 +178,14 @@ def test_report_renders_in_headless_chromium_with_its_images(bench_run, tmp_path
 @needs_data
 def test_ray_executor_gives_the_local_results(tmp_path):
     pytest.importorskip("ray")
-    args = ["--videos", str(DATA / "videos" / "d18.mp4"), "--pipelines", "ip-facediff,sdedit", "--metrics", "id-similarity,flicker,propagation", *FAST]
+    args = ["--videos", str(DATA / "videos" / "d18.mp4"), "--pipelines", "ip-facediff-paper,sdedit", "--metrics", "id-similarity,flicker,propagation", *FAST]
     env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
     local = run_cli("bench", *args, "-o", str(tmp_path / "local"), "--json", env=env)
     assert local.returncode == 0, local.stderr
     remote = run_cli("bench", *args, "-o", str(tmp_path / "ray"), "--executor", "ray", "--json", env=env)
     assert remote.returncode == 0, remote.stderr
     a, b = json.loads(local.stdout), json.loads(remote.stdout)
-    assert a["jobs"] == b["jobs"] == 3 and b["settings"]["executor"] == "ray"  # 2 edits + ip-facediff's propagation job
+    assert a["jobs"] == b["jobs"] == 3 and b["settings"]["executor"] == "ray"  # 2 edits + ip-facediff-paper's propagation job
     key = lambda r: (r["clip"], r["pipeline"], r["kind"])  # noqa: E731
     for ra, rb in zip(sorted(a["rows"], key=key), sorted(b["rows"], key=key)):
         assert key(ra) == key(rb)

@@ -169,7 +169,8 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
             if any(v == "null-edit" for v in inputs.values()):
                 jobs.append({"kind": "null-edit", "clip": str(clip), "prompt": None, "pipeline": name,
                              "metrics": [m for m in req.metrics if inputs[m] == "null-edit"], **common})
-            if any(v == "propagation" for v in inputs.values()) and "propagator" in pipe.components:
+            if (any(v == "propagation" for v in inputs.values()) and "propagator" in pipe.components  # latents: the job propagates the keyframes' own latents
+                    and catalog.get("propagator", pipe.components["propagator"].name).cls.space == "latents"):
                 jobs.append({"kind": "propagation", "clip": str(clip), "prompt": None, "pipeline": name,
                              "metrics": [m for m in req.metrics if inputs[m] == "propagation"], **common})
     for j in jobs:
