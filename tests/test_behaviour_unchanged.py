@@ -25,8 +25,7 @@ CASES = {
     # (latent-nn), and 0.1's ip-facediff-fast is ip-facediff-paper with the fast settings: same bytes
     "ip-facediff": ["--pipeline", "ip-facediff-paper"],
     "ip-facediff-eps1-refine": ["--pipeline", "ip-facediff-paper", "--set", "settings.propagation_source=eps1", "--set", "settings.refine_steps=1"],
-    "ip-facediff-fast": ["--pipeline", "ip-facediff-paper", "--set", "settings.keyframe_interval=16", "--set", "editor.attn_fraction=0.3",
-                         "--set", "editor.residual_fraction=0.5"],
+    "ip-facediff-fast": ["--pipeline", "ip-facediff-fast-paper", "--registry", "FAST_PAPER"],
     "per-frame": ["--pipeline", "per-frame"],
     "sdedit": ["--pipeline", "sdedit"],
     "tokenflow": ["--pipeline", "tokenflow"],
@@ -48,8 +47,13 @@ def test_seeded_edit_gives_the_recorded_frames(case, sample_clip, tmp_path):
     from ipfacediff.cli import main
 
     out = tmp_path / f"{case}.mp4"
+    reg = tmp_path / "registry.yaml"  # 0.1's ip-facediff-fast: ip-facediff-paper with the fast pipeline's settings
+    reg.write_text("pipelines:\n  ip-facediff-fast-paper:\n    extends: ip-facediff-paper\n    editor:\n      component: identity-injection\n"
+                   "      params: {guidance_scale: 7.5, attn_fraction: 0.3, residual_fraction: 0.5, joint: true}\n"
+                   "    settings: {keyframe_interval: 16}\n")
+    args = [str(reg) if a == "FAST_PAPER" else a for a in CASES[case]]
     rc = main(["--quiet", "edit", str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "3", "--max-frames", "10",
-               "--seed", "7", "--no-cache", "-o", str(out), *CASES[case]])
+               "--seed", "7", "--no-cache", "-o", str(out), *args])
     assert rc == 0
     digest = _frames_digest(out)
     if os.environ.get("IPFACEDIFF_RECORD_GOLDEN") == "1":
