@@ -109,10 +109,10 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
     out, r, _, videos = bench_run
     res = json.loads((out / "results.json").read_text())
     clips = sorted(p.stem for p in videos.glob("*.mp4"))
-    pipelines = ["ip-facediff-paper", "per-frame", "tokenflow", "sdedit"]
+    pipelines = ["ip-facediff", "per-frame", "tokenflow", "sdedit"]
     assert res["schema"] == "ipfacediff.jobs.bench/1"
-    # per clip: 4 edits, 4 null edits, and 1 propagation job (only ip-facediff-paper has a latent propagator)
-    assert res["jobs"] == len(clips) * 9 and res["jobs_skipped"] == 0
+    # per clip: 4 edits, 4 null edits; no latent propagation job (ip-facediff's mesh-flow carries pixels; the Ray test runs ip-facediff-paper's)
+    assert res["jobs"] == len(clips) * 8 and res["jobs_skipped"] == 0
     edits = [row for row in res["rows"] if row["kind"] == "edit"]
     assert sorted({row["clip"] for row in edits}) == clips and sorted({row["pipeline"] for row in edits}) == sorted(pipelines)
     for row in edits:
@@ -121,8 +121,8 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
             assert row["metrics"][m]["value"] is not None, (row["clip"], row["pipeline"], m, row["metrics"][m])
         assert row["metrics"]["clip-text"]["value"] is None and "n/a" in row["metrics"]["clip-text"]["note"]
     s = res["summary"]
-    assert s["ip-facediff-paper"]["unet_evals_per_frame"] < s["tokenflow"]["unet_evals_per_frame"]
-    assert s["ip-facediff-paper"]["propagation"] is not None and s["per-frame"]["propagation"] is None
+    assert s["ip-facediff"]["unet_evals_per_frame"] < s["tokenflow"]["unet_evals_per_frame"]
+    assert s["ip-facediff"]["propagation"] is None and s["per-frame"]["propagation"] is None
     assert all(s[p]["reconstruction"] is not None for p in pipelines)
     # the terminal table: pipelines x metrics, best of a column marked
     assert "ipfacediff bench" in r.stdout and all(p in r.stdout for p in pipelines) and "*" in r.stdout
