@@ -111,11 +111,9 @@ def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, 
                 processor: FaceProcessor, propagator: Propagator, full_frame: bool = False,
                 on_frames: Callable[[int, np.ndarray], None] | None = None) -> dict[str, Any]:
     """Carry the ``keys`` (frame index -> edited frame) to every frame of a clip of ``n`` frames read by
-    ``get``; each finished run of frames goes to ``on_frames(first_index, frames)`` in order. Returns
-    the outside-region share of each keyframe's edit and the frames left as the source (no face)."""
-    if propagator.space != "pixels":
-        raise ParameterError(f"--propagator {propagator.name}: it propagates {propagator.space}; propagate carries pixels "
-                             "(use flow-residual, mesh-flow or another pixel-space propagator)")
+    ``get`` with a pixel-space ``propagator`` (callers check its space); each finished run of frames
+    goes to ``on_frames(first_index, frames)`` in order. Returns the outside-region share of each
+    keyframe's edit and the frames left as the source (no face)."""
     key_idx = sorted(keys)
     bounds = sorted(set([0] + key_idx + [n - 1]))
     outside: dict[int, float] = {}
@@ -123,15 +121,12 @@ def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, 
     for a_pos, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         first = a if a_pos == 0 else a + 1  # frame a was written with the previous run
         idx = list(range(a, b + 1))
+        if not any(i in keys for i in idx):  # before the first or after the last keyframe: its nearest keyframe
+            near = min(key_idx, key=lambda k: abs(k - a) if k < a else abs(k - b))
+            idx = [near] + idx if near < a else idx + [near]
         frames = get(idx)
         regions = [np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, track[i]) for i, f in zip(idx, frames)]
         group_keys = [r for r, i in enumerate(idx) if i in keys]
-        if not group_keys:  # before the first or after the last keyframe: its nearest keyframe
-            near = min(key_idx, key=lambda k: abs(k - a) if k < a else abs(k - b))
-            idx, frames = [near] + idx if near < a else idx + [near], None
-            frames = get(idx)
-            regions = [np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, track[i]) for i, f in zip(idx, frames)]
-            group_keys = [idx.index(near)]
         for r in group_keys:
             i = idx[r]
             if i not in outside:

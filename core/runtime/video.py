@@ -239,7 +239,35 @@ def check_output(path: str | Path, overwrite: bool, inputs: Sequence[str | Path]
     return out
 
 
-class VideoWriter:
+class _Writer:
+    """What both writers share: the frame check, and ``with`` (closed on success, aborted on error)."""
+
+    width: int
+    height: int
+
+    def _frames(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
+        return frames
+
+    def close(self) -> Path: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(_Writer):
     """Encode frames to ``path`` (MP4/H.264 by default), atomically.
 
     Frames go to a temporary file beside ``path``; :meth:`close` copies the audio of ``audio_from``
@@ -278,11 +306,7 @@ class VideoWriter:
         """Append frames: ``uint8 [H, W, 3]`` or ``[B, H, W, 3]`` RGB of the writer's size."""
         import av
 
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
-        if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
+        frames = self._frames(frames)
         for f in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
             vf.pts = self.timestamps[self.n_written] if self.timestamps is not None else self.n_written
@@ -317,17 +341,9 @@ class VideoWriter:
             self._closed = True
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
-class FrameSequenceWriter:
+class FrameSequenceWriter(_Writer):
     """Write frames as numbered PNGs ``00000.png, 00001.png, ...`` into the folder ``path``,
     atomically: they go to a hidden folder beside it, which replaces ``path`` only when
     :meth:`close` is reached (an interrupted run leaves nothing under ``path``). Same interface as
@@ -344,11 +360,7 @@ class FrameSequenceWriter:
     def write(self, frames: np.ndarray) -> None:
         from PIL import Image
 
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
-        if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
+        frames = self._frames(frames)
         for f in frames:
             Image.fromarray(f).save(self._tmp / f"{self.n_written:05d}.png", compress_level=1)
             self.n_written += 1
@@ -375,14 +387,6 @@ class FrameSequenceWriter:
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "FrameSequenceWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_writer(path: str | Path, info: VideoInfo, n: int, overwrite: bool = False, audio_from: str | Path | None = None,

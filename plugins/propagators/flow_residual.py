@@ -37,7 +37,7 @@ class FlowResidual(Propagator):
 
     def propagate(self, inp: PropagationInput) -> np.ndarray:
         src, edited = np.asarray(inp.source_pixels), np.asarray(inp.edited_pixels)
-        recon = np.asarray(inp.reconstructed_pixels) if inp.reconstructed_pixels is not None else src[inp.key_rows]
+        recon = inp.reconstructed_pixels
         keys, method = list(inp.key_rows), self.params.flow
 
         def flows(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:

@@ -74,7 +74,7 @@ class MeshFlow(Propagator):
 
     def propagate(self, inp: PropagationInput) -> np.ndarray:
         src, edited = np.asarray(inp.source_pixels), np.asarray(inp.edited_pixels)
-        recon = np.asarray(inp.reconstructed_pixels) if inp.reconstructed_pixels is not None else src[inp.key_rows]
+        recon = inp.reconstructed_pixels
         keys = list(inp.key_rows)
         lms = self._landmarks(src, inp.faces)
 
