@@ -411,8 +411,8 @@ class EditRun:
     """What the edit job gives a :class:`Strategy`: the clip's source latents and keyframes, the built
     components, and the job's services (cached inversion, cached stages, timing, the report).
 
-    * ``latents``: ``float32 [F, 4, h, w]`` (memory-mapped) source latents of every face frame ("row");
-      ``face_frames[row]`` is its clip frame index; ``keys``: the keyframe rows, sorted.
+    * ``latents``: ``float32 [F, 4, h, w]`` source latents of every face frame ("row"), encoded on first
+      read (read only the rows you need); ``face_frames[row]``: its clip frame; ``keys``: keyframe rows.
     * ``components``: the pipeline's built components by slot (``inverter``, ``editor``,
       ``propagator``, ...); ``settings``: the pipeline settings (``ipfacediff.registry.PipelineSettings``).
     * ``embeds``: prompt embeddings ``"target"``, ``"uncond"`` (guidance) and ``"empty"`` (eps1).

@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "ipfacediff.plugins.objectives.identity",
     "ipfacediff.plugins.propagators.exact_nn",
     "ipfacediff.plugins.propagators.flow_residual",
+    "ipfacediff.plugins.propagators.latent_flow",
     "ipfacediff.plugins.propagators.mesh_flow",
     "ipfacediff.plugins.propagators.latent_nn",
     "ipfacediff.plugins.strategies.ip_facediff",

@@ -266,9 +266,10 @@ def test_pixel_propagation_refuses_latent_refinement_in_one_line(catalog, tmp_pa
         strategy.prepare(run)
 
 
-def test_pixel_propagation_edit_decodes_only_the_keyframes(sample_clip, tmp_path):
+def test_pixel_propagation_edit_codes_only_the_keyframes(sample_clip, tmp_path):
     """ip-facediff (mesh-flow) and ip-facediff-flow: the same UNet work as ip-facediff-paper
-    (latent-nn); the VAE decodes the keyframes only; the output has every frame."""
+    (latent-nn); the VAE encodes and decodes the keyframes only (counted in the report); the output
+    has every frame."""
     reps = {}
     for pipeline in ("ip-facediff-paper", "ip-facediff-flow", "ip-facediff"):
         out = tmp_path / f"{pipeline}.mp4"
@@ -282,3 +283,7 @@ def test_pixel_propagation_edit_decodes_only_the_keyframes(sample_clip, tmp_path
     assert "decode" in a["timings_s"] and "decode" not in b["timings_s"] and "decode_keyframes" in b["timings_s"]
     assert "decode" not in c["timings_s"] and "decode_keyframes" in c["timings_s"]
     assert b["components"]["propagator"]["component"] == "flow-residual" and c["components"]["propagator"]["component"] == "mesh-flow"
+    assert a["vae_evaluations"]["encode"] == a["vae_evaluations"]["decode"] == 17  # latent-nn: every frame, each way
+    for rep in (b, c):  # three keyframes encoded; each decoded twice (the edit and the unedited reconstruction)
+        assert (rep["vae_evaluations"]["encode"], rep["vae_evaluations"]["decode"]) == (3, 6)
+        assert rep["vae_evaluations"]["per_output_frame"] == pytest.approx(9 / 17)

@@ -91,6 +91,26 @@ class Timings(dict):
             self[name] = self.get(name, 0.0) + time.perf_counter() - t0
 
 
+def count_vae(backbone: Backbone) -> dict[str, int]:
+    """From now on count the images ``backbone``'s VAE encodes and decodes, in ``backbone.vae_evals``
+    (``{"encode": n, "decode": n}``, the edit report's ``vae_evaluations``): its two VAE methods are
+    wrapped on the instance, once; a second call resets the counts."""
+    if "vae_evals" not in vars(backbone):
+        encode, decode = backbone.encode_images, backbone.decode_latents
+
+        def encode_images(images: torch.Tensor) -> torch.Tensor:
+            backbone.vae_evals["encode"] += int(images.shape[0])
+            return encode(images)
+
+        def decode_latents(latents: torch.Tensor, grad: bool = False) -> torch.Tensor:
+            backbone.vae_evals["decode"] += int(latents.shape[0])
+            return decode(latents, grad)
+
+        backbone.encode_images, backbone.decode_latents = encode_images, decode_latents
+    backbone.vae_evals = {"encode": 0, "decode": 0}
+    return backbone.vae_evals
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20

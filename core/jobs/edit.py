@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 
 from ipfacediff.errors import InputError, NoFaceError, ParameterError
 from ipfacediff.interfaces import Backbone, EditRun, FaceDetection, FaceProcessor, Inversion
-from ipfacediff.jobs.common import RANDOM_NOTE, Timings, build_slot, check_sets, peak_memory_mb, resolve_backbone
+from ipfacediff.jobs.common import RANDOM_NOTE, Timings, build_slot, check_sets, count_vae, peak_memory_mb, resolve_backbone
 from ipfacediff.params import validate_params
 from ipfacediff.registry import PipelineEntry, PipelineSettings, Registry
 from ipfacediff.runtime.cache import StageCache, hash_tensor, input_fingerprint, prune, stage_key
@@ -90,35 +90,60 @@ def parse_prompt(prompt: str, source_prompt: str) -> tuple[list[str], str]:
     return edits, target
 
 
-def encode_faces(processor: FaceProcessor, backbone: Backbone, source, n: int, track: list[FaceDetection | None], face_frames: list[int],
-                 batch_size: int, folder: Path, show: bool) -> None:
-    """Pass 2, streamed: align each face frame at the backbone's resolution, encode the crops in
-    batches and write the latents into ``folder/latents.npy`` (memory-mapped, ``float32 [F, C, h, w]``)
-    and the alignment matrices into ``folder/matrices.npy``. Only one batch of crops is in memory."""
-    matrices = np.zeros((len(face_frames), 2, 3))
-    store: dict[str, Any] = {}
-    rows: list[int] = []
-    crops: list[np.ndarray] = []
+class SourceLatents:
+    """The source latents of every face frame ("row"), encoded on first use.
 
-    def flush() -> None:
-        z = backbone.encode_images(to_tensor(np.stack(crops))).float().cpu().numpy()
-        if "latents" not in store:
-            store["latents"] = np.lib.format.open_memmap(folder / "latents.npy", mode="w+", dtype=np.float32, shape=(len(face_frames), *z.shape[1:]))
-        store["latents"][rows[0]:rows[0] + len(rows)] = z
-        rows.clear()
-        crops.clear()
+    Indexed like the ``float32 [F, C, h, w]`` array it stands for (``latents[rows]``): rows not
+    encoded yet are read, aligned and encoded (``batch`` at a time) first, so a strategy that only
+    reads its keyframes' latents (pixel-space propagation) never pays for the other frames' VAE
+    encodes. The latents live in a memory-mapped ``latents.npy`` in a cache folder with a mask of
+    the rows encoded (``encoded.npy``, set after the latents are flushed: a killed run re-encodes
+    at most the batch it was writing, and a later run finds the rest).
+    """
 
-    for row, a in aligned_faces(processor, source, n, track, face_frames, backbone.resolution, show):
-        rows.append(row)
-        crops.append(a.crop)
-        matrices[row] = a.matrix
-        if len(rows) == batch_size:
-            flush()
-    if rows:
-        flush()
-    store["latents"].flush()
-    del store["latents"]  # closes the memory map
-    np.save(folder / "matrices.npy", matrices)
+    def __init__(self, folder: Path, n_rows: int, encode: Callable[[list[int]], np.ndarray], batch: int, show: bool):
+        self.folder, self.n, self._encode, self.batch, self.show = folder, n_rows, encode, batch, show
+        self.encoded_now = 0  # rows this run encoded
+        self.data = np.load(folder / "latents.npy", mmap_mode="r+")
+        self.done = np.load(folder / "encoded.npy", mmap_mode="r+")
+
+    @classmethod
+    def create(cls, folder: Path, n_rows: int, encode: Callable[[list[int]], np.ndarray]) -> None:
+        """Write an entry's files into ``folder``: row 0 encoded (its shape sizes the file), the rest to do."""
+        z = encode([0])
+        data = np.lib.format.open_memmap(folder / "latents.npy", mode="w+", dtype=np.float32, shape=(n_rows, *z.shape[1:]))
+        data[0] = z[0]
+        data.flush()
+        done = np.lib.format.open_memmap(folder / "encoded.npy", mode="w+", dtype=bool, shape=(n_rows,))
+        done[0] = True
+        done.flush()
+        del data, done  # closes the memory maps
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.atleast_1d(np.arange(self.n)[index])
+        missing = [int(r) for r in np.unique(rows) if not self.done[r]]
+        if missing:
+            with progress_bar("encode", len(missing), self.show and len(missing) > self.batch) as bar:
+                for s in range(0, len(missing), self.batch):
+                    part = missing[s:s + self.batch]
+                    self.data[part] = self._encode(part)
+                    self.data.flush()
+                    self.done[part] = True
+                    self.done.flush()
+                    self.encoded_now += len(part)
+                    bar.advance(len(part))
+        return self.data[index]
 
 
 @dataclass
@@ -196,18 +221,32 @@ def detect_stage(req: EditRequest, plan: _Plan, processor: FaceProcessor, source
 
 
 def encode_stage(req: EditRequest, plan: _Plan, processor: FaceProcessor, backbone: Backbone, source, track_key: str, track,
-                 face_frames: list[int], cache: StageCache, reused: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Align and encode, streamed to a memory-mapped file (cached per track and backbone)."""
-    bs = plan.settings.batch_size
-    key = stage_key(stage="latents", track=track_key, backbone=backbone.identity(), resolution=backbone.resolution, batch=bs, v=1)
-    folder = cache.find_dir("latents", key, ("latents.npy", "matrices.npy"))
+                 face_frames: list[int], cache: StageCache, reused: list[str], timings: Timings) -> tuple[SourceLatents, np.ndarray]:
+    """Align every face frame (the matrices paste-back needs) and open the source latents, encoded on
+    first use (:class:`SourceLatents`), in a cache entry per track and backbone: a re-edit of the
+    clip encodes no frame twice."""
+    bs, r = plan.settings.batch_size, backbone.resolution
+    key = stage_key(stage="latents", track=track_key, backbone=backbone.identity(), resolution=r, batch=bs, v=2)
+
+    def encode(rows: list[int]) -> np.ndarray:
+        with timings("encode"):
+            frames = source.get([face_frames[i] for i in rows])
+            crops = np.stack([processor.align(f, track[face_frames[i]], r).crop for f, i in zip(frames, rows)])
+            return backbone.encode_images(to_tensor(crops)).float().cpu().numpy()
+
+    folder = cache.find_dir("latents", key, ("latents.npy", "encoded.npy", "matrices.npy"))
     if folder is not None:
-        reused.append("encode")
+        reused.append("encode")  # taken back if this run has to encode a frame
     else:
         tmp = cache.new_dir("latents", key)
-        encode_faces(processor, backbone, source, plan.frames, track, face_frames, bs, tmp, req.show_progress)
+        with timings("align"):
+            matrices = np.zeros((len(face_frames), 2, 3))
+            for row, a in aligned_faces(processor, source, plan.frames, track, face_frames, r, req.show_progress):
+                matrices[row] = a.matrix
+            np.save(tmp / "matrices.npy", matrices)
+        SourceLatents.create(tmp, len(face_frames), encode)
         folder = cache.commit_dir(tmp, "latents", key)
-    return np.load(folder / "latents.npy", mmap_mode="r"), np.load(folder / "matrices.npy")
+    return SourceLatents(folder, len(face_frames), encode, bs, req.show_progress), np.load(folder / "matrices.npy")
 
 
 def make_run(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Backbone, latents: np.ndarray, keys: list[int],
@@ -319,6 +358,7 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)  # the report's peak is this edit's, not the process's
     torch.manual_seed(req.seed)
     comps, backbone, bw = build_components(req, device)
+    count_vae(backbone)
     warnings += bw
     strategy, processor = comps["strategy"], comps["face_processor"]
     timings["load_models"] = time.perf_counter() - t_start
@@ -327,11 +367,12 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     try:
         with timings("detect"):
             track_key, track, face_frames, keys = detect_stage(req, plan, processor, source, cache, reused, warnings)
-        with timings("align_encode"):
-            latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused)
+        latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused, timings)
         run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused, source, track)
         strategy.prepare(run)
         strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
+        if latents.encoded_now and "encode" in reused:
+            reused.remove("encode")
     finally:
         strategy.close()
         if run is not None:
@@ -363,6 +404,7 @@ def write_report(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone:
         "frames_passed_through": n - len(run.face_frames), "keyframes": [run.face_frames[k] for k in run.keys],
         "chunks": -(-n // settings.chunk_frames), "reused_stages": run.reused, "cache": _cache_report(pruned),
         "unet_evaluations": {"by_stage": evals, "total": sum(evals.values()), "per_output_frame": sum(evals.values()) / n},
+        "vae_evaluations": {**backbone.vae_evals, "per_output_frame": sum(backbone.vae_evals.values()) / n},
         **run.report,
         "timings_s": {k: round(v, 3) for k, v in {**timings, "total": time.perf_counter() - t_start}.items()},
         "peak_memory_mb": round(peak_memory_mb(device), 1), "device": str(device), "warnings": warnings,

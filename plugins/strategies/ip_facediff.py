@@ -40,7 +40,7 @@ class IPFaceDiff(Strategy):
         prop = run.components["propagator"]
         if prop.space == "pixels" and run.settings.refine_steps > 0:
             raise ParameterError(f"settings.refine_steps {run.settings.refine_steps}: refinement denoises latents, and the propagator "
-                                 f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-nn, exact-nn)")
+                                 f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-flow, latent-nn, exact-nn)")
         groups = keyframe_groups(run.keys, run.settings.keyframe_group)
         self.key_pos = {key: i for i, key in enumerate(run.keys)}  # keyframe row -> position among the keyframes
         run.report["keyframe_groups"] = len(groups)
@@ -64,7 +64,7 @@ class IPFaceDiff(Strategy):
                 bar.advance(len(g) if g is groups[0] else len(g) - 1)
         if self.missed == 0:
             run.reused.append("keyframe_edit")
-        self.stats = None
+        self.stats, self.key_src = None, None
         if "features" in prop.needs:
             with run.timer("propagate"):
                 self.stats = self._key_stats(run)
@@ -129,25 +129,34 @@ class IPFaceDiff(Strategy):
         return mean.float(), var.clamp_min(0).sqrt().float()
 
     # ---------------------------------------------------------------------------------- chunks
+    def _source_pixels(self, run: EditRun, inp: PropagationInput, sub: list[int], sub_keys: list[int]) -> None:
+        """The chunk's aligned source crops (the keyframes' kept from :meth:`_key_pixels` when there)
+        and, on them, the face on the crop template."""
+        src = np.empty((len(sub), run.backbone.resolution, run.backbone.resolution, 3), np.uint8)
+        kept = sub_keys if self.key_src is not None else []
+        if kept:
+            src[kept] = self.key_src[[self.key_pos[sub[p]] for p in kept]]
+        others = [p for p in range(len(sub)) if p not in kept]
+        if others:
+            src[others] = run.crops([sub[p] for p in others])  # only the chunk's own frames are read and aligned
+        inp.source_pixels = src
+        zoom = float(getattr(run.components["face_processor"].params, "zoom", 0.45)) if "face_processor" in run.components else 0.45
+        inp.faces = [template_face(src.shape[1], zoom)] * len(sub)
+
     def render(self, run: EditRun, rows: list[int]) -> torch.Tensor | np.ndarray:
         prop = run.components["propagator"]
         with run.timer("propagate"):
             sub, sub_keys, first = chunk_with_borders(rows, run.keys)  # the keyframes on both sides take part
-            inp = PropagationInput(key_rows=sub_keys, frames=[run.face_frames[r] for r in sub], stats=self.stats, source_latents=run.rows(sub),
+            inp = PropagationInput(key_rows=sub_keys, frames=[run.face_frames[r] for r in sub], stats=self.stats,
                                    edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]))
+            if prop.space == "latents" or "source_latents" in prop.needs:  # with pixel propagation only keyframes are encoded
+                inp.source_latents = run.rows(sub)
             if "features" in prop.needs:
                 inp.features = self._features(run, sub)
+            if {"source_pixels", "faces"} & set(prop.needs):
+                self._source_pixels(run, inp, sub, sub_keys)
             if prop.space == "pixels":
                 keyed = [self.key_pos[sub[p]] for p in sub_keys]
-                others = [p for p in range(len(sub)) if p not in sub_keys]
-                src = np.empty((len(sub), *self.key_src.shape[1:]), np.uint8)
-                src[sub_keys] = self.key_src[keyed]  # aligned once in prepare; only the chunk's own frames are read
-                if others:
-                    src[others] = run.crops([sub[p] for p in others])
-                inp.source_pixels = src
-                if "faces" in prop.needs:  # aligned crops: the face sits on the crop template
-                    zoom = float(getattr(run.components["face_processor"].params, "zoom", 0.45)) if "face_processor" in run.components else 0.45
-                    inp.faces = [template_face(src.shape[1], zoom)] * len(sub)
                 inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
                 return prop.propagate(inp)[first:first + len(rows)]
             out = prop.propagate(inp)
