@@ -1,9 +1,6 @@
-"""Errors a user can cause.
-
-Every exception derived from :class:`IPFaceDiffError` is a *user* error: the CLI prints its message on
-one line (``error: ...``), exits with status 2 and shows no traceback unless ``--debug`` is given.
-Anything else is a bug and is shown with its traceback.
-"""
+"""Errors a user can cause: every :class:`IPFaceDiffError` is printed on one line (``error: ...``), exit
+status 2, no traceback unless ``--debug``; anything else is a bug, shown with its traceback. And
+:class:`EditWarning`, what a component says when it runs in a way the user did not ask for."""
 
 from __future__ import annotations
 
@@ -55,3 +52,7 @@ class NoFaceError(IPFaceDiffError):
 
 class OutputExistsError(IPFaceDiffError):
     """The output exists and ``--overwrite`` was not given."""
+
+
+class EditWarning(UserWarning):
+    """``warnings.warn(msg, EditWarning)`` from a component: the job puts ``msg`` in its report's warnings and on the terminal."""

@@ -128,11 +128,8 @@ class FaceDetection:
 
 @dataclass
 class AlignedFace:
-    """A face crop and the transform that made it.
-
-    ``crop``: ``uint8 [S, S, 3]`` RGB. ``matrix``: ``[2, 3]`` affine map from frame pixel coordinates
-    to crop pixel coordinates (``cv2.warpAffine`` convention); paste-back uses its inverse.
-    """
+    """A face crop and the transform that made it. ``crop``: ``uint8 [S, S, 3]`` RGB. ``matrix``: ``[2, 3]``
+    affine map from frame to crop pixel coordinates (``cv2.warpAffine`` convention); paste-back uses its inverse."""
 
     crop: np.ndarray
     matrix: np.ndarray

@@ -2,7 +2,10 @@
 
 ``golden_edits.json`` holds the sha256 of the decoded output frames of a few seeded edits (each
 built-in strategy, the tiny backbone, the sample clip) recorded on 0.1.0's code before anything was
-moved. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
+moved. Re-recorded once, on purpose: the cases that run the ``identity-injection`` editor
+(ip-facediff*, per-frame) when it became Plug-and-Play's injection as published (the residual
+branch of the ResNet block instead of its whole output, PnP's self-attention layers); sdedit and
+tokenflow kept 0.1.0's bytes. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
 (only when a change of output is intended, and said so in the commit).
 """
 

@@ -44,7 +44,8 @@ def _tree_digest(folder: Path) -> str:
 def identity_adapter(tmp_path_factory):
     before = _tree_digest(FACES)
     out = tmp_path_factory.mktemp("ft") / "identity"
-    report = _finetune("identity", out, 30, {"settings": {"loss_weights": {"noise": 1.0, "identity": 1.0}, "timestep_range": [1, 600]}})
+    report = _finetune("identity", out, 30, {"settings": {"loss_weights": {"noise": 1.0, "identity": 1.0}, "timestep_range": [1, 600],
+                                                         "lora_rank": 4, "lora_alpha": 2.0}})  # alpha != rank: the scale must travel with the adapter
     assert _tree_digest(FACES) == before  # the data folder is never written to
     return out, report
 
@@ -195,6 +196,25 @@ def test_adapter_loads_into_a_stock_diffusers_pipeline_and_changes_its_output(id
     diff = float((tuned - base).abs().mean())
     print(f"stock StableDiffusionPipeline: mean |output change| with the adapter loaded: {diff:.4f}")
     assert diff > 1e-3
+
+    # the training model: the base UNet with the recipe's LoRA (rank 4, alpha 2: scale 0.5) and the saved weights
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == 2.0
+    ref = get_catalog().build("backbone", "tiny", {"resolution": 128}).unet
+    ref.add_adapter(LoraConfig(r=4, lora_alpha=2.0, target_modules=FAST["settings"]["lora_targets"]), adapter_name="identity")
+    saved = {k.removeprefix("unet."): v for k, v in load_file(str(out / "pytorch_lora_weights.safetensors")).items()}
+    result = set_peft_model_state_dict(ref, saved, adapter_name="identity")
+    assert not [k for k in result.unexpected_keys if "lora" in k] and not [k for k in result.missing_keys if "lora" in k]
+    wrapped = {n for n, m in pipe.unet.named_modules() if hasattr(m, "scaling")}
+    assert wrapped == {n for n, m in ref.named_modules() if hasattr(m, "scaling")}  # every trained layer loaded (attention and convs)
+    g = torch.Generator().manual_seed(1)
+    x, emb = torch.randn(1, 4, 16, 16, generator=g), bb.encode_prompt(["a photo of a face"])
+    with torch.no_grad():
+        want = ref(x, 500, encoder_hidden_states=emb).sample
+        got = pipe.unet(x, 500, encoder_hidden_states=emb).sample
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
 
 
 def test_resume_after_an_interruption_gives_the_same_adapter(tmp_path):

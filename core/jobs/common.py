@@ -7,13 +7,14 @@ import contextlib
 import os
 import resource
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from ipfacediff.catalog import get_catalog
-from ipfacediff.errors import ParameterError
+from ipfacediff.errors import EditWarning, ParameterError
 from ipfacediff.interfaces import Backbone
 from ipfacediff.registry import Registry
 from ipfacediff.runtime.diffusers_backbone import RANDOM_BACKBONE_NOTE as RANDOM_NOTE
@@ -115,3 +116,21 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def collect_warnings(into: list[str]) -> Iterator[None]:
+    """The messages of the :class:`~ipfacediff.errors.EditWarning` s raised inside the block,
+    appended to ``into`` once each; other warnings are shown as usual after the block."""
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EditWarning)
+            yield
+    finally:
+        for w in caught:
+            if issubclass(w.category, EditWarning):
+                if str(w.message) not in into:
+                    into.append(str(w.message))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -23,7 +23,7 @@ import torch
 
 from ipfacediff.errors import InputError, NoFaceError, ParameterError
 from ipfacediff.interfaces import Backbone, EditRun, FaceDetection, FaceProcessor, Inversion
-from ipfacediff.jobs.common import RANDOM_NOTE, Timings, build_slot, check_sets, count_vae, peak_memory_mb, resolve_backbone
+from ipfacediff.jobs.common import RANDOM_NOTE, Timings, build_slot, check_sets, collect_warnings, count_vae, peak_memory_mb, resolve_backbone
 from ipfacediff.params import validate_params
 from ipfacediff.registry import PipelineEntry, PipelineSettings, Registry
 from ipfacediff.runtime.cache import StageCache, hash_tensor, input_fingerprint, prune, stage_key
@@ -365,12 +365,13 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     cache, run = StageCache(enabled=req.cache), None
     source = open_frames(req.input)
     try:
-        with timings("detect"):
-            track_key, track, face_frames, keys = detect_stage(req, plan, processor, source, cache, reused, warnings)
-        latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused, timings)
-        run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused, source, track)
-        strategy.prepare(run)
-        strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
+        with collect_warnings(warnings):  # what components say (EditWarning): in the report and on the terminal
+            with timings("detect"):
+                track_key, track, face_frames, keys = detect_stage(req, plan, processor, source, cache, reused, warnings)
+            latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused, timings)
+            run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused, source, track)
+            strategy.prepare(run)
+            strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
         if latents.encoded_now and "encode" in reused:
             reused.remove("encode")
     finally:

@@ -411,12 +411,15 @@ def _save(req: FinetuneRequest, t: dict[str, Any], log: list[dict], start: int, 
     """The adapter in the format diffusers reads, the loss log (CSV, JSON, plot), the report and a
     model card, written in the work folder and renamed to the output folder."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     settings, work, out, terms_used, backbone = t["settings"], t["work"], t["out"], t["terms_used"], t["backbone"]
-    lora_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(backbone.unet, adapter_name=settings.adapter))
-    StableDiffusionPipeline.save_lora_weights(str(work), unet_lora_layers=lora_sd, safe_serialization=True)
+    # peft's key format throughout (lora_A/lora_B): converting to diffusers' older lora.down/up renames only the attention
+    # layers, and a file with both formats loads without them in diffusers (the conv layers' LoRA alone)
+    lora_sd = get_peft_model_state_dict(backbone.unet, adapter_name=settings.adapter)
+    config = backbone.unet.peft_config[settings.adapter]  # rank and alpha: in the safetensors metadata (diffusers) and adapter_config.json (peft)
+    StableDiffusionPipeline.save_lora_weights(str(work), unet_lora_layers=lora_sd, safe_serialization=True, unet_lora_adapter_metadata=config.to_dict())
+    config.save_pretrained(str(work))
     with (work / "losses.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["step", *terms_used, "total"])
         w.writeheader()

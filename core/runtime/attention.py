@@ -1,8 +1,8 @@
 """Attention capture and injection (Plug-and-Play style) through diffusers attention processors.
 
 :class:`FeatureController` and :func:`controlled_unet` install processors and forward hooks that
-capture eps1's decoder self-attention queries/keys and residual features and inject them into eps2's
-decoder, optionally with extended attention across keyframes or TokenFlow-style nearest-neighbour
+capture eps1's decoder self-attention queries/keys and the residual branch of a decoder ResNet block
+and inject them into eps2's decoder, optionally with extended attention across keyframes or TokenFlow-style nearest-neighbour
 propagation of attention outputs. The UNet's original processors are restored afterwards.
 """
 
@@ -146,6 +146,39 @@ def decoder_self_attention_layers(unet: torch.nn.Module, up_blocks: Sequence[int
     return names
 
 
+def pnp_attention_layers(unet: torch.nn.Module) -> list[str]:
+    """The self-attention layers Plug-and-Play injects queries and keys into: every decoder
+    self-attention but the first, lowest-resolution one (in Stable Diffusion 1.x
+    ``up_blocks.1.attentions.1-2``, ``up_blocks.2.attentions.0-2``, ``up_blocks.3.attentions.0-2``;
+    pnp-diffusers' ``res_dict = {1: [1, 2], 2: [0, 1, 2], 3: [0, 1, 2]}``)."""
+    return decoder_self_attention_layers(unet)[1:]
+
+
+def _skip_path(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A diffusers ``ResnetBlock2D``'s skip connection applied to its input ``x``."""
+    if getattr(block, "upsample", None) is not None or getattr(block, "downsample", None) is not None:
+        raise ValueError("residual injection needs a ResNet block without up- or down-sampling")
+    return block.conv_shortcut(x) if getattr(block, "conv_shortcut", None) is not None else x
+
+
+def residual_hook(name: str, ctrl: FeatureController):
+    """A forward hook for a ``ResnetBlock2D``: capture the *residual branch* (the block's output
+    before its skip connection is added) and inject it, Plug-and-Play's way: the injected block
+    outputs ``(skip(own input) + source residual) / output_scale_factor``, so the target keeps its
+    own skip path and only the residual branch is the source's."""
+
+    def hook(module, inputs, output):
+        scale = getattr(module, "output_scale_factor", 1.0)
+        if ctrl.mode == "capture":
+            ctrl.store[name] = (output * scale - _skip_path(module, inputs[0])).detach()
+        elif ctrl.mode == "inject" and ctrl.inject_res and name in ctrl.store:
+            res = ctrl.store[name]
+            return (_skip_path(module, inputs[0]) + res.repeat(output.shape[0] // res.shape[0], 1, 1, 1)) / scale
+        return output
+
+    return hook
+
+
 @contextlib.contextmanager
 def controlled_unet(unet: torch.nn.Module, ctrl: FeatureController, residual_layers: Sequence[str] | None = None) -> Iterator[FeatureController]:
     """Install :class:`ControlledSelfAttention` on every ``attn1`` layer and capture/inject hooks on
@@ -155,20 +188,7 @@ def controlled_unet(unet: torch.nn.Module, ctrl: FeatureController, residual_lay
     residual_layers = list(residual_layers if residual_layers is not None else _up_block_resnet_names(unet))
     ctrl.res_layers = set(residual_layers)
     modules = dict(unet.named_modules())
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module, inputs, output):
-            if ctrl.mode == "capture":
-                ctrl.store[name] = output.detach()
-            elif ctrl.mode == "inject" and ctrl.inject_res and name in ctrl.store:
-                src = ctrl.store[name]
-                return src.repeat(output.shape[0] // src.shape[0], 1, 1, 1)
-            return output
-        return hook
-
-    for name in residual_layers:
-        handles.append(modules[name].register_forward_hook(make_hook(name)))
+    handles = [modules[name].register_forward_hook(residual_hook(name, ctrl)) for name in residual_layers]
     unet.set_attn_processor(procs)
     try:
         yield ctrl

@@ -1,9 +1,13 @@
 """Editor ``identity-injection``: the IP-FaceDiff keyframe edit.
 
 Keyframes are denoised by eps2 (the ``edit`` adapter) with the target prompt and classifier-free
-guidance while eps1's (the ``identity`` adapter, empty prompt) decoder self-attention queries/keys
-and residual features, computed on the inverted latents of the same frame and timestep, are
-injected into eps2's decoder for the first fraction of the steps. Keyframes are edited jointly:
+guidance while eps1's (the ``identity`` adapter, empty prompt) decoder features, computed on the
+inverted latents of the same frame and timestep, are injected into eps2's decoder for the first
+fraction of the steps, as Plug-and-Play injects them: the self-attention queries and keys of the
+layers PnP takes (every decoder self-attention but the first) and the *residual branch* of
+``up_blocks[1].resnets[1]`` (its output before the skip connection; eps2 keeps its own skip path).
+Whatever turns this off without being asked (an adapter not loaded, an inversion without a latent
+for a sampling timestep) is said as an :class:`~ipfacediff.errors.EditWarning`. Keyframes are edited jointly:
 their self-attention shares keys and values across keyframes (extended attention), so they agree
 with each other. Ablations are parameters: ``injection: false``, ``edit_adapter: false``,
 ``identity_adapter: false``.
@@ -11,12 +15,14 @@ with each other. Ablations are parameters: ``injection: false``, ``edit_adapter:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 import ipfacediff
-from ipfacediff.runtime.attention import FeatureController, controlled_unet, decoder_self_attention_layers
+from ipfacediff.errors import EditWarning
+from ipfacediff.runtime.attention import FeatureController, controlled_unet, decoder_self_attention_layers, pnp_attention_layers
 from ipfacediff.runtime.diffusion import cfg_combine
 from ipfacediff.interfaces import Backbone, Editor, Inversion
 
@@ -35,8 +41,9 @@ class IdentityInjection(Editor):
         identity_adapter: bool = field(default=True, metadata={"help": "ablation: false makes eps1 the base model"})
         edit_adapter: bool = field(default=True, metadata={"help": "ablation: false makes eps2 the base model"})
         joint: bool = field(default=True, metadata={"help": "extended attention across the keyframes"})
-        up_blocks: list[int] | None = field(default=None, metadata={"help": "decoder blocks whose self-attention is injected (null: all)"})
-        residual: bool = field(default=True, metadata={"help": "inject the residual features (Plug-and-Play's up_blocks[1].resnets[1])"})
+        up_blocks: list[int] | None = field(default=None, metadata={
+            "help": "decoder blocks whose self-attention q/k are injected (null: Plug-and-Play's layers, every decoder self-attention but the first)"})
+        residual: bool = field(default=True, metadata={"help": "inject the residual branch of Plug-and-Play's up_blocks[1].resnets[1]"})
 
     @property
     def guidance_scale(self) -> float:  # type: ignore[override]
@@ -54,11 +61,16 @@ class IdentityInjection(Editor):
         k = x.shape[0]
         use_cfg = p.guidance_scale != 1.0
         emb = torch.cat([uncond_embeds.expand(k, -1, -1), prompt_embeds.expand(k, -1, -1)]) if use_cfg else prompt_embeds.expand(k, -1, -1)
-        ctrl = FeatureController(attn_layers=set(decoder_self_attention_layers(backbone.unet, p.up_blocks)))
+        layers = pnp_attention_layers(backbone.unet) if p.up_blocks is None else decoder_self_attention_layers(backbone.unet, p.up_blocks)
+        ctrl = FeatureController(attn_layers=set(layers))
         res_layers = None if p.residual else []
+        self._warn_adapters(backbone)
+        missing = []
         with controlled_unet(backbone.unet, ctrl, res_layers):
             for i, t in enumerate(ts):
                 src = inversion.latent_at(t)
+                if src is None and p.injection and i < round(max(p.attn_fraction, p.residual_fraction) * len(ts)):
+                    missing.append(int(t))
                 inject = p.injection and src is not None
                 ctrl.inject_attn = inject and i < round(p.attn_fraction * len(ts))
                 ctrl.inject_res = inject and p.residual and i < round(p.residual_fraction * len(ts))
@@ -74,7 +86,20 @@ class IdentityInjection(Editor):
                     eps = backbone.predict_noise(x, t, emb, "keyframe-edit")
                 x = sched.step(eps, t, x).prev_sample
         backbone.set_adapter(None)
+        if missing:
+            warnings.warn(f"identity injection was off at {len(missing)} of {len(ts)} steps (timesteps {missing[:4]}{'...' if len(missing) > 4 else ''}): "
+                          f"the inversion has no latent there (its timesteps {inversion.timesteps[:3]}... do not match the sampler's)", EditWarning)
         return x.float()
+
+    def _warn_adapters(self, backbone: Backbone) -> None:
+        """Say so when eps1 or eps2 will be the base model because its adapter is not loaded."""
+        p, loaded = self.params, set(backbone.adapters)
+        absent = [n for n, on in (("identity", p.identity_adapter and p.injection), ("edit", p.edit_adapter)) if on and n not in loaded]
+        if absent:
+            what = {"identity": "eps1 (identity features)", "edit": "eps2 (the edit)"}
+            warnings.warn(f"no {' or '.join(repr(a) for a in absent)} adapter loaded: {' and '.join(what[a] for a in absent)} "
+                          f"{'is' if len(absent) == 1 else 'are'} the base model; train with `ipfacediff finetune {absent[0]} ...` "
+                          f"and load with --set backbone.adapters.{absent[0]}=DIR", EditWarning)
 
 
 @ipfacediff.hookimpl

@@ -1,6 +1,8 @@
 """Inverter ``ddim``: deterministic DDIM inversion with diffusers' ``DDIMInverseScheduler``, batched
 over frames, the whole trajectory kept (editors inject features at every timestep). A pure function
-of its inputs: the edit job caches what it returns."""
+of its inputs: the edit job caches what it returns. Checkpoints whose scheduler uses a spacing
+``DDIMInverseScheduler`` refuses (``timestep_spacing: linspace``) are inverted by the same DDIM
+update up the sampler's own timesteps, so the editor finds a latent at every step it samples."""
 
 from __future__ import annotations
 
@@ -25,8 +27,15 @@ class DDIMInversion(Inverter):
     def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0) -> Inversion:
         from diffusers import DDIMInverseScheduler
 
-        inv = DDIMInverseScheduler.from_config(backbone.scheduler_config)
-        inv.set_timesteps(steps)
+        try:
+            inv = DDIMInverseScheduler.from_config(backbone.scheduler_config)
+            inv.set_timesteps(steps)
+            ts = [int(t) for t in inv.timesteps]
+
+            def step(eps: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+                return inv.step(eps, inv.timesteps[k], x).prev_sample
+        except ValueError:  # a timestep spacing it refuses ("linspace")
+            ts, step = inverse_steps(backbone.scheduler_config, steps)
         trajectory = [latents.float().cpu()]
         chunks = []
         bs = self.params.batch_size
@@ -34,14 +43,33 @@ class DDIMInversion(Inverter):
             x = latents[start:start + bs].to(backbone.device, torch.float32)
             emb = prompt_embeds if prompt_embeds.shape[0] == 1 else prompt_embeds[start:start + bs]
             traj = []
-            for t in inv.timesteps:
+            for k, t in enumerate(ts):
                 eps = backbone.predict_noise(x, t, emb, "inversion")
-                x = inv.step(eps, t, x).prev_sample
+                x = step(eps, k, x)
                 traj.append(x.float().cpu())
             chunks.append(traj)
-        for i in range(len(inv.timesteps)):
+        for i in range(len(ts)):
             trajectory.append(torch.cat([c[i] for c in chunks]))
-        return Inversion([int(t) for t in inv.timesteps], trajectory, sampling_timesteps(backbone.scheduler_config, steps), steps)
+        return Inversion(ts, trajectory, sampling_timesteps(backbone.scheduler_config, steps), steps)
+
+
+def inverse_steps(scheduler_config, steps: int):
+    """The ascending timesteps of a DDIM sampler of ``steps`` steps (any spacing) and the inverse
+    DDIM update onto them: ``step(eps, k, x)`` moves ``x`` from the level before ``ts[k]`` (clean
+    for ``k = 0``) to ``ts[k]``, with ``eps`` predicted at ``ts[k]`` (as ``DDIMInverseScheduler`` does)."""
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler.from_config(scheduler_config)
+    s.set_timesteps(steps)
+    ts, ac = sorted(int(t) for t in s.timesteps), s.alphas_cumprod
+
+    def step(eps: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+        a_prev = ac[ts[k - 1]] if k > 0 else torch.as_tensor(s.final_alpha_cumprod)
+        a_t = ac[ts[k]]
+        x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+
+    return ts, step
 
 
 @ipfacediff.hookimpl
