@@ -156,11 +156,14 @@ def pipelines(registry_file: Path | None, as_json: bool) -> None:
 
 
 @cli.command()
+@registry_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def doctor(as_json: bool) -> None:
-    """Python, torch, device, and which model weights are found where."""
+def doctor(registry_file: Path | None, as_json: bool) -> None:
+    """Python, torch, device, which model weights are found where, and what a real edit would use."""
     import torch
 
+    from ipfacediff.jobs.doctor import real_edit_status
+    from ipfacediff.registry import load_registry
     from ipfacediff.runtime import models
 
     device = "cuda" if torch.cuda.is_available() else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
@@ -182,6 +185,7 @@ def doctor(as_json: bool) -> None:
         "offline": models.offline(),
         "packages": optional,
         "models": models.status(),
+        "real_edit": real_edit_status(load_registry(registry_file)),
     }
     if as_json:
         _print_json(report)
@@ -195,8 +199,28 @@ def doctor(as_json: bool) -> None:
         ok = {True: "[green]ok[/]", False: "[red]mismatch[/]", None: "-"}[r["sha256_ok"]]
         table.add_row(r["name"], r["found"] or "[red]missing[/]", ok, r["how_to_get"] or "")
     out.print(table)
+    _print_real_edit(report["real_edit"])
     for k, v in optional.items():
         out.print(f"  {k}: {v}")
+
+
+def _print_real_edit(real: dict) -> None:
+    """The real-edit part of ``doctor``: one row per resource, what is found and how to get what is not."""
+    table = Table(title="for a real edit")
+    for col in ("what", "found", "how to get"):
+        table.add_column(col)
+    sd = real["stable_diffusion"]
+    table.add_row("Stable Diffusion", f"{sd['found']} (from {sd['from']})" if sd["found"] else "[red]none[/]: edits use the random tiny backbone",
+                  sd["how_to_get"] or "")
+    for key, label in (("clip", "CLIP weights (directional loss, CLIP metrics)"), ("arcface", "insightface ArcFace (identity loss)")):
+        conf = real[key]["configured"]
+        found = "; ".join(f"{w}: {c.get('weights') or c.get('model_path') or 'no weights'}{'' if c['found'] else ' [red](missing)[/]'}"
+                          for w, c in conf.items()) or "[red]not configured[/]"
+        table.add_row(label, found, real[key]["how_to_get"] or "")
+    ad = real["adapters"]["configured"]
+    table.add_row("LoRA adapters", "; ".join(f"{w}: {a['path']}{'' if a['found'] else ' [red](missing)[/]'}" for w, a in ad.items())
+                  or "[red]none in the registry[/]", real["adapters"]["how_to_get"] or "")
+    out.print(table)
 
 
 @cli.command()
@@ -386,7 +410,7 @@ def _json_or_warnings(report: dict, as_json: bool) -> bool:
 @registry_option
 @click.option("--backbone", default="auto", show_default=True, help="auto, tiny, stable-diffusion, or a backbone of the registry.")
 @click.option("--max-steps", type=int, default=None, help="Train this many steps in all (overrides the recipe's steps).")
-@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter: settings.learning_rate=1e-4, identity_encoder=..., backbone.path=...")
+@click.option("--set", "sets", multiple=True, metavar="SLOT.KEY=VALUE", help="Override a parameter: settings.learning_rate=1e-4, identity_encoder.model_path=..., backbone.path=...")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint of this output (interrupted, or finished and asked for more steps).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda (under `accelerate launch`, accelerate picks the device)")

@@ -144,3 +144,88 @@ def test_editor_says_when_an_adapter_is_missing(catalog):
     only_edit = catalog.build("editor", "identity-injection", {"identity_adapter": False})
     with pytest.warns(EditWarning, match=r"no 'edit' adapter loaded: eps2 \(the edit\) is the base model"):
         only_edit.edit(bb, inv, bb.encode_prompt(["a face"]), empty, empty)
+
+
+def test_clip_tokenizer_follows_the_configured_open_clip_model():
+    """Not ViT-B-32's for every model: CoCa's context is 76 tokens; a Hugging Face tokenizer that is
+    not cached is one clear error, not a download."""
+    from ipfacediff.errors import ModelNotFoundError
+    from ipfacediff.plugins.localization_losses.clip_directional import open_clip_tokenizer
+
+    assert open_clip_tokenizer("ViT-B-32").context_length == 77
+    coca = open_clip_tokenizer("coca_base")
+    assert coca.context_length == 76 and coca(["a face"]).shape == (1, 76)
+    with pytest.raises(ModelNotFoundError, match=r"the tokenizer of 'ViT-B-16-SigLIP' is not available offline"):
+        open_clip_tokenizer("ViT-B-16-SigLIP")
+
+
+def test_v_prediction_inversion_step_matches_the_scheduler():
+    from diffusers import DDIMInverseScheduler
+
+    from ipfacediff.plugins.inverters.ddim import inverse_steps
+
+    cfg = {**tiny_backbone().scheduler_config, "prediction_type": "v_prediction"}
+    ts, step = inverse_steps(cfg, 5)
+    inv = DDIMInverseScheduler.from_config(cfg)
+    inv.set_timesteps(5)
+    x, v = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    for k, t in enumerate(inv.timesteps):
+        assert torch.allclose(step(v, k, x), inv.step(v, t, x).prev_sample, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_trainer_reads_the_prediction_as_the_checkpoint_defines_it(prediction_type, catalog, monkeypatch):
+    """A UNet that predicts exactly what its checkpoint's ``prediction_type`` says (eps, or v) has
+    zero noise loss, and its one-step estimate x0_hat is the clean latent."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from ipfacediff.interfaces import TrainingBatch
+    from ipfacediff.registry import RecipeSettings
+    from ipfacediff.testing import synthetic_face_frame
+    from ipfacediff.runtime.training import TrainingFaces
+
+    bb = copy.copy(tiny_backbone())
+    bb.scheduler_config = {**tiny_backbone().scheduler_config, "prediction_type": prediction_type}
+    frames = [synthetic_face_frame(64, seed=i) for i in range(2)]
+    encoder = catalog.build("identity_encoder", "mobilefacenet")
+    faces = TrainingFaces(bb, np.stack([f for f, _ in frames]), np.stack([lm for _, lm in frames]).astype(np.float32), torch.device("cpu"), encoder)
+    objective = catalog.build("objective", "identity")
+    objective.setup(bb, faces, {"identity_encoder": encoder}, RecipeSettings(identity_max_timestep=999), {"noise": 1.0, "identity": 1.0})
+    batch = TrainingBatch(torch.tensor([0, 1]), torch.tensor([100, 600]), torch.randn(2, *faces.z0.shape[1:]), [("", "face")] * 2)
+    a = faces.alphas[batch.t].view(-1, 1, 1, 1)
+    z0 = faces.z0[batch.idx]
+    truth = a.sqrt() * batch.noise - (1 - a).sqrt() * z0 if prediction_type == "v_prediction" else batch.noise
+
+    def oracle(x, t, encoder_hidden_states):
+        return SimpleNamespace(sample=truth.clone())
+
+    oracle.parameters = lambda: iter([torch.zeros(1)])
+    seen = {}
+    decode = bb.decode_latents
+
+    def spy(latents, grad=False):
+        seen["x0_hat"] = latents.detach().clone()
+        return decode(latents, grad)
+
+    monkeypatch.setattr(bb, "decode_latents", spy)
+    out = objective.losses(oracle, batch)
+    assert float(out["noise"]) < 1e-10
+    assert torch.allclose(seen["x0_hat"], z0, atol=1e-4)
+
+
+@pytest.mark.parametrize("bf16, mixed, dtype, want", [
+    (True, "no", "auto", "bf16"), (False, "no", "fp16", "fp32"), (True, "fp16", "auto", "auto"), (True, "no", "fp32", "fp32")])
+def test_training_never_backpropagates_through_an_unscaled_fp16_unet(bf16, mixed, dtype, want, monkeypatch, tmp_path, catalog):
+    """On CUDA a backbone that would load in fp16 trains in bf16 (or fp32 without bf16), unless
+    mixed_precision=fp16 scales the loss (decided before any weight moves to the GPU)."""
+    from ipfacediff.jobs.finetune import training_precision
+    from ipfacediff.plugins.backbones.stable_diffusion import StableDiffusionBackbone
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    bb = StableDiffusionBackbone.build_for_test(str(tmp_path))
+    bb.params.dtype = dtype
+    said = training_precision(bb, torch.device("cuda"), mixed)
+    assert bb.params.dtype == want and bool(said) == (want != dtype)
+    assert training_precision(bb, torch.device("cpu"), "no") == []

@@ -123,9 +123,53 @@ def test_edit_objective_each_term_decreases_when_trained(term, training_faces):
     assert sum(b < a for a, b in zip(values, values[1:])) >= 8  # it goes down step after step, not by one lucky jump
 
 
+def test_edit_objective_keeps_the_prior_at_every_timestep(training_faces):
+    """eps2 denoises at every timestep of an edit: the edit objective's noise term is the UNet's
+    noise-prediction error under the *reference* prompt at any t, while the image terms count only
+    the samples whose one-step estimate is still a face (t <= identity_max_timestep)."""
+    import torch.nn.functional as F
+
+    from ipfacediff.catalog import get_catalog
+    from ipfacediff.interfaces import TrainingBatch
+    from ipfacediff.registry import RecipeSettings
+    from ipfacediff.runtime.training import TrainingFaces
+
+    c = get_catalog()
+    bb = c.build("backbone", "tiny", {"resolution": 64})
+    encoder = c.build("identity_encoder", "mobilefacenet")
+    objective = c.build("objective", "edit")
+    assert objective.default_weights["noise"] > 0
+    faces = TrainingFaces(bb, training_faces.crops, training_faces.landmarks, torch.device("cpu"), encoder)
+    settings = RecipeSettings(identity_max_timestep=700)
+    objective.setup(bb, faces, {"identity_encoder": encoder, "localization_loss": c.build("localization_loss", "clip-directional", {"model": "tiny"})},
+                    settings, dict(objective.default_weights))
+    g = torch.Generator().manual_seed(0)
+
+    def batch(ts):
+        n = len(ts)
+        return TrainingBatch(torch.arange(n) % len(faces), torch.tensor(ts), torch.randn(n, *faces.z0.shape[1:], generator=g),
+                             [objective.prompts[i % len(objective.prompts)] for i in range(n)])
+
+    b = batch([950, 800, 300, 100])
+    with torch.no_grad():
+        out = objective.losses(bb.unet, b)
+        a = faces.alphas[b.t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * faces.z0[b.idx] + (1 - a).sqrt() * b.noise
+        ref = bb.encode_prompt([settings.reference_prompt]).expand(4, -1, -1)
+        want = F.mse_loss(bb.unet(xt, b.t, encoder_hidden_states=ref).sample.float(), b.noise)
+        tar = bb.encode_prompt([f"{settings.reference_prompt}, {p}" for p, _ in b.prompts])
+        under_target = F.mse_loss(bb.unet(xt, b.t, encoder_hidden_states=tar).sample.float(), b.noise)
+    # the random tiny UNet barely reads its prompt (measured: 1.0569991 under the reference prompt, 1.0569950 under the target's)
+    assert abs(float(out["noise"]) - float(want)) < 1e-9 and abs(float(out["noise"]) - float(under_target)) > 1e-7
+    assert set(out) == {"noise", "identity", "directional", "locality"} and float(out["directional"]) > 0
+    with torch.no_grad():
+        high = objective.losses(bb.unet, batch([950, 800]))
+    assert float(high["noise"]) > 0 and float(high["directional"]) == float(high["locality"]) == float(high["identity"]) == 0.0
+
+
 def test_edit_recipe_all_terms_run_together(tmp_path):
     report = _finetune("edit", tmp_path / "edit", 3, {"settings": {"prompts": str(_prompts(tmp_path, "eyeglasses\nblonde hair | hair\n"))}})
-    assert set(report["eval_end"]) == {"directional", "locality", "identity"}
+    assert set(report["eval_end"]) == {"noise", "directional", "locality", "identity"}  # noise: prior preservation
     assert all(v == v for v in report["eval_end"].values())  # finite, not nan
 
 
@@ -293,3 +337,15 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
                                        show_progress=False))
     assert rep["data"]["files_skipped"] == 1 and rep["data"]["files_used"] == 2
     assert any("1 unreadable file(s) skipped" in w for w in rep["warnings"])
+
+
+def test_identity_loss_uses_the_users_arcface_when_one_is_configured(tmp_path, monkeypatch):
+    """$IPFACEDIFF_ARCFACE (or insightface's model folder) names an ArcFace .onnx: the recipes'
+    identity loss uses it instead of MobileFaceNet (a tiny stand-in model here)."""
+    from ipfacediff.testing import make_tiny_arcface_onnx
+
+    path = make_tiny_arcface_onnx(str(tmp_path / "w600k_r50.onnx"), dim=16)
+    monkeypatch.setenv("IPFACEDIFF_ARCFACE", path)
+    report = _finetune("identity", tmp_path / "adapter", 2)
+    assert report["components"]["identity_encoder"]["component"] == "insightface-arcface"
+    assert report["components"]["identity_encoder"]["params"]["model_path"] == path

@@ -39,6 +39,27 @@ def build_slot(entry, slot: str, sets: dict[str, Any], device: str | torch.devic
     return get_catalog().build(ref.kind, ref.name, {**ref.raw_params(), **sets.get(slot, {})}, ref.where).to(device)
 
 
+def find_stable_diffusion(registry: Registry) -> tuple[dict[str, Any], str] | None:
+    """The Stable Diffusion checkpoint ``--backbone auto`` would use, and where it was found:
+    ``$IPFACEDIFF_SD_MODEL``, else a registry backbone of the ``stable-diffusion`` component whose path
+    exists, else SD 1.5/1.4 in the local Hugging Face cache; ``None`` when there is none."""
+    if os.environ.get("IPFACEDIFF_SD_MODEL"):
+        return {"path": os.environ["IPFACEDIFF_SD_MODEL"]}, "$IPFACEDIFF_SD_MODEL"
+    for name, entry in registry.backbones.items():
+        path = entry.component.raw_params().get("path")
+        if entry.component.name == "stable-diffusion" and path and Path(path).expanduser().exists():
+            return entry.component.raw_params(), f"registry backbone {name!r}"
+    from ipfacediff.runtime.models import resolve_sd_checkpoint
+
+    for hub_id in SD_HUB_IDS:
+        try:
+            resolve_sd_checkpoint(hub_id)
+            return {"path": hub_id}, "the Hugging Face cache"
+        except Exception:  # noqa: BLE001 - not cached
+            continue
+    return None
+
+
 def resolve_backbone(name: str, sets: dict[str, Any], registry: Registry, default: str = "auto") -> tuple[Backbone, list[str]]:
     """``auto``: ``default`` (the pipeline's or recipe's backbone) unless that is ``auto`` too, then a
     configured or locally cached Stable Diffusion, else ``tiny`` (with a warning); otherwise a
@@ -52,25 +73,10 @@ def resolve_backbone(name: str, sets: dict[str, Any], registry: Registry, defaul
     if name == "auto":
         name = default
     if name == "auto":
-        found = None
-        if os.environ.get("IPFACEDIFF_SD_MODEL"):
-            found = ("stable-diffusion", {"path": os.environ["IPFACEDIFF_SD_MODEL"]})
-        for entry in registry.backbones.values():
-            path = entry.component.raw_params().get("path")
-            if found is None and entry.component.name == "stable-diffusion" and path and Path(path).expanduser().exists():
-                found = ("stable-diffusion", entry.component.raw_params())
+        sd = find_stable_diffusion(registry)
+        found = ("stable-diffusion", sd[0]) if sd else None
         if found is None:
-            from ipfacediff.runtime.models import resolve_sd_checkpoint
-
-            for hub_id in SD_HUB_IDS:
-                try:
-                    resolve_sd_checkpoint(hub_id)
-                    found = ("stable-diffusion", {"path": hub_id})
-                    break
-                except Exception:  # noqa: BLE001 - not cached
-                    continue
-        if found is None:
-            warnings.append(f"no Stable Diffusion checkpoint configured or cached: using the tiny backbone ({RANDOM_NOTE})")
+            warnings.append("no Stable Diffusion checkpoint configured or cached: using the tiny backbone (`ipfacediff doctor` says how to get one)")
             found = ("tiny", {})
         comp, params = found
         return catalog.build("backbone", comp, {**params, **extra}, "--backbone auto"), warnings

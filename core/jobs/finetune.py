@@ -258,6 +258,19 @@ def _work_folder(req: FinetuneRequest) -> tuple[Path, Path, Path]:
     return data, out, work
 
 
+def training_precision(backbone: Backbone, device: torch.device, mixed_precision: str) -> list[str]:
+    """The frozen base weights' precision for training on ``device``: never an fp16 UNet and VAE
+    without loss scaling (gradients through them underflow). On CUDA a backbone that would load in
+    fp16 (``dtype: auto`` or ``fp16``) trains in bf16 where the GPU has it, else fp32, unless
+    ``mixed_precision: fp16`` scales the loss (accelerate's GradScaler). LoRA weights are fp32 always."""
+    dtype = getattr(backbone.params, "dtype", None)
+    if device.type != "cuda" or dtype not in ("auto", "fp16") or mixed_precision == "fp16":
+        return []
+    backbone.params.dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return [f"training with the base model in {backbone.params.dtype}, not fp16: backward through an fp16 UNet and VAE needs loss "
+            f"scaling (--set settings.mixed_precision=fp16 gives it)"]
+
+
 def _add_lora(backbone: Backbone, settings: RecipeSettings) -> tuple[dict[str, torch.nn.Parameter], float]:
     """A new LoRA adapter ``settings.adapter`` on the UNet's ``lora_targets``, trainable in fp32."""
     from peft import LoraConfig
@@ -348,7 +361,9 @@ def _setup(req: FinetuneRequest) -> dict[str, Any]:
     """Models, data, the objective, the LoRA adapter and the optimizer, as one training state."""
     from accelerate import Accelerator
 
+    from ipfacediff.catalog import get_catalog
     from ipfacediff.jobs.common import build_slot, check_sets, resolve_backbone
+    from ipfacediff.runtime.models import ARCFACE_ENV, find_arcface
 
     recipe = req.recipe
     check_sets(req.sets, recipe, "recipe")
@@ -362,7 +377,12 @@ def _setup(req: FinetuneRequest) -> dict[str, Any]:
     device = accelerator.device
     torch.manual_seed(req.seed)
     comps = {slot: build_slot(recipe, slot, req.sets, device) for slot in recipe.components if slot != "objective"}
+    arcface = find_arcface()
+    if arcface is not None and getattr(comps.get("identity_encoder"), "name", None) == "mobilefacenet":  # the user's ArcFace wins
+        comps["identity_encoder"] = get_catalog().build("identity_encoder", "insightface-arcface", {"model_path": str(arcface)},
+                                                        f"{ARCFACE_ENV} / ~/.insightface").to(device)
     backbone, warnings = resolve_backbone(req.backbone, req.sets, req.registry, recipe.backbone)
+    warnings += training_precision(backbone, device, settings.mixed_precision)
     backbone.to(device)
     size = settings.resolution or backbone.resolution
     if size % 8:

@@ -190,3 +190,19 @@ def resolve_sd_checkpoint(ref: str | Path) -> tuple[str, Path | str]:
                 f"Stable Diffusion {ref!r} is not in the local Hugging Face cache and ipfacediff never downloads at run "
                 f"time; run `huggingface-cli download {ref}` once online, or pass a local folder or .safetensors file") from exc
     raise ModelNotFoundError(f"Stable Diffusion checkpoint {ref!r}: no such folder or file, and not a hub id (owner/name)")
+
+
+ARCFACE_ENV = "IPFACEDIFF_ARCFACE"
+ARCFACE_PLACES = ("~/.insightface/models/buffalo_l/w600k_r50.onnx", "~/.insightface/models/antelopev2/glintr100.onnx")
+
+
+def find_arcface() -> Path | None:
+    """The insightface ArcFace recognition model the user has configured: ``$IPFACEDIFF_ARCFACE`` (a
+    ``.onnx`` path), else insightface's own model folder (buffalo_l's R50, antelopev2's R100); ``None``
+    when there is none. Never downloaded (insightface's packs have their own licence terms)."""
+    env = os.environ.get(ARCFACE_ENV)
+    for place in ([env] if env else []) + list(ARCFACE_PLACES):
+        p = Path(place).expanduser()
+        if p.is_file():
+            return p
+    return None

@@ -49,8 +49,9 @@ class TrainingFaces:
 
 class DiffusionObjective(Objective):
     """An objective on the UNet's noise prediction at a random timestep: the ``noise`` term (MSE to
-    the true noise) and the ``identity`` term ``1 - cos(R(x0_hat), R(x0))`` (x0_hat the one-step
-    clean estimate decoded by the VAE, only where ``t <= settings.identity_max_timestep``: there it is
+    the true noise, or to v for a ``v_prediction`` checkpoint) and the ``identity`` term
+    ``1 - cos(R(x0_hat), R(x0))`` (x0_hat the one-step clean estimate, read as the checkpoint's
+    ``prediction_type`` says, decoded by the VAE, only where ``t <= settings.identity_max_timestep``: there it is
     still a face). Subclasses give the prompt embeddings (:meth:`embeddings`) and may add terms on
     the decoded estimate (:meth:`image_terms`)."""
 
@@ -59,6 +60,11 @@ class DiffusionObjective(Objective):
 
     def embeddings(self, batch: TrainingBatch) -> torch.Tensor:
         return self.backbone.encode_prompt([""]).expand(len(batch.idx), -1, -1)
+
+    def noise_embeddings(self, batch: TrainingBatch) -> torch.Tensor | None:
+        """The prompt of the ``noise`` term when it differs from :meth:`embeddings` (a second UNet
+        pass; e.g. prior preservation under the reference prompt); ``None``: the same pass."""
+        return None
 
     def image_terms(self, img: torch.Tensor, src: torch.Tensor, batch: TrainingBatch) -> dict[str, torch.Tensor]:
         return {}
@@ -73,11 +79,15 @@ class DiffusionObjective(Objective):
         dtype = next(unet.parameters()).dtype
         eps = unet(xt.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample.float()
         out: dict[str, torch.Tensor] = {}
+        v_pred = (self.backbone.scheduler_config or {}).get("prediction_type", "epsilon") == "v_prediction"  # SD 2.x at 768
         if w.get("noise", 0) > 0:
-            out["noise"] = F.mse_loss(eps, noise)
+            prior = self.noise_embeddings(batch)
+            eps_n = eps if prior is None else unet(xt.to(dtype), t, encoder_hidden_states=prior.to(dev, dtype)).sample.float()
+            target = a.sqrt() * noise - (1 - a).sqrt() * faces.z0[idx] if v_pred else noise
+            out["noise"] = F.mse_loss(eps_n, target)
         if not any(w.get(k, 0) > 0 for k in self.image_term_names):
             return out
-        x0_hat = (xt - (1 - a).sqrt() * eps) / a.sqrt()
+        x0_hat = a.sqrt() * xt - (1 - a).sqrt() * eps if v_pred else (xt - (1 - a).sqrt() * eps) / a.sqrt()
         img = self.backbone.decode_latents(x0_hat, grad=True).to(dev)
         if w.get("identity", 0) > 0:
             keep = t <= self.settings.identity_max_timestep

@@ -1,8 +1,11 @@
 """Backbone ``stable-diffusion``: SD 1.x/2.x from a diffusers folder, a single ``.safetensors`` file or
-a hub id in the local cache (never downloaded at run time); optional TAESD VAE override."""
+a hub id in the local cache (never downloaded at run time; ``path`` defaults to ``$IPFACEDIFF_SD_MODEL``);
+optional TAESD VAE override. Folders that hold only the fp16 variant of a model's weights
+(``*.fp16.safetensors``, as some hub snapshots do) load that variant."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
 
     @dataclass
     class Params:
-        path: str = field(default="", metadata={"help": "diffusers folder, .safetensors/.ckpt file, or hub id (owner/name) already cached"})
+        path: str = field(default="", metadata={"help": "diffusers folder, .safetensors/.ckpt file, or hub id (owner/name) already cached "
+                                                        "(default: $IPFACEDIFF_SD_MODEL)"})
         vae: Literal["own", "taesd"] = field(default="own", metadata={"help": "the checkpoint's VAE or TAESD (much faster)"})
         dtype: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={"help": "auto: fp16 on CUDA, fp32 on CPU"})
         resolution: int = field(default=512, metadata={"range": (64, 2048)})
@@ -40,9 +44,11 @@ class StableDiffusionBackbone(DiffusersBackbone):
     def __init__(self, params: "StableDiffusionBackbone.Params | None" = None) -> None:
         super().__init__(params)
         p = self.params
+        if not p.path and os.environ.get("IPFACEDIFF_SD_MODEL"):
+            p.path = os.environ["IPFACEDIFF_SD_MODEL"]
         if not p.path:
             raise ModelNotFoundError("stable-diffusion needs path: a diffusers folder, a .safetensors file or a cached hub id "
-                                     "(--set backbone.path=...); Stable Diffusion weights are never downloaded at run time")
+                                     "(--set backbone.path=... or $IPFACEDIFF_SD_MODEL); Stable Diffusion weights are never downloaded at run time")
         kind, where = models.resolve_sd_checkpoint(p.path)
         self.resolution = p.resolution
         self.source = {"kind": kind, "path": str(where)}
@@ -61,15 +67,17 @@ class StableDiffusionBackbone(DiffusersBackbone):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-        self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True)
+        self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True, variant=_variant(folder / "unet"))
+        self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
+                                                          variant=_variant(folder / "text_encoder"))
         # transformers 5 builds an empty tokenizer (ids 0, 2, 2, ...) from a missing subfolder instead of
         # raising: only a folder with a vocabulary counts, else CLIP's own BPE (what SD 1.x uses)
         self.tokenizer = clip_tokenizer(77)
         if any((folder / "tokenizer" / f).is_file() for f in ("vocab.json", "tokenizer.json")):
             self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
         if self.params.vae == "own":
-            self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).eval().requires_grad_(False)
+            self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True,
+                                                     variant=_variant(folder / "vae")).eval().requires_grad_(False)
             self.vae_kind = "kl"
         sched = folder / "scheduler" / "scheduler_config.json"
         self.scheduler_config = {**SD_SCHEDULER_CONFIG, **(json.loads(sched.read_text()) if sched.is_file() else {})}
@@ -100,14 +108,23 @@ class StableDiffusionBackbone(DiffusersBackbone):
         return super().to(dev)
 
     def identity(self) -> dict[str, Any]:
+        """Every weight file counts (UNet, text encoder, VAE, in every subfolder): two checkpoints that
+        share a UNet file but not a text encoder are different backbones to the cache."""
         d = super().identity()
         src = Path(self.source["path"])
         if src.is_file():
             d["weights_sha256"] = file_digest(src)
         else:
-            unet_files = sorted((src / "unet").glob("*.safetensors")) or sorted((src / "unet").glob("*.bin"))
-            d["weights_sha256"] = file_digest(unet_files[0]) if unet_files else str(src)
+            files = sorted(f for ext in ("*.safetensors", "*.bin", "*.ckpt") for f in src.rglob(ext) if f.is_file())
+            d["weights_sha256"] = {str(f.relative_to(src)): file_digest(f) for f in files} if files else str(src)
         return d
+
+
+def _variant(sub: Path) -> str | None:
+    """``"fp16"`` when a model folder holds only fp16-variant weights (``*.fp16.safetensors``), else ``None``."""
+    names = [f.name for ext in ("*.safetensors", "*.bin") for f in sub.glob(ext)]
+    plain = [n for n in names if n.count(".") == 1]
+    return "fp16" if not plain and any(".fp16." in n for n in names) else None
 
 
 def _sd_config_dir(path: Path) -> Path:

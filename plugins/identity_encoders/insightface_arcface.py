@@ -25,16 +25,19 @@ class InsightFaceArcFace(IdentityEncoder):
 
     @dataclass
     class Params:
-        model_path: str | None = field(default=None, metadata={"help": "path of the recognition .onnx (e.g. ~/.insightface/models/buffalo_l/w600k_r50.onnx)"})
+        model_path: str | None = field(default=None, metadata={"help": "path of the recognition .onnx (default: $IPFACEDIFF_ARCFACE, else ~/.insightface/models/buffalo_l/w600k_r50.onnx)"})
         flip: bool = False
 
     def __init__(self, params: "InsightFaceArcFace.Params | None" = None) -> None:
         super().__init__(params)
-        path = self.params.model_path
+        from ipfacediff.runtime.models import find_arcface
+
+        path = self.params.model_path or (str(find_arcface()) if find_arcface() else None)
         if not path:
             raise ModelNotFoundError(
                 "insightface-arcface needs model_path: an insightface recognition .onnx such as buffalo_l/w600k_r50.onnx "
-                "(from the insightface model zoo; set it with --set identity_encoder.model_path=FILE)")
+                "(from the insightface model zoo; set it with --set identity_encoder.model_path=FILE or $IPFACEDIFF_ARCFACE)")
+        self.params.model_path = path
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
             raise ModelNotFoundError(f"insightface-arcface: {path} does not exist; download an insightface model pack "

@@ -62,11 +62,15 @@ def inverse_steps(scheduler_config, steps: int):
     s = DDIMScheduler.from_config(scheduler_config)
     s.set_timesteps(steps)
     ts, ac = sorted(int(t) for t in s.timesteps), s.alphas_cumprod
+    v_pred = s.config.prediction_type == "v_prediction"
 
-    def step(eps: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+    def step(out: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
         a_prev = ac[ts[k - 1]] if k > 0 else torch.as_tensor(s.final_alpha_cumprod)
         a_t = ac[ts[k]]
-        x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        if v_pred:  # the model predicts v = sqrt(a) eps - sqrt(1 - a) x0 (x at its current level, as DDIMInverseScheduler reads it)
+            x0, eps = a_prev.sqrt() * x - (1 - a_prev).sqrt() * out, a_prev.sqrt() * out + (1 - a_prev).sqrt() * x
+        else:
+            x0, eps = (x - (1 - a_prev).sqrt() * out) / a_prev.sqrt(), out
         return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
 
     return ts, step

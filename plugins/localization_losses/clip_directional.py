@@ -33,6 +33,18 @@ def tiny_open_clip(seed: int = 0, image_size: int = 64):
                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
 
 
+def open_clip_tokenizer(model: str):
+    """The tokenizer of open_clip model ``model`` (its own vocabulary and context length, e.g. 76 for
+    CoCa), offline: a model whose tokenizer is a Hugging Face one (SigLIP, XLM-R) needs it in the local cache."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(model)
+    except Exception as exc:  # noqa: BLE001 - offline, not cached
+        raise ModelNotFoundError(f"clip-directional: the tokenizer of {model!r} is not available offline ({str(exc).splitlines()[0][:120]}); "
+                                 f"put it in the Hugging Face cache, or use a model with CLIP's own vocabulary (ViT-B-32, ViT-L-14, ...)") from exc
+
+
 class ClipDirectional(LocalizationLoss):
     """1 - cos(image direction, text direction) in an open_clip embedding space."""
 
@@ -64,9 +76,11 @@ class ClipDirectional(LocalizationLoss):
                                          f"(--set localization_loss.weights=PATH); CLIP weights are never downloaded at run time")
             if not Path(p.weights).expanduser().is_file():
                 raise ModelNotFoundError(f"clip-directional: weights file {p.weights} does not exist")
+            self.tokenizer = open_clip_tokenizer(p.model)
             self.model = open_clip.create_model(p.model, pretrained=str(Path(p.weights).expanduser()))
         self.model.eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the shipped BPE vocabulary, offline
+        if self.is_random:
+            self.tokenizer = open_clip_tokenizer("ViT-B-32")  # CLIP's BPE, which the tiny model's vocabulary matches
         size = self.model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self._text: dict[str, torch.Tensor] = {}

@@ -2,7 +2,14 @@
 hair, eyeglasses, beard, smile and age edits); the directional loss of the recipe's localization loss
 (``clip-directional``: ``1 - cos(E_I(y_gen) - E_I(y_ref), E_T(p_tar) - E_T(p_ref))``), a locality term
 that keeps pixels outside the prompt's face part (a mask from the landmarks) close to the source, and
-the identity term as a regulariser."""
+the identity term as a regulariser, plus a ``noise`` term for prior preservation.
+
+Why the noise term: eps2 denoises at *every* timestep of an edit, while the image terms are only
+meaningful where the one-step estimate is still a face (``t <= settings.identity_max_timestep``; they are
+masked to those samples). The recipe therefore samples timesteps over the whole range
+(``timestep_range: [1, 999]``) and keeps eps2 a good denoiser of real faces everywhere with the
+noise-prediction loss under the *reference* prompt (not the target prompt: that would teach "target
+prompt -> unchanged face"), one more UNet pass per batch."""
 
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ class EditObjective(DiffusionObjective):
     term_requires = {"identity": "identity_encoder", "directional": "localization_loss"}
     terms = ("noise", "identity", "directional", "locality")
     image_term_names = ("identity", "directional", "locality")
-    default_weights = {"directional": 1.0, "locality": 1.0, "identity": 0.1}
+    default_weights = {"noise": 1.0, "directional": 1.0, "locality": 1.0, "identity": 0.1}
 
     def setup(self, backbone, faces, components, settings, weights) -> None:
         super().setup(backbone, faces, components, settings, weights)
@@ -38,13 +45,22 @@ class EditObjective(DiffusionObjective):
     def embeddings(self, batch: TrainingBatch) -> torch.Tensor:
         return self.backbone.encode_prompt(self._targets(batch))
 
+    def noise_embeddings(self, batch: TrainingBatch) -> torch.Tensor:
+        return self.backbone.encode_prompt([self.settings.reference_prompt]).expand(len(batch.idx), -1, -1)
+
     def image_terms(self, img: torch.Tensor, src: torch.Tensor, batch: TrainingBatch) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        keep = (batch.t <= self.settings.identity_max_timestep).to(img.device)  # where the estimate is still a face
+        if not bool(keep.any()):
+            return {k: img.sum() * 0.0 for k in ("directional", "locality") if self.weights.get(k, 0) > 0}
+        rows = [i for i, k in enumerate(keep.tolist()) if k]
+        img, src = img[keep], src[keep]
+        prompts, idx = [batch.prompts[i] for i in rows], batch.idx[keep.cpu()].tolist()
         if self.weights.get("directional", 0) > 0:
-            tar = self._targets(batch)
+            tar = [t for i, t in enumerate(self._targets(batch)) if i in rows]
             out["directional"] = self.components["localization_loss"].forward(img, src, tar, [self.settings.reference_prompt or "a face"] * len(tar))
         if self.weights.get("locality", 0) > 0:
-            outside = torch.stack([1 - self.masks[part][i] for (_, part), i in zip(batch.prompts, batch.idx.tolist())])[:, None]
+            outside = torch.stack([1 - self.masks[part][i] for (_, part), i in zip(prompts, idx)])[:, None]
             out["locality"] = (((img - src) ** 2) * outside).sum() / (outside.sum() * 3 + 1e-6)
         return out
 
