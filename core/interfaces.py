@@ -322,12 +322,14 @@ class Editor(Component):
     prompt ``[1, L, D]``, ``uncond_embeds`` the unconditional / negative prompt for classifier-free
     guidance, ``source_embeds`` the prompt eps1 sees (empty). Returns edited clean latents
     ``[K, 4, h, w]``. UNet calls go through ``backbone.predict_noise`` (stages ``feature`` and
-    ``keyframe-edit``). ``guidance_scale``: the classifier-free guidance scale it uses (a strategy
-    that denoises other frames, e.g. refinement, uses the same).
+    ``keyframe-edit``). ``guidance_scale``: its classifier-free guidance scale (refinement uses it too).
+    ``check(backbone)``: called by every edit, cached or not: warn (``EditWarning``) of what will not run as asked.
     """
 
     kind = "editor"
     guidance_scale: float = 7.5
+
+    def check(self, backbone: Backbone) -> None: ...
 
     @abc.abstractmethod
     def edit(self, backbone: Backbone, inversion: Inversion, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,

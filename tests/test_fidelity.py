@@ -229,3 +229,24 @@ def test_training_never_backpropagates_through_an_unscaled_fp16_unet(bf16, mixed
     said = training_precision(bb, torch.device("cuda"), mixed)
     assert bb.params.dtype == want and bool(said) == (want != dtype)
     assert training_precision(bb, torch.device("cpu"), "no") == []
+
+
+def test_an_edit_from_cached_keyframes_still_says_the_adapters_are_missing(sample_clip, tmp_path):
+    """The warning comes from the editor's check before every edit, not only when it runs: a re-edit
+    that takes its keyframe edits from the cache says it too, in the report and on the terminal."""
+    import json
+
+    from conftest import run_main
+
+    env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
+    args = ["edit", str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "2", "--max-frames", "9",
+            "--set", "backbone.vae=random", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+    first = run_main("--quiet", *args, "-o", str(tmp_path / "a.mp4"), "--json", env=env)
+    second = run_main("--quiet", *args, "-o", str(tmp_path / "b.mp4"), env=env)
+    again = run_main("--quiet", *args, "-o", str(tmp_path / "c.mp4"), "--json", env=env)
+    assert first.returncode == second.returncode == again.returncode == 0, (first.stderr, second.stderr)
+    rep = json.loads(again.stdout)
+    assert "keyframe_edit" in rep["reused_stages"]
+    for r in (json.loads(first.stdout), rep):
+        assert any("no 'identity' or 'edit' adapter loaded" in w for w in r["warnings"]), r["warnings"]
+    assert "no 'identity' or 'edit' adapter loaded" in second.stderr

@@ -370,6 +370,8 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
                 track_key, track, face_frames, keys = detect_stage(req, plan, processor, source, cache, reused, warnings)
             latents, matrices = encode_stage(req, plan, processor, backbone, source, track_key, track, face_frames, cache, reused, timings)
             run = make_run(req, plan, comps, backbone, latents, keys, face_frames, cache, timings, reused, source, track)
+            if "editor" in comps:
+                comps["editor"].check(backbone)  # its warnings hold for edits taken from the cache too
             strategy.prepare(run)
             strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
         if latents.encoded_now and "encode" in reused:

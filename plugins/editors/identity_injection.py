@@ -64,7 +64,7 @@ class IdentityInjection(Editor):
         layers = pnp_attention_layers(backbone.unet) if p.up_blocks is None else decoder_self_attention_layers(backbone.unet, p.up_blocks)
         ctrl = FeatureController(attn_layers=set(layers))
         res_layers = None if p.residual else []
-        self._warn_adapters(backbone)
+        self.check(backbone)
         missing = []
         with controlled_unet(backbone.unet, ctrl, res_layers):
             for i, t in enumerate(ts):
@@ -91,7 +91,7 @@ class IdentityInjection(Editor):
                           f"the inversion has no latent there (its timesteps {inversion.timesteps[:3]}... do not match the sampler's)", EditWarning)
         return x.float()
 
-    def _warn_adapters(self, backbone: Backbone) -> None:
+    def check(self, backbone: Backbone) -> None:
         """Say so when eps1 or eps2 will be the base model because its adapter is not loaded."""
         p, loaded = self.params, set(backbone.adapters)
         absent = [n for n, on in (("identity", p.identity_adapter and p.injection), ("edit", p.edit_adapter)) if on and n not in loaded]
