@@ -23,26 +23,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-def sd15_folder(root: Path) -> Path:
-    """A Stable Diffusion 1.5-sized diffusers folder with random weights (SD 1.5's own configs)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from ipfacediff.plugins.backbones.stable_diffusion import _sd_config_dir
-
-    if (root / "model_index.json").is_file():
-        return root
-    cfg = _sd_config_dir(root)
-    torch.manual_seed(0)
-    UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text())).save_pretrained(root / "unet")
-    AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text())).save_pretrained(root / "vae")
-    text = {k: v for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items() if k not in ("architectures", "model_type")}
-    CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(root / "text_encoder")
-    DDIMScheduler.from_config(json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text((cfg / "model_index.json").read_text())
-    return root
-
-
 def _peak_reset(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -106,10 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results/gpu.json"))
     args = ap.parse_args(argv)
     from ipfacediff.runtime.sample import write_sample_clip
+    from ipfacediff.testing import make_sd15_folder
 
     console = Console()
     args.work.mkdir(parents=True, exist_ok=True)
-    folder = str(sd15_folder(args.work / "sd15-random")) if args.size == "sd15" else None
+    folder = make_sd15_folder(str(args.work / "sd15-random")) if args.size == "sd15" else None
     clip = write_sample_clip(args.work / f"clip{args.frames}.mp4", n_frames=args.frames, size=args.resolution, audio=False)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
     t0 = time.perf_counter()

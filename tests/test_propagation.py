@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from conftest import DATA, needs_data
 from ipfacediff.interfaces import PropagationInput

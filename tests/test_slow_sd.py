@@ -3,35 +3,19 @@ diffusers folder and as one single .safetensors file (original LDM key layout), 
 ``stable-diffusion`` backbone and run for one step at 256 px. Slow (a few minutes and about 8 GB of
 disk): ``make test-slow`` or ``pytest -m slow``."""
 
-import json
-
 import pytest
 import torch
 
 pytestmark = pytest.mark.slow
 
 
-def _save_random_sd15(root):
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from ipfacediff.plugins.backbones.stable_diffusion import _sd_config_dir
-
-    cfg = _sd_config_dir(root)  # SD 1.x component configs written by ipfacediff (no hub access)
-    torch.manual_seed(0)
-    unet_cfg = json.loads((cfg / "unet" / "config.json").read_text())
-    UNet2DConditionModel.from_config(unet_cfg).save_pretrained(root / "unet")
-    AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text())).save_pretrained(root / "vae")
-    text = {k: v for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items() if k not in ("architectures", "model_type")}
-    CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(root / "text_encoder")
-    DDIMScheduler.from_config(json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(root / "scheduler")
-    (root / "model_index.json").write_text((cfg / "model_index.json").read_text())
-    return root
-
-
 @pytest.fixture(scope="module")
 def sd15_folder(tmp_path_factory):
-    return _save_random_sd15(tmp_path_factory.mktemp("sd") / "sd15-random")
+    from pathlib import Path
+
+    from ipfacediff.testing import make_sd15_folder
+
+    return Path(make_sd15_folder(str(tmp_path_factory.mktemp("sd") / "sd15-random")))
 
 
 def _one_step(bb):

@@ -17,7 +17,6 @@ from ipfacediff.catalog import get_catalog
 from ipfacediff.errors import EditWarning, ParameterError
 from ipfacediff.interfaces import Backbone
 from ipfacediff.registry import Registry
-from ipfacediff.runtime.diffusers_backbone import RANDOM_BACKBONE_NOTE as RANDOM_NOTE
 
 SD_HUB_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4")
 

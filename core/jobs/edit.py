@@ -23,10 +23,11 @@ import torch
 
 from ipfacediff.errors import InputError, NoFaceError, ParameterError
 from ipfacediff.interfaces import Backbone, EditRun, FaceDetection, FaceProcessor, Inversion
-from ipfacediff.jobs.common import RANDOM_NOTE, Timings, build_slot, check_sets, collect_warnings, count_vae, peak_memory_mb, resolve_backbone
+from ipfacediff.jobs.common import Timings, build_slot, check_sets, collect_warnings, count_vae, peak_memory_mb, resolve_backbone
 from ipfacediff.params import validate_params
 from ipfacediff.registry import PipelineEntry, PipelineSettings, Registry
 from ipfacediff.runtime.cache import StageCache, hash_tensor, input_fingerprint, prune, stage_key
+from ipfacediff.runtime.diffusers_backbone import RANDOM_BACKBONE_NOTE as RANDOM_NOTE
 from ipfacediff.runtime.face import aligned_faces, detect_track, track_from_arrays, track_to_arrays
 from ipfacediff.runtime.files import write_atomic
 from ipfacediff.runtime.frames import make_strip, to_tensor, to_uint8

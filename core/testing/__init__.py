@@ -95,6 +95,31 @@ def make_tiny_sd_folder(path: str, seed: int = 0) -> str:
     return str(root)
 
 
+def make_sd15_folder(path: str) -> str:
+    """Save a Stable Diffusion 1.5-sized diffusers folder with random weights (SD 1.5's own configs,
+    written by ipfacediff: no hub access; about 4 GB). Kept when it is already complete."""
+    import json
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ipfacediff.runtime.diffusers_backbone import sd15_config_dir
+
+    root = Path(path)
+    if (root / "model_index.json").is_file():
+        return str(root)
+    cfg = sd15_config_dir()
+    torch.manual_seed(0)
+    UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text())).save_pretrained(root / "unet")
+    AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text())).save_pretrained(root / "vae")
+    text = {k: v for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items() if k not in ("architectures", "model_type")}
+    CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(root / "text_encoder")
+    DDIMScheduler.from_config(json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text((cfg / "model_index.json").read_text())  # last: marks the folder complete
+    return str(root)
+
+
 def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.Tensor], text_sd: dict[str, torch.Tensor],
                      layers_per_block: int, n_blocks: int) -> dict[str, torch.Tensor]:
     """State dicts of a diffusers SD 1.x UNet / AutoencoderKL / CLIPTextModel -> one checkpoint in the

@@ -16,9 +16,8 @@ import torch
 import ipfacediff
 from ipfacediff.errors import InputError, ModelNotFoundError
 from ipfacediff.runtime import models
-from ipfacediff.runtime.diffusers_backbone import SD_SCHEDULER_CONFIG, DiffusersBackbone, load_taesd
+from ipfacediff.runtime.diffusers_backbone import SD_SCHEDULER_CONFIG, DiffusersBackbone, load_taesd, sd15_config_dir
 from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
-from ipfacediff.runtime.files import write_atomic
 
 
 class StableDiffusionBackbone(DiffusersBackbone):
@@ -87,7 +86,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
 
         try:
             pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, safety_checker=None,
-                                                            config=str(_sd_config_dir(path)))
+                                                            config=str(sd15_config_dir()))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{path}: cannot load as a Stable Diffusion checkpoint ({str(exc).splitlines()[0][:200]})") from exc
         self.unet, self.text_encoder, self.tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
@@ -125,39 +124,6 @@ def _variant(sub: Path) -> str | None:
     names = [f.name for ext in ("*.safetensors", "*.bin") for f in sub.glob(ext)]
     plain = [n for n in names if n.count(".") == 1]
     return "fp16" if not plain and any(".fp16." in n for n in names) else None
-
-
-def _sd_config_dir(path: Path) -> Path:
-    """A local diffusers config folder for single-file loading: SD 1.x configs written by
-    ipfacediff itself (no hub access)."""
-    import json
-
-    from ipfacediff.runtime.models import cache_dir
-
-    folder = cache_dir() / "configs" / "sd15"
-    if (folder / "model_index.json").is_file():
-        return folder
-    unet = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-            "center_input_sample": False, "cross_attention_dim": 768, "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-            "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
-    vae = {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
-           "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-           "norm_num_groups": 32, "out_channels": 3, "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215}
-    text = {"architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072,
-            "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 12, "num_hidden_layers": 12,
-            "projection_dim": 768, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-05}
-    index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
-             "requires_safety_checker": False,
-             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
-    for sub, cfg, name in (("unet", unet, "config.json"), ("vae", vae, "config.json"), ("text_encoder", text, "config.json"),
-                           ("scheduler", SD_SCHEDULER_CONFIG, "scheduler_config.json")):
-        write_atomic(folder / sub / name, json.dumps(cfg))
-    clip_tokenizer(77).save_pretrained(folder / "tokenizer")  # (files of identical content if two runs race)
-    write_atomic(folder / "model_index.json", json.dumps(index))  # last: marks the folder complete
-    return folder
 
 
 @ipfacediff.hookimpl

@@ -32,7 +32,8 @@ class InsightFaceArcFace(IdentityEncoder):
         super().__init__(params)
         from ipfacediff.runtime.models import find_arcface
 
-        path = self.params.model_path or (str(find_arcface()) if find_arcface() else None)
+        found = None if self.params.model_path else find_arcface()
+        path = self.params.model_path or (str(found) if found else None)
         if not path:
             raise ModelNotFoundError(
                 "insightface-arcface needs model_path: an insightface recognition .onnx such as buffalo_l/w600k_r50.onnx "
