@@ -266,6 +266,26 @@ def test_pixel_propagation_refuses_latent_refinement_in_one_line(catalog, tmp_pa
         strategy.prepare(run)
 
 
+@needs_models
+def test_a_frames_latent_does_not_depend_on_what_the_cache_encoded_before(sample_clip, tmp_path):
+    """Source latents are encoded on first use, in the order a strategy asks for them: sdedit asks for
+    every frame at once, latent-nn for its keyframes first. A latent-nn edit after an sdedit of the
+    clip (reusing its latents) is byte for byte the same edit from an empty cache: each frame goes
+    through the VAE alone, not in a batch whose makeup depends on what was asked first (a conv's
+    last bits do)."""
+    args = ["--quiet", "edit", str(sample_clip), "-p", "eyeglasses", "--steps", "2", "--max-frames", "9", "--seed", "3",
+            "--backbone", "tiny", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+    env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
+    first = run_main(*args, "--pipeline", "sdedit", "-o", str(tmp_path / "sdedit") + "/", env=env)
+    assert first.returncode == 0, first.stderr
+    outs = {}
+    for name, extra in (("warm", []), ("cold", ["--no-cache"])):
+        r = run_main(*args, "--pipeline", "ip-facediff-paper", "-o", str(tmp_path / name) + "/", *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        outs[name] = [f.read_bytes() for f in sorted((tmp_path / name).glob("*.png"))]
+    assert len(outs["warm"]) == 9 and outs["warm"] == outs["cold"]
+
+
 def test_pixel_propagation_edit_codes_only_the_keyframes(sample_clip, tmp_path):
     """ip-facediff (mesh-flow) and ip-facediff-flow: the same UNet work as ip-facediff-paper
     (latent-nn); the VAE encodes and decodes the keyframes only (counted in the report); the output
