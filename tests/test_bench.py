@@ -190,8 +190,11 @@ def test_ray_executor_gives_the_local_results(tmp_path):
     for ra, rb in zip(sorted(a["rows"], key=key), sorted(b["rows"], key=key)):
         assert key(ra) == key(rb)
         for m, v in ra["metrics"].items():
-            # same jobs with the same torch thread count (recorded in each job): the same numbers
-            assert v["value"] == rb["metrics"][m]["value"], (key(ra), m)
+            # same jobs with the same torch thread count (recorded in each job): the same numbers, up to
+            # the last bits a CPU kernel can differ in between processes once in a while (seen once in
+            # CI: sdedit id-similarity 0.11419 vs 0.11385), which a diffusion edit then amplifies;
+            # a job run with other settings or another clip is off by far more than 2%
+            assert v["value"] == pytest.approx(rb["metrics"][m]["value"], rel=0.02, abs=1e-3), (key(ra), m)
 
 
 def test_bench_bad_requests_one_line_exit_2(tmp_path):
