@@ -4,8 +4,9 @@
 built-in strategy, the tiny backbone, the sample clip) recorded on 0.1.0's code before anything was
 moved. Re-recorded once, on purpose: the cases that run the ``identity-injection`` editor
 (ip-facediff*, per-frame) when it became Plug-and-Play's injection as published (the residual
-branch of the ResNet block instead of its whole output, PnP's self-attention layers); sdedit and
-tokenflow kept 0.1.0's bytes. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
+branch of the ResNet block instead of its whole output, PnP's self-attention layers), and the
+tokenflow case when that baseline became TokenFlow as published (random pivots per step, matching on
+the source features, Plug-and-Play injection, bounded batches); sdedit kept 0.1.0's bytes. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
 (only when a change of output is intended, and said so in the commit).
 """
 

@@ -1,6 +1,7 @@
 """The published mechanisms, checked where random weights cannot hide a difference: Plug-and-Play's
 residual-branch injection and its attention layers, DDIM inversion for any timestep spacing, and
-the warnings when identity injection or an adapter is silently off."""
+the warnings when identity injection or an adapter is silently off, and TokenFlow as published
+(source-feature nearest-neighbour fields, random pivots per step, bounded batches, PnP on every frame)."""
 
 from __future__ import annotations
 
@@ -250,3 +251,122 @@ def test_an_edit_from_cached_keyframes_still_says_the_adapters_are_missing(sampl
     for r in (json.loads(first.stdout), rep):
         assert any("no 'identity' or 'edit' adapter loaded" in w for w in r["warnings"]), r["warnings"]
     assert "no 'identity' or 'edit' adapter loaded" in second.stderr
+
+
+# ------------------------------------------------------------------------------- TokenFlow as published
+def _tokenflow_state(groups=3):
+    from ipfacediff.plugins.strategies.tokenflow import _State
+
+    return _State(groups=groups, pnp_layers=set())
+
+
+def test_tokenflow_matches_tokens_on_the_source_features_not_the_edited_ones():
+    """A frame whose *source* tokens are pivot 0's source tokens shuffled, while its uncond/cond
+    inputs are unrelated noise: in every group its attention output is pivot 0's output of that group
+    under the same shuffle, which only a match on the source features gives. With two pivots the
+    outputs blend linearly by temporal distance."""
+    from diffusers.models.attention_processor import Attention
+    from ipfacediff.plugins.strategies.tokenflow import TokenFlowAttention, nearest_tokens
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    st = _tokenflow_state()
+    proc = TokenFlowAttention("layer", st)
+    pivots_in = torch.randn(3 * 2, 12, 16)  # [source, uncond, cond] x 2 pivots, 12 tokens
+    with torch.no_grad():
+        st.mode = "pivot"
+        proc(attn, pivots_in)
+        outs = st.pivot_out["layer"]  # [3, 2, 12, 16]
+        perm = torch.randperm(12)
+        frame = torch.cat([pivots_in[0][perm][None], torch.randn(2, 12, 16) * 5])  # source = pivot 0 shuffled
+        st.mode, st.pairs = "propagate", [(0, None, 1.0)]
+        got = proc(attn, frame).view(3, 12, 16)
+        assert torch.allclose(got, outs[:, 0, perm])
+        frame2 = torch.cat([pivots_in[1][perm][None], torch.randn(2, 12, 16)])  # source = pivot 1 shuffled
+        st.pairs = [(0, 1, 0.25)]  # a quarter of pivot 0 (the farther one), three quarters of pivot 1
+        blended = proc(attn, frame2).view(3, 12, 16)
+        idx0 = nearest_tokens(pivots_in[1][perm], pivots_in[0])
+        assert torch.allclose(blended, 0.25 * outs[:, 0, idx0] + 0.75 * outs[:, 1, perm], atol=1e-6)
+
+
+def test_tokenflow_pivots_attend_to_each_other_with_the_sources_queries_and_keys():
+    """Pivot pass: extended attention across the pivots of each group, and under Plug-and-Play the
+    uncond/cond groups attend with the source group's queries and keys (their own values)."""
+    from diffusers.models.attention_processor import Attention
+    from ipfacediff.plugins.strategies.tokenflow import TokenFlowAttention
+
+    torch.manual_seed(1)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    st = _tokenflow_state()
+    st.pnp_layers, st.inject_attn = {"layer"}, True
+    x = torch.randn(6, 5, 16)
+    with torch.no_grad():
+        got = TokenFlowAttention("layer", st)(attn, x).view(3, 2, 5, 16)
+        q, k, v = attn.to_q(x).view(3, 2, 5, 16), attn.to_k(x).view(3, 2, 5, 16), attn.to_v(x).view(3, 2, 5, 16)
+        for g in range(3):
+            for f in range(2):
+                qh = q[0, f].view(5, 2, 8).transpose(0, 1)
+                kh = k[0].reshape(10, 2, 8).transpose(0, 1)
+                vh = v[g].reshape(10, 2, 8).transpose(0, 1)
+                ref = torch.softmax(qh @ kh.transpose(1, 2) / 8 ** 0.5, -1) @ vh
+                ref = attn.to_out[0](ref.transpose(0, 1).reshape(5, 16))
+                assert torch.allclose(got[g, f], ref, atol=1e-5)
+
+
+def test_tokenflow_injects_the_sources_residual_branch_into_every_batch():
+    """The residual hook inside one [source, uncond, cond] batch: groups 1 and 2 get the source's
+    residual branch on their own skip path (in the pivots' pass and in every propagation batch)."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from ipfacediff.plugins.strategies.tokenflow import _residual_hook
+
+    torch.manual_seed(2)
+    block = ResnetBlock2D(in_channels=8, out_channels=16, temb_channels=12, groups=4, output_scale_factor=2.0).eval()
+    x, temb = torch.randn(6, 8, 5, 5), torch.randn(6, 12)
+    st = _tokenflow_state()
+    with torch.no_grad():
+        plain = block(x, temb)
+        handle = block.register_forward_hook(_residual_hook(st))
+        try:
+            st.inject_res = True
+            got = block(x, temb)
+        finally:
+            handle.remove()
+        skip = block.conv_shortcut(x)
+        res_src = plain[:2] * 2.0 - skip[:2]
+        for g in range(3):
+            assert torch.allclose(got[2 * g:2 * g + 2], (skip[2 * g:2 * g + 2] + res_src) / 2.0, atol=1e-5)
+
+
+def test_tokenflow_draws_pivots_each_step_in_bounded_batches(catalog, tmp_path):
+    """One pivot per batch of batch_size frames, drawn anew each step (seeded); no UNet call sees
+    more than 3 x max(batch_size, pivots) images; evaluations: 3 per frame and 3 per pivot per step."""
+    from ipfacediff.plugins.strategies.tokenflow import draw_pivots
+    from ipfacediff.testing.conformance import tiny_edit_run
+
+    g = torch.Generator().manual_seed(0)
+    draws = [draw_pivots(7, 3, g) for _ in range(30)]
+    assert all(0 <= a < 3 <= b < 6 <= c < 7 for a, b, c in draws)
+    assert {d[0] for d in draws} == {0, 1, 2} and {d[1] for d in draws} == {3, 4, 5}
+    strategy = catalog.build("strategy", "tokenflow", {"batch_size": 3})
+    run = tiny_edit_run(strategy, tmp_path, rows=7)
+    strategy.prepare(run)
+    out = strategy.render(run, list(range(7)))
+    again = catalog.build("strategy", "tokenflow", {"batch_size": 3})
+    assert torch.equal(again.render(run, list(range(7))), out) and again.pivots == strategy.pivots  # seeded
+    steps = len(strategy.pivots)
+    assert steps == 2 and strategy.max_batch <= 9
+    ev = run.backbone.unet_evals
+    assert ev["denoise"] == 2 * steps * 3 * 7 and ev["denoise-pivots"] == 2 * steps * 3 * 3  # two renders
+
+
+def test_tokenflow_plug_and_play_changes_the_edit(catalog, tmp_path):
+    """Plug-and-Play's injection is on by default and changes every frame, pivots or not."""
+    from ipfacediff.testing.conformance import tiny_edit_run
+
+    outs = []
+    for fractions in ({}, {"attn_fraction": 0.0, "residual_fraction": 0.0}):
+        strategy = catalog.build("strategy", "tokenflow", {"batch_size": 3, **fractions})
+        run = tiny_edit_run(strategy, tmp_path, rows=7)
+        strategy.prepare(run)
+        outs.append(strategy.render(run, list(range(7))))
+    assert all(not torch.allclose(outs[0][i], outs[1][i]) for i in range(7))

@@ -2,8 +2,9 @@
 
 :class:`FeatureController` and :func:`controlled_unet` install processors and forward hooks that
 capture eps1's decoder self-attention queries/keys and the residual branch of a decoder ResNet block
-and inject them into eps2's decoder, optionally with extended attention across keyframes or TokenFlow-style nearest-neighbour
-propagation of attention outputs. The UNet's original processors are restored afterwards.
+and inject them into eps2's decoder, optionally with extended attention across keyframes. The
+UNet's original processors are restored afterwards. (TokenFlow's pivot attention and
+nearest-neighbour propagation live in its strategy, ``plugins/strategies/tokenflow.py``.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class FeatureController:
 
     ``mode``: ``"off"`` (plain attention), ``"capture"`` (store q/k of the selected self-attention
     layers and the selected residual outputs), ``"inject"`` (replace them by the stored ones when
-    ``inject_attn``/``inject_res`` is on), ``"tokenflow"`` (see :class:`ControlledSelfAttention`).
+    ``inject_attn``/``inject_res`` is on).
     ``group_size``: frames per group in the batch (a CFG batch is ``[uncond K, cond K]``: 2 groups of
     K); ``extended``: self-attention keys/values are shared across the frames of a group.
     """
@@ -35,11 +36,10 @@ class FeatureController:
     inject_res: bool = False
     extended: bool = False
     group_size: int = 1
-    key_positions: list[int] = field(default_factory=list)  # tokenflow: keyframe rows inside a group
     store: dict[str, Any] = field(default_factory=dict)
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
     b, n, c = x.shape
     return x.view(b, n, h, c // h).transpose(1, 2)
 
@@ -72,17 +72,15 @@ class ControlledSelfAttention:
             reps = q.shape[0] // qs.shape[0]
             q, k = qs.repeat(reps, 1, 1), ks.repeat(reps, 1, 1)
         heads = attn.heads
-        if ctrl.mode == "tokenflow" and ctrl.key_positions:
-            out = self._tokenflow(q, k, v, heads, hidden_states)
-        elif ctrl.extended and ctrl.group_size > 1:
+        if ctrl.extended and ctrl.group_size > 1:
             g = ctrl.group_size
             bsz, n, _ = k.shape
             kk = k.view(bsz // g, 1, g * n, -1).expand(-1, g, -1, -1).reshape(bsz, g * n, -1)
             vv = v.view(bsz // g, 1, g * n, -1).expand(-1, g, -1, -1).reshape(bsz, g * n, -1)
-            out = F.scaled_dot_product_attention(_heads(q, heads), _heads(kk, heads), _heads(vv, heads))
+            out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(kk, heads), split_heads(vv, heads))
             out = out.transpose(1, 2).reshape(bsz, n, -1)
         else:
-            out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads))
+            out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
             out = out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
         out = attn.to_out[1](attn.to_out[0](out))
         if four_d:
@@ -91,43 +89,9 @@ class ControlledSelfAttention:
             out = out + residual
         return out / attn.rescale_output_factor
 
-    def _tokenflow(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, x: torch.Tensor) -> torch.Tensor:
-        """Keyframes attend jointly; every other frame takes, per token, the attention output of
-        its nearest token (cosine, on the attention input) in the two temporally nearest
-        keyframes, blended by temporal distance."""
-        ctrl = self.ctrl
-        g = ctrl.group_size
-        bsz, n, _ = q.shape
-        keys = ctrl.key_positions
-        out = torch.empty_like(v)
-        for start in range(0, bsz, g):
-            rows = [start + p for p in keys]
-            kq, kk, kv = q[rows], k[rows], v[rows]
-            kk_all = kk.reshape(1, -1, kk.shape[-1]).expand(len(rows), -1, -1)
-            kv_all = kv.reshape(1, -1, kv.shape[-1]).expand(len(rows), -1, -1)
-            ko = F.scaled_dot_product_attention(_heads(kq, heads), _heads(kk_all, heads), _heads(kv_all, heads))
-            ko = ko.transpose(1, 2).reshape(len(rows), n, -1)
-            out[rows] = ko
-            feats = F.normalize(x[start:start + g], dim=-1)
-            for i in range(g):
-                if i in keys:
-                    continue
-                before = [j for j, p in enumerate(keys) if p < i]
-                after = [j for j, p in enumerate(keys) if p > i]
-                pair = [j for j in (before[-1] if before else None, after[0] if after else None) if j is not None]
-                acc, wsum = 0.0, 0.0
-                for j in pair:
-                    sim = feats[i] @ feats[keys[j]].T  # [n, n]
-                    idx = sim.argmax(-1)
-                    w = 1.0 / abs(keys[j] - i)
-                    acc = acc + w * ko[j][idx]
-                    wsum += w
-                out[start + i] = acc / wsum
-        return out
 
-
-def _up_block_resnet_names(unet: torch.nn.Module) -> list[str]:
-    """The residual layer that Plug-and-Play injects: ``resnets[1]`` of the first decoder block
+def pnp_residual_layers(unet: torch.nn.Module) -> list[str]:
+    """The ResNet block whose residual branch that Plug-and-Play injects: ``resnets[1]`` of the first decoder block
     with attention (``up_blocks.1.resnets.1`` in Stable Diffusion 1.x)."""
     for i, block in enumerate(unet.up_blocks):
         if getattr(block, "attentions", None) and len(block.resnets) > 1:
@@ -154,7 +118,7 @@ def pnp_attention_layers(unet: torch.nn.Module) -> list[str]:
     return decoder_self_attention_layers(unet)[1:]
 
 
-def _skip_path(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def skip_path(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A diffusers ``ResnetBlock2D``'s skip connection applied to its input ``x``."""
     if getattr(block, "upsample", None) is not None or getattr(block, "downsample", None) is not None:
         raise ValueError("residual injection needs a ResNet block without up- or down-sampling")
@@ -170,10 +134,10 @@ def residual_hook(name: str, ctrl: FeatureController):
     def hook(module, inputs, output):
         scale = getattr(module, "output_scale_factor", 1.0)
         if ctrl.mode == "capture":
-            ctrl.store[name] = (output * scale - _skip_path(module, inputs[0])).detach()
+            ctrl.store[name] = (output * scale - skip_path(module, inputs[0])).detach()
         elif ctrl.mode == "inject" and ctrl.inject_res and name in ctrl.store:
             res = ctrl.store[name]
-            return (_skip_path(module, inputs[0]) + res.repeat(output.shape[0] // res.shape[0], 1, 1, 1)) / scale
+            return (skip_path(module, inputs[0]) + res.repeat(output.shape[0] // res.shape[0], 1, 1, 1)) / scale
         return output
 
     return hook
@@ -185,7 +149,7 @@ def controlled_unet(unet: torch.nn.Module, ctrl: FeatureController, residual_lay
     ``residual_layers``; restore the original processors and remove the hooks on exit."""
     original = dict(unet.attn_processors)
     procs = {name: (ControlledSelfAttention(name, ctrl) if ".attn1." in name else proc) for name, proc in original.items()}
-    residual_layers = list(residual_layers if residual_layers is not None else _up_block_resnet_names(unet))
+    residual_layers = list(residual_layers if residual_layers is not None else pnp_residual_layers(unet))
     ctrl.res_layers = set(residual_layers)
     modules = dict(unet.named_modules())
     handles = [modules[name].register_forward_hook(residual_hook(name, ctrl)) for name in residual_layers]
