@@ -6,7 +6,9 @@ moved. Re-recorded once, on purpose: the cases that run the ``identity-injection
 (ip-facediff*, per-frame) when it became Plug-and-Play's injection as published (the residual
 branch of the ResNet block instead of its whole output, PnP's self-attention layers), and the
 tokenflow case when that baseline became TokenFlow as published (random pivots per step, matching on
-the source features, Plug-and-Play injection, bounded batches); sdedit kept 0.1.0's bytes. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
+the source features, Plug-and-Play injection, bounded batches), and the eps1-refine case when
+refinement started from each frame's own inversion with injection and the keyframes as anchors;
+sdedit kept 0.1.0's bytes. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
 (only when a change of output is intended, and said so in the commit).
 """
 

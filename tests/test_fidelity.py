@@ -111,7 +111,7 @@ def test_ddim_inversion_has_a_latent_for_every_sampling_timestep(catalog, spacin
 
 def test_linspace_inversion_reconstructs_like_the_scheduler_it_replaces(catalog):
     """The hand-written inverse step equals DDIMInverseScheduler's where both apply ("leading")."""
-    from ipfacediff.plugins.inverters.ddim import inverse_steps
+    from ipfacediff.runtime.diffusion import inverse_steps
     from diffusers import DDIMInverseScheduler
 
     cfg = tiny_backbone().scheduler_config
@@ -163,7 +163,7 @@ def test_clip_tokenizer_follows_the_configured_open_clip_model():
 def test_v_prediction_inversion_step_matches_the_scheduler():
     from diffusers import DDIMInverseScheduler
 
-    from ipfacediff.plugins.inverters.ddim import inverse_steps
+    from ipfacediff.runtime.diffusion import inverse_steps
 
     cfg = {**tiny_backbone().scheduler_config, "prediction_type": "v_prediction"}
     ts, step = inverse_steps(cfg, 5)
@@ -349,6 +349,7 @@ def test_tokenflow_draws_pivots_each_step_in_bounded_batches(catalog, tmp_path):
     assert {d[0] for d in draws} == {0, 1, 2} and {d[1] for d in draws} == {3, 4, 5}
     strategy = catalog.build("strategy", "tokenflow", {"batch_size": 3})
     run = tiny_edit_run(strategy, tmp_path, rows=7)
+    run.backbone.unet_evals.clear()  # the tiny backbone is shared between tests
     strategy.prepare(run)
     out = strategy.render(run, list(range(7)))
     again = catalog.build("strategy", "tokenflow", {"batch_size": 3})
@@ -370,3 +371,66 @@ def test_tokenflow_plug_and_play_changes_the_edit(catalog, tmp_path):
         strategy.prepare(run)
         outs.append(strategy.render(run, list(range(7))))
     assert all(not torch.allclose(outs[0][i], outs[1][i]) for i in range(7))
+
+
+# ------------------------------------------------------------------------------------ refinement
+def _refined(catalog, tmp_path, refine_steps, start="inversion", chunks=((0, 1, 2, 3, 4, 5, 6),)):
+    import ipfacediff.plugins.strategies.ip_facediff as strategy_module
+    from ipfacediff.registry import PipelineSettings
+    from ipfacediff.runtime import editing
+    from ipfacediff.testing.conformance import tiny_edit_run
+
+    strategy = catalog.build("strategy", "ip-facediff")
+    run = tiny_edit_run(strategy, tmp_path, rows=7)
+    run.settings = PipelineSettings(refine_steps=refine_steps)
+    original = editing.refine
+    strategy_module.refine = lambda *a, **k: original(*a, start=start)
+    run.backbone.unet_evals.clear()  # the tiny backbone is shared between runs
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EditWarning)  # the tiny run has no adapters
+            strategy.prepare(run)
+            out = torch.cat([strategy.render(run, list(c)) for c in chunks])
+    finally:
+        strategy_module.refine = original
+    return out, torch.as_tensor(run.rows(list(range(7)))), dict(run.backbone.unet_evals)
+
+
+def test_refinement_starts_from_each_frames_own_inversion_and_keeps_frames_consistent(catalog, tmp_path):
+    """refine_steps changes the propagated frames (not the keyframes); starting each frame from its own
+    inverted latent keeps the frame-to-frame change as close to the source's as without refinement,
+    while independent noise per frame (0.3's start) moves it away; chunking does not change it."""
+    plain, src, _ = _refined(catalog, tmp_path / "a", 0)
+    refined, _, evals = _refined(catalog, tmp_path / "b", 2)
+    independent, _, _ = _refined(catalog, tmp_path / "c", 2, start="independent")
+    chunked, _, _ = _refined(catalog, tmp_path / "d", 2, chunks=((0, 1, 2, 3), (4, 5, 6)))
+    others = [1, 2, 4, 5]
+    assert torch.equal(refined[[0, 3, 6]], plain[[0, 3, 6]]) and not torch.allclose(refined[others], plain[others])
+
+    def temporal_error(x):  # how far the change between neighbouring frames is from the source's
+        return ((x[1:] - x[:-1]) - (src[1:] - src[:-1])).abs().mean().item()
+
+    assert temporal_error(refined) <= 1.02 * temporal_error(plain) < temporal_error(independent)
+    assert torch.allclose(chunked, refined, atol=1e-5)
+    # per refined frame and step: its source's inversion step, eps1's capture pass, eps2 with CFG (x2)
+    # (+ the same for its one or two anchor keyframes, denoised alongside)
+    assert evals["propagation"] == 2 * (1 + 1 + 2) * ((2 + 2) + (2 + 2))  # 2 steps; frames 1-2 with keys 0, 3; 4-5 with 3, 6
+
+
+def test_refinement_frames_attend_to_their_own_tokens_and_the_keyframes():
+    """Anchored attention: a frame's keys/values are its own tokens and the group's first `anchors`
+    frames' (the keyframes), nothing of the other frames."""
+    from diffusers.models.attention_processor import Attention
+    from ipfacediff.runtime.attention import ControlledSelfAttention
+
+    torch.manual_seed(3)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    ctrl = FeatureController(anchors=1, group_size=3)
+    x = torch.randn(6, 5, 16)  # 2 groups (uncond, cond) of [keyframe, frame, frame]
+    with torch.no_grad():
+        got = ControlledSelfAttention("l", ctrl)(attn, x)
+        y = x.clone()
+        y[2] = torch.randn(5, 16)  # another frame of the group: no effect on frame 1
+        assert torch.allclose(ControlledSelfAttention("l", ctrl)(attn, y)[1], got[1], atol=1e-6)
+        y[0] = torch.randn(5, 16)  # the keyframe: an effect
+        assert not torch.allclose(ControlledSelfAttention("l", ctrl)(attn, y)[1], got[1], atol=1e-4)

@@ -26,7 +26,9 @@ class FeatureController:
     layers and the selected residual outputs), ``"inject"`` (replace them by the stored ones when
     ``inject_attn``/``inject_res`` is on).
     ``group_size``: frames per group in the batch (a CFG batch is ``[uncond K, cond K]``: 2 groups of
-    K); ``extended``: self-attention keys/values are shared across the frames of a group.
+    K); ``extended``: self-attention keys/values are shared across the frames of a group;
+    ``anchors``: instead, each frame attends to its own tokens and those of the group's first
+    ``anchors`` frames (refinement: the edited keyframes).
     """
 
     attn_layers: set[str] = field(default_factory=set)
@@ -36,6 +38,7 @@ class FeatureController:
     inject_res: bool = False
     extended: bool = False
     group_size: int = 1
+    anchors: int = 0
     store: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,7 +75,14 @@ class ControlledSelfAttention:
             reps = q.shape[0] // qs.shape[0]
             q, k = qs.repeat(reps, 1, 1), ks.repeat(reps, 1, 1)
         heads = attn.heads
-        if ctrl.extended and ctrl.group_size > 1:
+        if ctrl.anchors and ctrl.group_size > ctrl.anchors:
+            g, a = ctrl.group_size, ctrl.anchors
+            bsz, n, _ = k.shape
+            kk, vv = [torch.cat([t.view(bsz // g, g, n, -1), t.view(bsz // g, g, n, -1)[:, :a].reshape(bsz // g, 1, a * n, -1).expand(-1, g, -1, -1)],
+                                dim=2).reshape(bsz, (a + 1) * n, -1) for t in (k, v)]
+            out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(kk, heads), split_heads(vv, heads))
+            out = out.transpose(1, 2).reshape(bsz, n, -1)
+        elif ctrl.extended and ctrl.group_size > 1:
             g = ctrl.group_size
             bsz, n, _ = k.shape
             kk = k.view(bsz // g, 1, g * n, -1).expand(-1, g, -1, -1).reshape(bsz, g * n, -1)

@@ -1,5 +1,5 @@
 """Diffusion helpers shared by backbones, inverters, editors and strategies: the sampler's
-timesteps, classifier-free guidance, eps1's token features, weight digests and the CLIP tokenizer
+timesteps and the inverse DDIM update onto them, classifier-free guidance, eps1's token features, weight digests and the CLIP tokenizer
 built offline from open_clip's vocabulary."""
 
 from __future__ import annotations
@@ -21,6 +21,29 @@ def sampling_timesteps(scheduler_config, steps: int) -> list[int]:
     s = DDIMScheduler.from_config(scheduler_config)
     s.set_timesteps(steps)
     return [int(t) for t in s.timesteps]
+
+
+def inverse_steps(scheduler_config, steps: int):
+    """The ascending timesteps of a DDIM sampler of ``steps`` steps (any spacing) and the inverse
+    DDIM update onto them: ``step(eps, k, x)`` moves ``x`` from the level before ``ts[k]`` (clean
+    for ``k = 0``) to ``ts[k]``, with ``eps`` predicted at ``ts[k]`` (as ``DDIMInverseScheduler`` does)."""
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler.from_config(scheduler_config)
+    s.set_timesteps(steps)
+    ts, ac = sorted(int(t) for t in s.timesteps), s.alphas_cumprod
+    v_pred = s.config.prediction_type == "v_prediction"
+
+    def step(out: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
+        a_prev = ac[ts[k - 1]] if k > 0 else torch.as_tensor(s.final_alpha_cumprod)
+        a_t = ac[ts[k]]
+        if v_pred:  # the model predicts v = sqrt(a) eps - sqrt(1 - a) x0 (x at its current level, as DDIMInverseScheduler reads it)
+            x0, eps = a_prev.sqrt() * x - (1 - a_prev).sqrt() * out, a_prev.sqrt() * out + (1 - a_prev).sqrt() * x
+        else:
+            x0, eps = (x - (1 - a_prev).sqrt() * out) / a_prev.sqrt(), out
+        return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+
+    return ts, step
 
 
 def clip_tokenizer(model_max_length: int = 77):

@@ -12,7 +12,7 @@ import torch
 
 import ipfacediff
 from ipfacediff.interfaces import Backbone, Inversion, Inverter
-from ipfacediff.runtime.diffusion import sampling_timesteps
+from ipfacediff.runtime.diffusion import inverse_steps, sampling_timesteps
 
 
 class DDIMInversion(Inverter):
@@ -51,29 +51,6 @@ class DDIMInversion(Inverter):
         for i in range(len(ts)):
             trajectory.append(torch.cat([c[i] for c in chunks]))
         return Inversion(ts, trajectory, sampling_timesteps(backbone.scheduler_config, steps), steps)
-
-
-def inverse_steps(scheduler_config, steps: int):
-    """The ascending timesteps of a DDIM sampler of ``steps`` steps (any spacing) and the inverse
-    DDIM update onto them: ``step(eps, k, x)`` moves ``x`` from the level before ``ts[k]`` (clean
-    for ``k = 0``) to ``ts[k]``, with ``eps`` predicted at ``ts[k]`` (as ``DDIMInverseScheduler`` does)."""
-    from diffusers import DDIMScheduler
-
-    s = DDIMScheduler.from_config(scheduler_config)
-    s.set_timesteps(steps)
-    ts, ac = sorted(int(t) for t in s.timesteps), s.alphas_cumprod
-    v_pred = s.config.prediction_type == "v_prediction"
-
-    def step(out: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
-        a_prev = ac[ts[k - 1]] if k > 0 else torch.as_tensor(s.final_alpha_cumprod)
-        a_t = ac[ts[k]]
-        if v_pred:  # the model predicts v = sqrt(a) eps - sqrt(1 - a) x0 (x at its current level, as DDIMInverseScheduler reads it)
-            x0, eps = a_prev.sqrt() * x - (1 - a_prev).sqrt() * out, a_prev.sqrt() * out + (1 - a_prev).sqrt() * x
-        else:
-            x0, eps = (x - (1 - a_prev).sqrt() * out) / a_prev.sqrt(), out
-        return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
-
-    return ts, step
 
 
 @ipfacediff.hookimpl

@@ -162,13 +162,22 @@ class IPFaceDiff(Strategy):
             out = prop.propagate(inp)
             out = out[first:first + len(rows)].float()
             if run.settings.refine_steps > 0:
-                keyset = set(run.keys)
-                others = [p for p, r in enumerate(rows) if r not in keyset]
-                bs = run.settings.batch_size
-                for s in range(0, len(others), bs):
-                    ps = others[s:s + bs]
-                    out[ps] = refine(run, out[ps], [run.seed + rows[p] for p in ps])
+                self._refine(run, rows, out)
         return out
+
+    def _refine(self, run: EditRun, rows: list[int], out: torch.Tensor) -> None:
+        """Refine the non-key frames in place, batched by the keyframes around them (their anchors:
+        a frame's result does not depend on how the clip was chunked)."""
+        by_pair: dict[tuple[int, ...], list[int]] = {}
+        for p, r in enumerate(rows):
+            if r not in self.key_pos:
+                pair = tuple([k for k in run.keys if k < r][-1:] + [k for k in run.keys if k > r][:1])
+                by_pair.setdefault(pair, []).append(p)
+        bs = run.settings.batch_size
+        for pair, ps in by_pair.items():
+            for s in range(0, len(ps), bs):
+                part = ps[s:s + bs]
+                out[part] = refine(run, out[part], [rows[p] for p in part], {k: self.edited[k] for k in pair})
 
     def close(self) -> None:
         self.key_features = self.key_src = self.key_out = None  # memory maps closed; the job removes the scratch folder
