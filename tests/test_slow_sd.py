@@ -70,3 +70,42 @@ def test_sd15_size_from_a_single_file_runs_offline(sd15_folder, tmp_path, catalo
     z1, eps1 = _one_step(from_file)
     z2, eps2 = _one_step(from_folder)
     assert torch.allclose(z1, z2, atol=1e-4) and torch.allclose(eps1, eps2, atol=1e-4)
+
+
+def test_sd2_size_v_prediction_from_a_single_file_runs_offline(tmp_path, catalog):
+    """SD 2.x sizes (OpenCLIP ViT-H text encoder in its own layout, 1024-wide cross-attention, linear
+    projections) as one original-layout .safetensors: recognised as 2.x, loaded with 2.x configs and a
+    v-prediction scheduler (with a warning saying so), every weight where it belongs."""
+    import json
+    import warnings
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ipfacediff.runtime.diffusers_backbone import sd_config_dir
+    from ipfacediff.testing import diffusers_to_ldm
+
+    cfg = sd_config_dir("sd2", "v_prediction")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text()))
+    vae = AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text()))
+    text_cfg = {k: v for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items() if k not in ("architectures", "model_type")}
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    assert 860e6 < sum(p.numel() for p in unet.parameters()) < 870e6  # the SD 2.x UNet size
+    single = tmp_path / "sd21-random.safetensors"
+    save_file(diffusers_to_ldm(unet.state_dict(), vae.state_dict(), text.state_dict(), 2, 4, open_clip_text=True), str(single))
+    want = {"unet": unet.state_dict(), "text_encoder": text.state_dict()}
+    del vae
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bb = catalog.build("backbone", "stable-diffusion", {"path": str(single), "resolution": 256})
+    assert bb.source["family"] == "sd2" and bb.scheduler_config["prediction_type"] == "v_prediction"
+    assert any("768-v model (v-prediction)" in str(w.message) for w in caught)
+    for part, ref in want.items():
+        got = getattr(bb, part).state_dict()
+        assert [k for k in ref if k not in got or not torch.equal(ref[k], got[k])] == [], part
+    assert bb.tokenizer.pad_token == "!"
+    _one_step(bb)
+    base = catalog.build("backbone", "stable-diffusion", {"path": str(single), "resolution": 256, "prediction_type": "epsilon"})
+    assert base.scheduler_config["prediction_type"] == "epsilon"

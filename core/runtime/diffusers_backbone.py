@@ -145,33 +145,62 @@ class DiffusersBackbone(Backbone):
 
 
 def sd15_config_dir() -> Path:
-    """A local diffusers config folder for single-file loading: SD 1.x configs written by
-    ipfacediff itself (no hub access)."""
+    """The SD 1.x config folder of :func:`sd_config_dir`."""
+    return sd_config_dir("sd1", "epsilon")
+
+
+def single_file_family(path: Path) -> str:
+    """``"sd2"`` when a single-file checkpoint is Stable Diffusion 2.x (an OpenCLIP ViT-H text encoder,
+    1024-wide cross-attention), else ``"sd1"``; read from the tensor names and shapes only."""
+    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            names = set(f.keys())
+            width = f.get_slice(key).get_shape()[-1] if key in names else None
+    else:
+        sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        sd = sd.get("state_dict", sd)
+        names, width = set(sd), (sd[key].shape[-1] if key in sd else None)
+    return "sd2" if "cond_stage_model.model.token_embedding.weight" in names or width == 1024 else "sd1"
+
+
+def sd_config_dir(family: str = "sd1", prediction_type: str = "epsilon") -> Path:
+    """A local diffusers config folder for single-file loading, written by ipfacediff itself (no hub
+    access): SD 1.x (CLIP ViT-L text encoder, 768-wide cross-attention) or SD 2.x (OpenCLIP ViT-H's
+    first 23 layers, 1024-wide, linear projections, "!" as the pad token), with the scheduler's
+    ``prediction_type`` (SD 2.x at 768 px is ``v_prediction``, 2.x-base ``epsilon``)."""
     import json
 
     from ipfacediff.runtime.models import cache_dir
 
-    folder = cache_dir() / "configs" / "sd15"
+    folder = cache_dir() / "configs" / (f"{family}-{prediction_type}" if (family, prediction_type) != ("sd1", "epsilon") else "sd15")
     if (folder / "model_index.json").is_file():
         return folder
-    unet = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
-            "center_input_sample": False, "cross_attention_dim": 768, "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
-            "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
-            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
+    sd2 = family == "sd2"
+    unet = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20] if sd2 else 8,
+            "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 1024 if sd2 else 768,
+            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0,
+            "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
+            "sample_size": 96 if sd2 else 64, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+            "use_linear_projection": sd2, "upcast_attention": sd2}
     vae = {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
            "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-           "norm_num_groups": 32, "out_channels": 3, "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215}
-    text = {"architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072,
-            "max_position_embeddings": 77, "model_type": "clip_text_model", "num_attention_heads": 12, "num_hidden_layers": 12,
-            "projection_dim": 768, "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-05}
+           "norm_num_groups": 32, "out_channels": 3, "sample_size": 768 if sd2 else 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
+           "scaling_factor": 0.18215}
+    width = 1024 if sd2 else 768
+    text = {"architectures": ["CLIPTextModel"], "hidden_act": "gelu" if sd2 else "quick_gelu", "hidden_size": width,
+            "intermediate_size": 4 * width, "max_position_embeddings": 77, "model_type": "clip_text_model",
+            "num_attention_heads": 16 if sd2 else 12, "num_hidden_layers": 23 if sd2 else 12, "projection_dim": 512 if sd2 else 768,
+            "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-05}
     index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
              "requires_safety_checker": False,
              "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     for sub, cfg, name in (("unet", unet, "config.json"), ("vae", vae, "config.json"), ("text_encoder", text, "config.json"),
-                           ("scheduler", SD_SCHEDULER_CONFIG, "scheduler_config.json")):
+                           ("scheduler", {**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}, "scheduler_config.json")):
         write_atomic(folder / sub / name, json.dumps(cfg))
-    clip_tokenizer(77).save_pretrained(folder / "tokenizer")  # (files of identical content if two runs race)
+    clip_tokenizer(77, pad_token="!" if sd2 else "<|endoftext|>").save_pretrained(folder / "tokenizer")  # (identical files if two runs race)
     write_atomic(folder / "model_index.json", json.dumps(index))  # last: marks the folder complete
     return folder

@@ -46,8 +46,9 @@ def inverse_steps(scheduler_config, steps: int):
     return ts, step
 
 
-def clip_tokenizer(model_max_length: int = 77):
-    """A ``transformers.CLIPTokenizer`` made from open_clip's ``bpe_simple_vocab_16e6.txt.gz``."""
+def clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
+    """A ``transformers.CLIPTokenizer`` made from open_clip's ``bpe_simple_vocab_16e6.txt.gz`` (pad
+    token ``<|endoftext|>`` as SD 1.x's, ``!`` as SD 2.x's)."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
     from transformers import CLIPTokenizer
 
@@ -62,7 +63,7 @@ def clip_tokenizer(model_max_length: int = 77):
         # unique temporary names: two processes may build it at once (each writes the same content)
         write_atomic(vocab_file, json.dumps({v: i for i, v in enumerate(vocab)}))
         write_atomic(merges_file, "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length)
+    return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token=pad_token)
 
 
 def cfg_combine(eps: torch.Tensor, guidance_scale: float) -> torch.Tensor:

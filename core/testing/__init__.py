@@ -121,9 +121,9 @@ def make_sd15_folder(path: str) -> str:
 
 
 def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.Tensor], text_sd: dict[str, torch.Tensor],
-                     layers_per_block: int, n_blocks: int) -> dict[str, torch.Tensor]:
-    """State dicts of a diffusers SD 1.x UNet / AutoencoderKL / CLIPTextModel -> one checkpoint in the
-    original (LDM) key layout that ``from_single_file`` reads. For tests of the single-file path:
+                     layers_per_block: int, n_blocks: int, open_clip_text: bool = False) -> dict[str, torch.Tensor]:
+    """State dicts of a diffusers SD UNet / AutoencoderKL / CLIPTextModel -> one checkpoint in the
+    original (LDM) key layout that ``from_single_file`` reads (``open_clip_text``: SD 2.x's text encoder layout). For tests of the single-file path:
     real SD weights are not available offline, so random ones of the real sizes are saved this way."""
     import re
 
@@ -180,7 +180,32 @@ def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.T
                 value = value[:, :, None, None]  # linear -> 1x1 conv, as the original layout stores it
         new = new.replace("conv_shortcut", "nin_shortcut")
         out["first_stage_model." + new] = value
-    for key, value in text_sd.items():  # original checkpoints nest the text model (transformers >= 5.6 flattens it)
-        out["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = value
+    if open_clip_text:
+        out.update(_open_clip_text(text_sd))
+    else:
+        for key, value in text_sd.items():  # original checkpoints nest the text model (transformers >= 5.6 flattens it)
+            out["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = value
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _open_clip_text(text_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers ``CLIPTextModel`` state dict in SD 2.x's OpenCLIP layout (``cond_stage_model.model.``:
+    fused q/k/v ``in_proj``, ``ln_1/ln_2``, ``mlp.c_fc/c_proj``; real files hold a 24th block, which SD
+    2.x skips, and a projection: written too, a copy of the 23rd and random)."""
+    sd = {k.removeprefix("text_model."): v for k, v in text_sd.items()}
+    out = {"token_embedding.weight": sd["embeddings.token_embedding.weight"], "positional_embedding": sd["embeddings.position_embedding.weight"],
+           "ln_final.weight": sd["final_layer_norm.weight"], "ln_final.bias": sd["final_layer_norm.bias"]}
+    n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers."))
+    width = out["ln_final.weight"].shape[0]
+    for i in range(n + 1):
+        src = f"encoder.layers.{min(i, n - 1)}."
+        dst = f"transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{part}"] = torch.cat([sd[src + f"self_attn.{x}_proj.{part}"] for x in "qkv"])
+            for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                out[dst + f"{b}.{part}"] = sd[src + f"{a}.{part}"].clone()
+    out["text_projection"] = torch.randn(width, width, generator=torch.Generator().manual_seed(0))
+    out["logit_scale"] = torch.tensor(4.6052)
+    return {"cond_stage_model.model." + k: v for k, v in out.items()}
 

@@ -16,7 +16,7 @@ import torch
 import ipfacediff
 from ipfacediff.errors import InputError, ModelNotFoundError
 from ipfacediff.runtime import models
-from ipfacediff.runtime.diffusers_backbone import SD_SCHEDULER_CONFIG, DiffusersBackbone, load_taesd, sd15_config_dir
+from ipfacediff.runtime.diffusers_backbone import SD_SCHEDULER_CONFIG, DiffusersBackbone, load_taesd, sd_config_dir, single_file_family
 from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
 
 
@@ -31,7 +31,10 @@ class StableDiffusionBackbone(DiffusersBackbone):
                                                         "(default: $IPFACEDIFF_SD_MODEL)"})
         vae: Literal["own", "taesd"] = field(default="own", metadata={"help": "the checkpoint's VAE or TAESD (much faster)"})
         dtype: Literal["auto", "fp32", "fp16", "bf16"] = field(default="auto", metadata={"help": "auto: fp16 on CUDA, fp32 on CPU"})
-        resolution: int = field(default=512, metadata={"range": (64, 2048)})
+        resolution: int = field(default=512, metadata={"range": (64, 2048), "help": "SD 1.x and 2.x-base: 512; SD 2.x (768-v): 768"})
+        prediction_type: Literal["auto", "epsilon", "v_prediction"] = field(default="auto", metadata={
+            "help": "auto: a folder's scheduler config; a single file: epsilon for SD 1.x, v_prediction for SD 2.x (768-v; "
+                    "set epsilon for 2.x-base)"})
         adapters: dict = field(default_factory=dict, metadata={"help": "adapter name -> LoRA folder (identity, edit)"})
 
     @classmethod
@@ -55,6 +58,8 @@ class StableDiffusionBackbone(DiffusersBackbone):
             self._load_single_file(Path(where))
         else:
             self._load_folder(Path(where))
+        if p.prediction_type != "auto":
+            self.scheduler_config["prediction_type"] = p.prediction_type
         if p.vae == "taesd":
             self.vae = load_taesd()
             self.vae_kind = "taesd"
@@ -82,11 +87,25 @@ class StableDiffusionBackbone(DiffusersBackbone):
         self.scheduler_config = {**SD_SCHEDULER_CONFIG, **(json.loads(sched.read_text()) if sched.is_file() else {})}
 
     def _load_single_file(self, path: Path) -> None:
+        """SD 1.x or 2.x, told apart by the file's tensors; the configs follow (and the scheduler's
+        ``prediction_type``: a file does not say whether it is 2.x-base or 768-v, so 2.x gets v and a
+        warning when nothing was set)."""
         from diffusers import StableDiffusionPipeline
 
         try:
+            family = single_file_family(path)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: cannot read as a checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+        prediction = self.params.prediction_type
+        if prediction == "auto":
+            prediction = "v_prediction" if family == "sd2" else "epsilon"
+            if family == "sd2":
+                warnings.warn(f"{path.name}: Stable Diffusion 2.x, taken as the 768-v model (v-prediction); for a 2.x-base "
+                              f"checkpoint set backbone.prediction_type=epsilon")
+        self.source["family"] = family
+        try:
             pipe = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, safety_checker=None,
-                                                            config=str(sd15_config_dir()))
+                                                            config=str(sd_config_dir(family, prediction)))
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{path}: cannot load as a Stable Diffusion checkpoint ({str(exc).splitlines()[0][:200]})") from exc
         self.unet, self.text_encoder, self.tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
