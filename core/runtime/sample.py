@@ -14,8 +14,24 @@ import numpy as np
 from ipfacediff.runtime.files import atomic_path
 from ipfacediff.runtime.models import cache_dir
 
-FACE_CENTRE = (224.0, 150.0)  # of the crop window in the 512x512 photograph (face at ~(224, 116))
-WINDOW = 288
+FACE_CENTRE = (224.0, 158.0)  # of the crop window in the 512x512 photograph (face at ~(224, 116))
+WINDOW = 240
+PHOTO_SIDE = 512
+
+
+def frame_matrix(t: int, n_frames: int, size: int) -> np.ndarray:
+    """The 2x3 affine map from the photograph to frame ``t``: rotation about the face, zoom and drift.
+    The window is placed so that every frame's corners stay inside the photograph (no reflected or
+    repeated border shows: an earlier window reached past its top edge and mirrored the hair)."""
+    ph = 2 * math.pi * t / max(n_frames, 1)
+    cx, cy = FACE_CENTRE
+    angle = 6.0 * math.sin(ph)
+    scale = 1.0 + 0.04 * math.sin(2 * ph)
+    dx, dy = 10.0 * math.sin(ph + 0.7), 6.0 * math.sin(2 * ph)
+    rot = np.vstack([cv2.getRotationMatrix2D((cx, cy - 30), angle, 1.0), [0, 0, 1]])  # rotate about the face
+    s = size / (WINDOW / scale)
+    crop = np.array([[s, 0, -(cx + dx - WINDOW / scale / 2) * s], [0, s, -(cy + dy - WINDOW / scale / 2) * s], [0, 0, 1]])
+    return (crop @ rot)[:2]
 
 
 def sample_frames(n_frames: int = 48, size: int = 256) -> np.ndarray:
@@ -23,19 +39,11 @@ def sample_frames(n_frames: int = 48, size: int = 256) -> np.ndarray:
     from skimage import data
 
     img = data.astronaut()
-    cx, cy = FACE_CENTRE
     out = np.empty((n_frames, size, size, 3), np.uint8)
     for t in range(n_frames):
-        ph = 2 * math.pi * t / max(n_frames, 1)
-        angle = 6.0 * math.sin(ph)
-        scale = 1.0 + 0.04 * math.sin(2 * ph)
-        dx, dy = 10.0 * math.sin(ph + 0.7), 6.0 * math.sin(2 * ph)
-        rot = cv2.getRotationMatrix2D((cx, cy - 30), angle, 1.0)  # rotate about the face
-        rot = np.vstack([rot, [0, 0, 1]])
-        s = size / (WINDOW / scale)
-        crop = np.array([[s, 0, -(cx + dx - WINDOW / scale / 2) * s], [0, s, -(cy + dy - WINDOW / scale / 2) * s], [0, 0, 1]])
-        m = (crop @ rot)[:2]
-        out[t] = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        m = frame_matrix(t, n_frames, size)
+        interp = cv2.INTER_AREA if size < WINDOW else cv2.INTER_LINEAR
+        out[t] = cv2.warpAffine(img, m, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
     return out
 
 
