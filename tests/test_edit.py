@@ -177,8 +177,14 @@ def test_edit_cli_on_the_sample_clip_and_cached_re_edit(sample_clip, tmp_path):
     assert rep["keyframes"] == [0, 8] and rep["inversion_cached"] is False
     assert set(rep["unet_evaluations"]["by_stage"]) == {"inversion", "feature", "keyframe-edit"}
     assert rep["unet_evaluations"]["by_stage"]["inversion"] == 2 * 4
-    assert "random-weight backbone: shows the mechanics, not a real edit" in rep["warnings"]
+    assert any(w.startswith("random-weight backbone: shows the mechanics, not a real edit; for a real edit give a Stable Diffusion")
+               for w in rep["warnings"])
     assert (tmp_path / "out.strip.png").is_file() and json.loads((tmp_path / "out.json").read_text())["output"] == str(out)
+    import cv2
+
+    strip = cv2.imread(str(tmp_path / "out.strip.png"))  # two rows of crops, then the random-weights caption band
+    band = strip[2 * 256:]
+    assert band.shape[0] >= 40 and (band[..., 2].astype(int) - band[..., 0]).max() > 100  # red text on white
     assert _sha(sample_clip) == before
 
     # a new prompt on the same clip skips inversion

@@ -30,10 +30,13 @@ from ipfacediff.runtime.cache import StageCache, hash_tensor, input_fingerprint,
 from ipfacediff.runtime.diffusers_backbone import RANDOM_BACKBONE_NOTE as RANDOM_NOTE
 from ipfacediff.runtime.face import aligned_faces, detect_track, track_from_arrays, track_to_arrays
 from ipfacediff.runtime.files import write_atomic
-from ipfacediff.runtime.frames import make_strip, to_tensor, to_uint8
+from ipfacediff.runtime.frames import caption, fade_outside, make_strip, to_tensor, to_uint8
 from ipfacediff.runtime.keyframes import select_keyframes
 from ipfacediff.runtime.progress import progress_bar
 from ipfacediff.runtime.video import IMAGE_EXTS, check_output, check_size, is_sequence_output, open_frames, open_writer
+
+REAL_EDIT_HINT = ("for a real edit give a Stable Diffusion checkpoint: --backbone stable-diffusion --set backbone.path=DIR "
+                  "(or IPFACEDIFF_SD_MODEL); `ipfacediff doctor` says what is found")
 
 
 @dataclass
@@ -334,9 +337,10 @@ def render_stage(req: EditRequest, plan: _Plan, run: EditRun, strategy, processo
                             if s + j in pos:
                                 crop = crops[pos[s + j] - rows[0]]
                                 result[j] = processor.paste_back(f, crop, matrices[pos[s + j]])
-                                if s + j in strip_keys:
-                                    strip[0].append(processor.align(f, track[s + j], r).crop)
-                                    strip[1].append(crop.copy())  # a view would keep the chunk's array alive
+                                if s + j in strip_keys:  # outside the frame shown faded, not as the reflected border the model saw
+                                    m = matrices[pos[s + j]]
+                                    strip[0].append(fade_outside(processor.align(f, track[s + j], r).crop, m, f.shape))
+                                    strip[1].append(fade_outside(crop, m, f.shape))  # a copy: a view would keep the chunk alive
                         if writer is not None:
                             writer.write(result)
                         else:
@@ -397,10 +401,12 @@ def write_report(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone:
     out, n, settings = plan.output, plan.frames, plan.settings
     strip_path = out.with_name(out.stem + ".strip.png")
     img = make_strip([strip[0], strip[1]], height=min(256, backbone.resolution))
+    if backbone.is_random:  # said on the picture itself: the first thing a new user looks at
+        img = caption(img, [f"RANDOM WEIGHTS ({backbone.name} backbone): {RANDOM_NOTE.split(': ', 1)[-1]}.", REAL_EDIT_HINT])
     write_atomic(strip_path, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
     evals = dict(backbone.unet_evals)
     if backbone.is_random:
-        warnings.append(RANDOM_NOTE)
+        warnings.append(f"{RANDOM_NOTE}; {REAL_EDIT_HINT}")
     report = {
         "job": "edit", "input": plan.info.to_json(), "output": str(out), "strip": str(strip_path), "prompt": req.prompt,
         "edits": plan.edits, "target_prompt": plan.target_prompt, "pipeline": req.pipeline.name, "strategy": comps["strategy"].name,

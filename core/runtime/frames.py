@@ -69,3 +69,32 @@ def make_strip(rows: list[list[np.ndarray]], height: int = 160) -> np.ndarray:
     width = max(r.shape[1] for r in out_rows)
     out_rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in out_rows]
     return np.concatenate(out_rows, 0)
+
+
+def caption(image: np.ndarray, lines: list[str], colour: tuple[int, int, int] = (150, 0, 0)) -> np.ndarray:
+    """``image`` with a white band below holding ``lines`` of text (wrapped to its width)."""
+    scale, thick, step = 0.5, 1, 20
+    per_line = max(20, int(image.shape[1] / (cv2.getTextSize("x", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] + 0.5)))
+    wrapped: list[str] = []
+    for line in lines:
+        words, cur = line.split(), ""
+        for w in words:
+            if cur and len(cur) + 1 + len(w) > per_line:
+                wrapped.append(cur)
+                cur = w
+            else:
+                cur = f"{cur} {w}".strip()
+        wrapped.append(cur)
+    band = np.full((step * len(wrapped) + 10, image.shape[1], 3), 255, np.uint8)
+    for i, line in enumerate(wrapped):
+        cv2.putText(band, line, (6, step * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+    return np.concatenate([image, band], 0)
+
+
+def fade_outside(crop: np.ndarray, matrix: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
+    """A copy of an aligned ``crop`` (``matrix``: frame -> crop) with the pixels that lie outside the
+    frame faded towards white: pictures of crops that reach past the frame (a frame-filling face)
+    show where the frame ends instead of the reflected border the crop was padded with."""
+    inside = cv2.warpAffine(np.ones(frame_shape[:2], np.float32), np.asarray(matrix, np.float64), crop.shape[1::-1],
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+    return (crop * (0.25 + 0.75 * inside) + 255 * 0.75 * (1 - inside)).round().astype(np.uint8)
