@@ -6,7 +6,7 @@ The small core: component interfaces (:mod:`ipfacediff.interfaces`), plugin hook
 (:mod:`ipfacediff.runtime.models`), video and face I/O and the CLI.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from ipfacediff.hookspecs import hookimpl  # noqa: E402
 

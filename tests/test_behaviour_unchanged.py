@@ -9,7 +9,7 @@ tokenflow case when that baseline became TokenFlow as published (random pivots p
 the source features, Plug-and-Play injection, bounded batches), and the eps1-refine case when
 refinement started from each frame's own inversion with injection and the keyframes as anchors;
 sdedit kept 0.1.0's bytes. All six were recorded anew when the sample clip stopped showing a mirrored
-border (0.4: a smaller window inside the photograph); the code paths were unchanged by that. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
+border (0.3: a smaller window inside the photograph); the code paths were unchanged by that. ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew
 (only when a change of output is intended, and said so in the commit).
 """
 

@@ -399,7 +399,7 @@ def _refined(catalog, tmp_path, refine_steps, start="inversion", chunks=((0, 1, 
 def test_refinement_starts_from_each_frames_own_inversion_and_keeps_frames_consistent(catalog, tmp_path):
     """refine_steps changes the propagated frames (not the keyframes); starting each frame from its own
     inverted latent keeps the frame-to-frame change as close to the source's as without refinement,
-    while independent noise per frame (0.3's start) moves it away; chunking does not change it."""
+    while independent noise per frame (0.2's start) moves it away; chunking does not change it."""
     plain, src, _ = _refined(catalog, tmp_path / "a", 0)
     refined, _, evals = _refined(catalog, tmp_path / "b", 2)
     independent, _, _ = _refined(catalog, tmp_path / "c", 2, start="independent")

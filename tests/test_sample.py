@@ -19,7 +19,7 @@ def test_sample_has_one_face_per_frame(catalog):
 
 def test_sample_frames_show_only_the_photograph():
     """Every frame of the sample (any length) is cut from inside the photograph: no reflected or
-    repeated border (0.3's window reached past the top edge and mirrored the astronaut's hair)."""
+    repeated border (0.2's window reached past the top edge and mirrored the astronaut's hair)."""
     import numpy as np
 
     from ipfacediff.runtime.sample import PHOTO_SIDE, frame_matrix

@@ -57,7 +57,7 @@ def refine(run: EditRun, x0: torch.Tensor, rows: Sequence[int], anchors: dict[in
 
     Each frame starts from *its own* DDIM-inverted latent at the first refinement level (eps1, empty
     prompt, like the keyframes' inversion) shifted by its propagated edit, ``z_src(t) +
-    sqrt(a_t) (x0 - x0_src)``: its noise follows its content, so neighbouring frames start alike (0.3
+    sqrt(a_t) (x0 - x0_src)``: its noise follows its content, so neighbouring frames start alike (0.2
     drew independent noise per frame, which flickers; ``start="independent"`` keeps that, for
     comparison). At every step eps1's decoder features of the frame's own inverted source are injected
     into eps2 as Plug-and-Play does (queries/keys of PnP's layers, the residual branch), and each frame's
