@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ipfacediff import __version__
-from ipfacediff.errors import IPFaceDiffError
+from ipfacediff.errors import IPFaceDiffError, ParameterError
 
 # before torch is imported: MKL must not choose fewer threads on its own under load (the same job
 # gives the same numbers in every process, as the bench's local and Ray executors are checked to)
@@ -221,6 +221,25 @@ def _print_real_edit(real: dict) -> None:
     table.add_row("LoRA adapters", "; ".join(f"{w}: {a['path']}{'' if a['found'] else ' [red](missing)[/]'}" for w, a in ad.items())
                   or "[red]none in the registry[/]", real["adapters"]["how_to_get"] or "")
     out.print(table)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another than localhost opens the app to your network).")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@registry_option
+@click.option("--max-frames", default=240, show_default=True, type=click.IntRange(1, 100000), help="Longest clip the app edits.")
+def ui(host: str, port: int, registry_file: Path | None, max_frames: int) -> None:
+    """A local web app: edit with a keyframe preview, carry edited keyframes (needs ipfacediff[ui])."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ParameterError("the web app needs Gradio: pip install 'ipfacediff[ui]' (make install installs it)") from None
+    from ipfacediff.ui import serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        out.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine on port {port} can use the app")
+    out.print(f"ipfacediff ui: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}  (Ctrl+C stops it)")
+    serve(host, port, registry_file, max_frames)
 
 
 @cli.command()

@@ -10,12 +10,13 @@ report (UNet evaluations by stage, timings, peak memory, cache use, warnings).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -355,13 +356,33 @@ def render_stage(req: EditRequest, plan: _Plan, run: EditRun, strategy, processo
     return strip
 
 
-def run_edit(req: EditRequest) -> dict[str, Any]:
-    """Edit ``req.input``: plan, build, detect, encode, the strategy's clip-wide stage, render chunk by
-    chunk, then the strip and the report. Finished stages are kept in the cache (``req.cache``), so an
-    interrupted run resumes after them and a re-edit of the same clip skips detection and encoding."""
+@dataclass
+class EditSession:
+    """What :func:`edit_session` set up: the built pipeline, the source, the face track and the
+    strategy's run, its clip-wide stage (``prepare``: the keyframe edit) done."""
+
+    plan: _Plan
+    device: torch.device
+    comps: dict[str, Any]
+    backbone: Backbone
+    source: Any
+    track: list
+    matrices: np.ndarray
+    run: EditRun
+    timings: Timings
+    warnings: list[str]
+    reused: list[str]
+    t_start: float
+    pruned: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def edit_session(req: EditRequest, plan: _Plan) -> Iterator[EditSession]:
+    """Build, detect, encode and run the strategy's clip-wide stage; inside, the caller renders (the
+    edit) or looks at the keyframes (the preview). Finished stages are kept in the cache
+    (``req.cache``); warnings that components raise are collected; everything is closed on exit."""
     t_start = time.perf_counter()
     timings, warnings, reused = Timings(), [], []
-    plan = plan_edit(req)
     device = torch.device(req.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the report's peak is this edit's, not the process's
@@ -373,6 +394,7 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     timings["load_models"] = time.perf_counter() - t_start
     cache, run = StageCache(enabled=req.cache), None
     source = open_frames(req.input)
+    session = None
     try:
         with collect_warnings(warnings):  # what components say (EditWarning): in the report and on the terminal
             with timings("detect"):
@@ -382,7 +404,8 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
             if "editor" in comps:
                 comps["editor"].check(backbone)  # its warnings hold for edits taken from the cache too
             strategy.prepare(run)
-            strip = render_stage(req, plan, run, strategy, processor, source, track, matrices, timings)
+            session = EditSession(plan, device, comps, backbone, source, track, matrices, run, timings, warnings, reused, t_start)
+            yield session
         if latents.encoded_now and "encode" in reused:
             reused.remove("encode")
     finally:
@@ -391,8 +414,19 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
             shutil.rmtree(run.scratch, ignore_errors=True)
         source.close()
         pruned = {"enabled": cache.enabled, **(prune(protect=cache.used) if cache.enabled else {})}
+        if session is not None:
+            session.pruned = pruned
         cache.close()
-    return write_report(req, plan, comps, backbone, run, strip, timings, warnings, pruned, t_start, device)
+
+
+def run_edit(req: EditRequest) -> dict[str, Any]:
+    """Edit ``req.input``: plan, build, detect, encode, the strategy's clip-wide stage, render chunk by
+    chunk, then the strip and the report. Finished stages are kept in the cache (``req.cache``), so an
+    interrupted run resumes after them and a re-edit of the same clip skips detection and encoding."""
+    plan = plan_edit(req)
+    with edit_session(req, plan) as s:  # (its warnings are collected while inside)
+        strip = render_stage(req, plan, s.run, s.comps["strategy"], s.comps["face_processor"], s.source, s.track, s.matrices, s.timings)
+    return write_report(req, plan, s.comps, s.backbone, s.run, strip, s.timings, s.warnings, s.pruned, s.t_start, s.device)
 
 
 def write_report(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Backbone, run: EditRun, strip, timings: Timings,

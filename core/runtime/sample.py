@@ -93,7 +93,7 @@ def write_sample_clip(path: str | Path, n_frames: int = 48, size: int = 256, fps
 
 def sample_clip_path() -> Path:
     """The sample clip in the user cache, made on first use."""
-    p = cache_dir() / "samples" / "astronaut.mp4"
+    p = cache_dir() / "samples" / "astronaut-v2.mp4"  # v2: the window inside the photograph (v1 mirrored its top edge)
     if not p.is_file():
         write_sample_clip(p)
     return p
