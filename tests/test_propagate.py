@@ -95,7 +95,7 @@ def test_propagate_writes_a_video_and_warns_about_edits_outside_the_face(sample_
 
     src = open_frames(sample_clip).get(list(range(9)))
     keys = src[[0, 8]].copy()
-    keys[:, :40, :40] = (255, 0, 255)  # a corner: outside the face region
+    keys[:, -40:, :40] = (255, 0, 255)  # a bottom corner: outside the face region (the top ones are inside its feathered crop)
     kdir = tmp_path / "keys"
     kdir.mkdir()
     for i, k in zip((0, 8), keys):
