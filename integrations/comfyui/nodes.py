@@ -1,0 +1,346 @@
+"""The IP-FaceDiff nodes. ComfyUI's IMAGE is a float tensor ``[B, H, W, C]`` in [0, 1]: nodes take and
+give that. Heavy state (the backbone and its adapters, the face detector, keyframe edits, propagated
+crops) travels in the pack's own types (``IPFD_*``), never inside IMAGE tensors, and long batches are
+processed ``chunk`` frames at a time up to a ``max_frames`` cap (a clip longer than the cap is cut
+there, and the nodes say so in their summary string)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+CATEGORY = "IP-FaceDiff"
+
+
+# ------------------------------------------------------------------------------------ frames
+class TensorFrames:
+    """A ComfyUI IMAGE batch read as ipfacediff reads a video: ``uint8 [B, H, W, 3]`` chunks on demand
+    (the float batch is never copied whole)."""
+
+    def __init__(self, images: torch.Tensor, max_frames: int | None = None):
+        if images.ndim != 4 or images.shape[-1] not in (3, 4):
+            raise ValueError(f"expected an IMAGE batch [B, H, W, C], got shape {tuple(images.shape)}")
+        self.images = images
+        self.n = images.shape[0] if not max_frames else min(images.shape[0], max_frames)
+        self.batch = 16
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, indices) -> np.ndarray:
+        sel = self.images[list(indices), ..., :3]
+        return (sel.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+    def iter_chunks(self, chunk_size: int = 16, max_frames: int | None = None):
+        n = self.n if max_frames is None else min(self.n, max_frames)
+        for s in range(0, n, chunk_size):
+            yield s, self.get(range(s, min(n, s + chunk_size)))
+
+
+def to_image(frames: np.ndarray) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` -> ComfyUI IMAGE."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
+
+
+# ------------------------------------------------------------------------------------ state
+@dataclass
+class Model:
+    """IPFD_MODEL: the backbone (both adapters on one UNet) and the inverter."""
+
+    backbone: Any
+    inverter: Any
+    device: torch.device
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Faces:
+    """IPFD_FACES: the face track of the first ``n`` frames, the face processor and the crop size."""
+
+    processor: Any
+    track: list
+    face_frames: list[int]
+    n: int
+    resolution: int
+    zoom: float
+
+    def align(self, frames: TensorFrames, rows: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        imgs = frames.get([self.face_frames[r] for r in rows])
+        aligned = [self.processor.align(f, self.track[self.face_frames[r]], self.resolution) for f, r in zip(imgs, rows)]
+        return np.stack([a.crop for a in aligned]), [a.matrix for a in aligned]
+
+
+@dataclass
+class Edits:
+    """IPFD_EDITS: the keyframes (rows into the face frames), their source and edited crops."""
+
+    keys: list[int]
+    source: np.ndarray
+    edited: np.ndarray
+
+
+@dataclass
+class Crops:
+    """IPFD_CROPS: an edited aligned crop for every face frame (``uint8``)."""
+
+    crops: np.ndarray
+
+
+def _registry():
+    from ipfacediff.registry import load_registry
+
+    return load_registry()
+
+
+# ------------------------------------------------------------------------------------ nodes
+class LoadBackbone:
+    """A backbone with its two LoRA adapters (identity = eps1, edit = eps2)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = ["auto", "tiny", "stable-diffusion", *[n for n in _registry().backbones if n not in ("tiny", "stable-diffusion")]]
+        return {"required": {"backbone": (names, {"default": "auto"}),
+                             "device": (["auto", "cpu", "cuda"], {"default": "auto"})},
+                "optional": {"checkpoint": ("STRING", {"default": "", "tooltip": "Stable Diffusion folder or .safetensors (stable-diffusion)"}),
+                             "identity_adapter": ("STRING", {"default": "", "tooltip": "folder of the identity LoRA (eps1)"}),
+                             "edit_adapter": ("STRING", {"default": "", "tooltip": "folder of the edit LoRA (eps2)"}),
+                             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "0: the backbone's"})}}
+
+    RETURN_TYPES = ("IPFD_MODEL", "STRING")
+    RETURN_NAMES = ("model", "summary")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, backbone, device, checkpoint="", identity_adapter="", edit_adapter="", resolution=0):
+        from ipfacediff.catalog import get_catalog
+        from ipfacediff.jobs.common import resolve_backbone
+
+        sets: dict[str, Any] = {}
+        if checkpoint:
+            sets["path"] = checkpoint
+        adapters = {k: v for k, v in (("identity", identity_adapter), ("edit", edit_adapter)) if v}
+        if adapters:
+            sets["adapters"] = adapters
+        if resolution:
+            sets["resolution"] = int(resolution)
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        bb, warnings = resolve_backbone(backbone, {"backbone": sets} if sets else {}, _registry())
+        bb.to(dev)
+        model = Model(bb, get_catalog().build("inverter", "ddim"), dev, list(warnings))
+        random = " (random weights: shows the mechanics, not a real edit)" if bb.is_random else ""
+        return model, f"{bb.name} at {bb.resolution} px on {dev}{random}; adapters: {', '.join(bb.adapters) or 'none'}"
+
+
+class DetectAlignFaces:
+    """Detect and track the face in every frame (chunked); aligned crops are made on demand later."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "model": ("IPFD_MODEL",),
+                             "face_processor": (["retinaface", "mtcnn", "full-frame"], {"default": "retinaface"}),
+                             "max_frames": ("INT", {"default": 240, "min": 1, "max": 100000, "tooltip": "frames past the cap are dropped"}),
+                             "smoothing": ("INT", {"default": 5, "min": 1, "max": 61, "tooltip": "frames in the landmark smoothing window"})}}
+
+    RETURN_TYPES = ("IPFD_FACES", "STRING")
+    RETURN_NAMES = ("faces", "summary")
+    FUNCTION = "detect"
+    CATEGORY = CATEGORY
+
+    def detect(self, images, model, face_processor, max_frames, smoothing):
+        from ipfacediff.catalog import get_catalog
+        from ipfacediff.runtime.face import detect_track
+
+        frames = TensorFrames(images, max_frames)
+        proc = get_catalog().build("face_processor", face_processor).to(model.device)
+        track = detect_track(proc, frames, len(frames), int(smoothing), False)
+        face_frames = [i for i, d in enumerate(track) if d is not None]
+        if not face_frames:
+            raise ValueError(f"no face found in {len(frames)} frames (face processor {face_processor})")
+        zoom = float(getattr(proc.params, "zoom", 0.45))
+        cut = f"; cut at {len(frames)} of {images.shape[0]} frames (max_frames)" if len(frames) < images.shape[0] else ""
+        return Faces(proc, track, face_frames, len(frames), model.backbone.resolution, zoom), \
+            f"a face in {len(face_frames)} of {len(frames)} frames{cut}"
+
+
+class PickKeyframes:
+    """Keyframes among the face frames: every ``interval``-th, ``count`` evenly, or the most varied poses."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"faces": ("IPFD_FACES",), "method": (["uniform", "count", "pose"], {"default": "uniform"}),
+                             "interval": ("INT", {"default": 8, "min": 1, "max": 256}),
+                             "count": ("INT", {"default": 5, "min": 1, "max": 256})}}
+
+    RETURN_TYPES = ("IPFD_KEYFRAMES", "STRING")
+    RETURN_NAMES = ("keyframes", "summary")
+    FUNCTION = "pick"
+    CATEGORY = CATEGORY
+
+    def pick(self, faces, method, interval, count):
+        from ipfacediff.runtime.keyframes import select_keyframes
+
+        n = len(faces.face_frames)
+        keys = select_keyframes(n, method, min(int(interval), n), min(int(count), n), [faces.track[i] for i in faces.face_frames])
+        return keys, "keyframes (frame indices): " + ", ".join(str(faces.face_frames[k]) for k in keys)
+
+
+class EditKeyframes:
+    """IP-FaceDiff's keyframe edit: DDIM inversion (eps1), then eps2 with the target prompt while eps1's
+    decoder features are injected; the keyframes are edited jointly (extended attention)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("IPFD_MODEL",), "images": ("IMAGE",), "faces": ("IPFD_FACES",), "keyframes": ("IPFD_KEYFRAMES",),
+                             "prompt": ("STRING", {"default": "eyeglasses", "multiline": False}),
+                             "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
+                             "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
+                             "source_prompt": ("STRING", {"default": "a photo of a face"})}}
+
+    RETURN_TYPES = ("IPFD_EDITS", "IMAGE")
+    RETURN_NAMES = ("edits", "keyframes_before_after")
+    FUNCTION = "edit"
+    CATEGORY = CATEGORY
+
+    def edit(self, model, images, faces, keyframes, prompt, steps, guidance, seed, source_prompt):
+        from ipfacediff.jobs.edit import parse_prompt
+        from ipfacediff.runtime.frames import fade_outside, to_tensor, to_uint8
+
+        bb, frames = model.backbone, TensorFrames(images, faces.n)
+        _, target = parse_prompt(prompt, source_prompt)
+        from ipfacediff.catalog import get_catalog
+
+        editor = get_catalog().build("editor", "identity-injection", {"guidance_scale": float(guidance)})
+        torch.manual_seed(int(seed))
+        src, mats = faces.align(frames, list(keyframes))
+        lat = bb.encode_images(to_tensor(src).to(bb.device)).float()
+        empty, uncond, tgt = bb.encode_prompt([""]), bb.encode_prompt([""]), bb.encode_prompt([target])
+        bb.set_adapter("identity")
+        inv = model.inverter.invert(bb, lat, empty, int(steps), int(seed))
+        edited = editor.edit(bb, inv, tgt, uncond, empty)
+        bb.set_adapter(None)
+        edit_px = to_uint8(bb.decode_latents(edited)).astype(np.int16)
+        recon_px = to_uint8(bb.decode_latents(lat)).astype(np.int16)
+        out = np.clip(src.astype(np.int16) + edit_px - recon_px, 0, 255).astype(np.uint8)  # the VAE's own error is not the edit
+        shape = (*images.shape[1:3], 3)  # crop pixels from outside the frame shown faded (not the reflected padding)
+        pairs = np.stack([np.concatenate([fade_outside(a, m, shape), fade_outside(b, m, shape)], axis=1) for a, b, m in zip(src, out, mats)])
+        return Edits(list(keyframes), src, out), to_image(pairs)
+
+
+class Propagate:
+    """Carry the keyframes' edit to every face frame (pixel space: ``mesh-flow`` or ``flow-residual``),
+    ``chunk`` frames at a time with the keyframes on both sides of each chunk."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "faces": ("IPFD_FACES",), "edits": ("IPFD_EDITS",),
+                             "propagator": (["mesh-flow", "flow-residual"], {"default": "mesh-flow"}),
+                             "chunk": ("INT", {"default": 32, "min": 2, "max": 1024})}}
+
+    RETURN_TYPES = ("IPFD_CROPS", "STRING")
+    RETURN_NAMES = ("crops", "summary")
+    FUNCTION = "propagate"
+    CATEGORY = CATEGORY
+
+    def propagate(self, images, faces, edits, propagator, chunk):
+        from ipfacediff.catalog import get_catalog
+        from ipfacediff.interfaces import PropagationInput
+        from ipfacediff.runtime.editing import chunk_with_borders
+        from ipfacediff.runtime.face import template_face
+
+        prop = get_catalog().build("propagator", propagator)
+        frames, n = TensorFrames(images, faces.n), len(faces.face_frames)
+        key_pos = {k: i for i, k in enumerate(edits.keys)}
+        out = np.empty((n, faces.resolution, faces.resolution, 3), np.uint8)
+        for s in range(0, n, int(chunk)):
+            rows = list(range(s, min(n, s + int(chunk))))
+            sub, sub_keys, first = chunk_with_borders(rows, edits.keys)
+            src, _ = faces.align(frames, sub)
+            keyed = [key_pos[sub[p]] for p in sub_keys]
+            inp = PropagationInput(key_rows=sub_keys, frames=[faces.face_frames[r] for r in sub], source_pixels=src,
+                                   faces=[template_face(src.shape[1], faces.zoom)] * len(sub),
+                                   edited_pixels=edits.edited[keyed], reconstructed_pixels=edits.source[keyed])
+            out[rows] = np.asarray(prop.propagate(inp))[first:first + len(rows)]
+        for k, i in key_pos.items():
+            out[k] = edits.edited[i]  # keyframes go out as edited
+        return Crops(out), f"{n} face frames propagated with {propagator} from {len(edits.keys)} keyframes"
+
+
+class PasteBack:
+    """The edited crops blended back into their frames (frames without a face pass through)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "faces": ("IPFD_FACES",), "crops": ("IPFD_CROPS",),
+                             "chunk": ("INT", {"default": 32, "min": 1, "max": 1024})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "paste"
+    CATEGORY = CATEGORY
+
+    def paste(self, images, faces, crops, chunk):
+        frames = TensorFrames(images, faces.n)
+        row_of = {f: r for r, f in enumerate(faces.face_frames)}
+        result = torch.empty((faces.n, *images.shape[1:3], 3), dtype=torch.float32)
+        for s, part in frames.iter_chunks(int(chunk)):
+            done = part.copy()
+            for j, f in enumerate(part):
+                r = row_of.get(s + j)
+                if r is not None:
+                    _, (m,) = faces.align(frames, [r])
+                    done[j] = faces.processor.paste_back(f, crops.crops[r], m)
+            result[s:s + len(part)] = to_image(done)
+        return (result,)
+
+
+class LoadVideo:
+    """Frames of a video file as an IMAGE batch (up to ``max_frames``), with its frame rate."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"path": ("STRING", {"default": ""}),
+                             "max_frames": ("INT", {"default": 240, "min": 1, "max": 100000})}}
+
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("images", "fps")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, path, max_frames):
+        from pathlib import Path
+
+        from ipfacediff.runtime.sample import sample_clip_path
+        from ipfacediff.runtime.video import open_frames
+
+        p = Path(path) if path else sample_clip_path()  # empty: the sample clip
+        with open_frames(p) as src:
+            n = min(len(src), int(max_frames))
+            out = torch.empty((n, src.info.height, src.info.width, 3), dtype=torch.float32)
+            for s, chunk in src.iter_chunks(src.batch, n):
+                out[s:s + len(chunk)] = to_image(chunk)
+            return out, float(src.info.fps or 24.0)
+
+
+NODE_CLASS_MAPPINGS = {
+    "IPFaceDiffLoadVideo": LoadVideo,
+    "IPFaceDiffLoadBackbone": LoadBackbone,
+    "IPFaceDiffDetectAlignFaces": DetectAlignFaces,
+    "IPFaceDiffPickKeyframes": PickKeyframes,
+    "IPFaceDiffEditKeyframes": EditKeyframes,
+    "IPFaceDiffPropagate": Propagate,
+    "IPFaceDiffPasteBack": PasteBack,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "IPFaceDiffLoadVideo": "IP-FaceDiff Load Video",
+    "IPFaceDiffLoadBackbone": "IP-FaceDiff Load Backbone + Adapters",
+    "IPFaceDiffDetectAlignFaces": "IP-FaceDiff Detect & Align Faces",
+    "IPFaceDiffPickKeyframes": "IP-FaceDiff Pick Keyframes",
+    "IPFaceDiffEditKeyframes": "IP-FaceDiff Edit Keyframes (identity injection)",
+    "IPFaceDiffPropagate": "IP-FaceDiff Propagate",
+    "IPFaceDiffPasteBack": "IP-FaceDiff Paste Back",
+}
