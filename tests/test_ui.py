@@ -75,7 +75,7 @@ def _shot(page, folder: Path, name: str) -> Path:
 
 @needs_models
 def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_clip, tmp_path):
-    _need("Gradio (ipfacediff[ui])", shutil.which("ipfacediff") is not None and _importable("gradio"))
+    _need("Gradio (ipfacediff[ui])", _importable("gradio"))
     _need("Playwright", _importable("playwright"))
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     _need("Debian's chromium", chromium is not None)
