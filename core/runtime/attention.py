@@ -101,8 +101,8 @@ class ControlledSelfAttention:
 
 
 def pnp_residual_layers(unet: torch.nn.Module) -> list[str]:
-    """The ResNet block whose residual branch that Plug-and-Play injects: ``resnets[1]`` of the first decoder block
-    with attention (``up_blocks.1.resnets.1`` in Stable Diffusion 1.x)."""
+    """The ResNet block whose residual branch Plug-and-Play injects: ``resnets[1]`` of the first
+    decoder block with attention (``up_blocks.1.resnets.1`` in Stable Diffusion 1.x)."""
     for i, block in enumerate(unet.up_blocks):
         if getattr(block, "attentions", None) and len(block.resnets) > 1:
             return [f"up_blocks.{i}.resnets.1"]

@@ -52,8 +52,8 @@ def edit_in_batches(run: EditRun, inv: Inversion, timer: str) -> torch.Tensor:
 
 def refine(run: EditRun, x0: torch.Tensor, rows: Sequence[int], anchors: dict[int, torch.Tensor], start: str = "inversion") -> torch.Tensor:
     """A few low-noise denoising steps (eps2, target prompt, the editor's guidance) on propagated
-    latents ``x0`` of face rows ``rows``, with the edited keyframes ``anchors`` (row -> edited latents,
-    the chunk's border keyframes) as context.
+    latents ``x0`` of face rows ``rows``, with the edited keyframes ``anchors`` (row -> edited latents:
+    the keyframes before and after these frames) as context.
 
     Each frame starts from *its own* DDIM-inverted latent at the first refinement level (eps1, empty
     prompt, like the keyframes' inversion) shifted by its propagated edit, ``z_src(t) +
