@@ -93,6 +93,11 @@ def _progress(progress):
     return tell
 
 
+def _said(message: str, report: dict[str, Any]) -> str:
+    """A job's status line for the page, its warnings quoted below it."""
+    return message + "".join(f"\n\n> {w}" for w in report["warnings"])
+
+
 def _run(fn, progress):
     """Run a job with the page's progress; a user's error becomes one line in the page."""
     import gradio as gr
@@ -149,17 +154,15 @@ def build(app: App):
                 out = app.new_dir("preview")
                 rep = _run(lambda: run_preview(app.request(c, p, pl, bb, sd, st, iv, mf, out / "preview.png")), progress)
                 reused = ", ".join(rep["reused_stages"]) or "nothing (first run on this clip)"
-                msg = (f"Keyframes {rep['keyframes']} of {rep['frames']} frames; {rep['timings_s']['total']:.1f} s. "
-                       f"Reused from the cache: {reused}.")
-                return rep["preview"], msg + "".join(f"\n\n> {w}" for w in rep["warnings"])
+                return rep["preview"], _said(f"Keyframes {rep['keyframes']} of {rep['frames']} frames; {rep['timings_s']['total']:.1f} s. "
+                                             f"Reused from the cache: {reused}.", rep)
 
             def on_render(c, p, pl, bb, sd, st, iv, mf, progress=gr.Progress()):
                 out = app.new_dir("render")
                 rep = _run(lambda: run_edit(app.request(c, p, pl, bb, sd, st, iv, mf, out / "edited.mp4")), progress)
                 reused = ", ".join(rep["reused_stages"]) or "nothing"
-                msg = (f"{rep['frames_edited']}/{rep['frames']} frames edited in {rep['timings_s']['total']:.1f} s; "
-                       f"reused from the cache: {reused}.")
-                return rep["output"], [rep["output"], rep["strip"], rep["report"]], msg + "".join(f"\n\n> {w}" for w in rep["warnings"])
+                return rep["output"], [rep["output"], rep["strip"], rep["report"]], _said(
+                    f"{rep['frames_edited']}/{rep['frames']} frames edited in {rep['timings_s']['total']:.1f} s; reused from the cache: {reused}.", rep)
 
             inputs = [clip, prompt, pipeline, backbone, seed, steps, interval, max_frames]
             sample.click(lambda: str(sample_clip_path()), outputs=clip)
@@ -196,8 +199,8 @@ def build(app: App):
                 req = PropagateRequest(input=path, keyframes=folder, output=out / "propagated.mp4", registry_file=app.registry_file,
                                        overwrite=True, show_progress=False)
                 rep = _run(lambda: run_propagate(req), progress)
-                msg = f"{len(rep['keyframes'])} keyframes ({rep['keyframes']}) carried to {rep['frames']} frames in {rep['seconds']:.1f} s."
-                return rep["output"], rep["output"], msg + "".join(f"\n\n> {w}" for w in rep["warnings"])
+                return rep["output"], rep["output"], _said(
+                    f"{len(rep['keyframes'])} keyframes ({rep['keyframes']}) carried to {rep['frames']} frames in {rep['seconds']:.1f} s.", rep)
 
             ev_prop = p_btn.click(on_propagate, [p_clip, p_keys], [p_video, p_files, p_status], concurrency_id=JOB, concurrency_limit=1)
         cancel_btn.click(None, cancels=[ev_preview, ev_render])

@@ -98,6 +98,8 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         except Exception:
             raise AssertionError(f"no one-line error in the page: {page.locator('body').inner_text()[-1500:]}") from None
         _shot(page, shots, "0-error")
+        page.locator(".toast-close").first.click()  # dismissed, so the later screenshots show no stale notice
+        page.get_by_text("no clip: upload a video").first.wait_for(state="hidden", timeout=10_000)
         page.locator("#clip input[type=file]").set_input_files(str(sample_clip))
         page.wait_for_selector("#clip >> text=astronaut.mp4", timeout=30_000)
         page.locator("#backbone input").fill("tiny")
@@ -132,7 +134,6 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
                                " return t.startsWith('Keyframes') && t.includes('Reused from the cache: detect, encode'); }", timeout=300_000)
         _shot(page, shots, "4-new-prompt")
         said.append(page.locator("#status").inner_text().splitlines()[0])
-        (shots / "ui-status.txt").write_text("\n".join(said) + "\n")  # what the page said, timings included
 
         key = tmp_path / "keys" / "00008.png"  # the Propagate tab: a keyframe edited elsewhere, named by its index
         key.parent.mkdir()
@@ -147,6 +148,8 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         page.click("#propagate")
         page.wait_for_selector("#p-status >> text=1 keyframes ([8]) carried to 24 frames", timeout=300_000)
         _shot(page, shots, "5-propagate")
+        said.append(page.locator("#p-status").inner_text().splitlines()[0])
+        (shots / "ui-status.txt").write_text("\n".join(said) + "\n")  # what the page said, timings included
 
         browser.close()
     keep = os.environ.get("IPFACEDIFF_UI_SHOTS")

@@ -429,15 +429,21 @@ def run_edit(req: EditRequest) -> dict[str, Any]:
     return write_report(req, plan, s.comps, s.backbone, s.run, strip, s.timings, s.warnings, s.pruned, s.t_start, s.device)
 
 
+def write_strip(path: Path, rows: list[list[np.ndarray]], backbone: Backbone) -> None:
+    """A picture of crop rows (PNG, atomically); with a random-weight backbone it says so on the
+    picture itself, with how to run a real edit (the first thing a new user looks at)."""
+    img = make_strip(rows, height=min(256, backbone.resolution))
+    if backbone.is_random:
+        img = caption(img, [f"RANDOM WEIGHTS ({backbone.name} backbone): {RANDOM_NOTE.split(': ', 1)[-1]}.", REAL_EDIT_HINT])
+    write_atomic(path, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+
+
 def write_report(req: EditRequest, plan: _Plan, comps: dict[str, Any], backbone: Backbone, run: EditRun, strip, timings: Timings,
                  warnings: list[str], pruned: dict[str, Any], t_start: float, device: torch.device) -> dict[str, Any]:
     """The strip (source vs edited keyframe crops) and the JSON report beside the output."""
     out, n, settings = plan.output, plan.frames, plan.settings
     strip_path = out.with_name(out.stem + ".strip.png")
-    img = make_strip([strip[0], strip[1]], height=min(256, backbone.resolution))
-    if backbone.is_random:  # said on the picture itself: the first thing a new user looks at
-        img = caption(img, [f"RANDOM WEIGHTS ({backbone.name} backbone): {RANDOM_NOTE.split(': ', 1)[-1]}.", REAL_EDIT_HINT])
-    write_atomic(strip_path, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+    write_strip(strip_path, [strip[0], strip[1]], backbone)
     evals = dict(backbone.unet_evals)
     if backbone.is_random:
         warnings.append(f"{RANDOM_NOTE}; {REAL_EDIT_HINT}")

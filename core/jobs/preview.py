@@ -17,10 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from ipfacediff.jobs.edit import REAL_EDIT_HINT, EditRequest, edit_session, plan_edit
-from ipfacediff.runtime.diffusers_backbone import RANDOM_BACKBONE_NOTE
-from ipfacediff.runtime.files import write_atomic
-from ipfacediff.runtime.frames import caption, fade_outside, make_strip, to_uint8
+from ipfacediff.jobs.edit import EditRequest, edit_session, plan_edit, write_strip
+from ipfacediff.runtime.frames import fade_outside, to_uint8
 
 
 def run_preview(req: EditRequest, limit: int = 6) -> dict[str, Any]:
@@ -44,11 +42,8 @@ def run_preview(req: EditRequest, limit: int = 6) -> dict[str, Any]:
                 rows[0].append(_with_box(frame, s.track[frame_index].box))
                 rows[1].append(fade_outside(processor.align(frame, s.track[frame_index], s.backbone.resolution).crop, m, frame.shape))
                 rows[2].append(fade_outside(edited[0], m, frame.shape))
-        img = make_strip([rows[0], rows[1], rows[2]], height=min(256, s.backbone.resolution))
-        if s.backbone.is_random:
-            img = caption(img, [f"RANDOM WEIGHTS ({s.backbone.name} backbone): {RANDOM_BACKBONE_NOTE.split(': ', 1)[-1]}.", REAL_EDIT_HINT])
         picture.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(picture, cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+        write_strip(picture, list(rows), s.backbone)
         keyframes = [run.face_frames[k] for k in keys]
         all_keys = [run.face_frames[k] for k in run.keys]
     return {"job": "preview", "input": str(req.input), "prompt": req.prompt, "pipeline": req.pipeline.name, "preview": str(picture),

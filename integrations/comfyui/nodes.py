@@ -6,7 +6,7 @@ there, and the nodes say so in their summary string)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,6 @@ class Model:
     backbone: Any
     inverter: Any
     device: torch.device
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,9 +128,10 @@ class LoadBackbone:
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         bb, warnings = resolve_backbone(backbone, {"backbone": sets} if sets else {}, _registry())
         bb.to(dev)
-        model = Model(bb, get_catalog().build("inverter", "ddim"), dev, list(warnings))
+        model = Model(bb, get_catalog().build("inverter", "ddim"), dev)
         random = " (random weights: shows the mechanics, not a real edit)" if bb.is_random else ""
-        return model, f"{bb.name} at {bb.resolution} px on {dev}{random}; adapters: {', '.join(bb.adapters) or 'none'}"
+        said = "".join(f"; warning: {w}" for w in warnings)
+        return model, f"{bb.name} at {bb.resolution} px on {dev}{random}; adapters: {', '.join(bb.adapters) or 'none'}{said}"
 
 
 class DetectAlignFaces:
@@ -290,8 +290,8 @@ class PasteBack:
             done = part.copy()
             for j, f in enumerate(part):
                 r = row_of.get(s + j)
-                if r is not None:
-                    _, (m,) = faces.align(frames, [r])
+                if r is not None:  # the frame is in hand: only its matrix is needed
+                    m = faces.processor.align(f, faces.track[s + j], faces.resolution).matrix
                     done[j] = faces.processor.paste_back(f, crops.crops[r], m)
             result[s:s + len(part)] = to_image(done)
         return (result,)
