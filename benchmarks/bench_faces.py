@@ -31,7 +31,9 @@ CONFIGS = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     root = Path(__file__).resolve().parent.parent
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("IPFACEDIFF_TEST_DATA") or root.parent / "shared" / "data"))
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("IPFACEDIFF_TEST_DATA") or root.parent / "shared" / "data")
+    )
     ap.add_argument("--frames", type=int, default=8, help="frames sampled per video")
     ap.add_argument("-o", "--output", type=Path, default=root / "benchmarks" / "results" / "faces.json")
     args = ap.parse_args()
@@ -58,21 +60,48 @@ def main() -> None:
             times.append(time.perf_counter() - t)
             ok = (n == 1) if human else (n == 0)
             correct += ok
-            false_pos += (not human and n > 0)
-            missed += (human and n == 0)
-        rows.append({"detector": label, "samples": len(samples), "correct": correct, "false_positives_non_human": false_pos,
-                     "missed_faces": missed, "ms_per_frame_mean": 1000 * float(np.mean(times)), "ms_per_frame_p90": 1000 * float(np.percentile(times, 90))})
+            false_pos += not human and n > 0
+            missed += human and n == 0
+        rows.append(
+            {
+                "detector": label,
+                "samples": len(samples),
+                "correct": correct,
+                "false_positives_non_human": false_pos,
+                "missed_faces": missed,
+                "ms_per_frame_mean": 1000 * float(np.mean(times)),
+                "ms_per_frame_p90": 1000 * float(np.percentile(times, 90)),
+            }
+        )
 
-    table = Table(title=f"face detection on {len(samples)} frames/pictures ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    table = Table(
+        title=(
+            f"face detection on {len(samples)} frames/pictures ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads)"
+        )
+    )
     for col in ("detector", "correct", "false pos. (non-human)", "missed", "ms/frame mean", "p90"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["detector"], f"{r['correct']}/{r['samples']}", str(r["false_positives_non_human"]), str(r["missed_faces"]),
-                      f"{r['ms_per_frame_mean']:.0f}", f"{r['ms_per_frame_p90']:.0f}")
+        table.add_row(
+            r["detector"],
+            f"{r['correct']}/{r['samples']}",
+            str(r["false_positives_non_human"]),
+            str(r["missed_faces"]),
+            f"{r['ms_per_frame_mean']:.0f}",
+            f"{r['ms_per_frame_p90']:.0f}",
+        )
     Console().print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
-                                       "rows": rows}, indent=2))
+    args.output.write_text(
+        json.dumps(
+            {
+                "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.output}")
 
 

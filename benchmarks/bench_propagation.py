@@ -3,7 +3,8 @@ own latents (real clips, real TAESD, a fixed crop window so the motion stays in 
 the decoded result against the TAESD round trip. Caveat: when the carried values are the matched
 features themselves (as here), raw-token matching is an oracle; read the raw rows as an upper bound.
 
-    IPFACEDIFF_MODELS=../shared/models .venv/bin/python benchmarks/bench_propagation.py [-o benchmarks/results/propagation.json]
+    IPFACEDIFF_MODELS=../shared/models .venv/bin/python benchmarks/bench_propagation.py \
+        [-o benchmarks/results/propagation.json]
 """
 
 from __future__ import annotations
@@ -21,16 +22,28 @@ from rich.table import Table
 from ipfacediff.catalog import get_catalog
 from ipfacediff.interfaces import PropagationInput
 from ipfacediff.runtime.flow import optical_flow, warp_back
+from ipfacediff.runtime.video import open_frames
 
 
 def _inp(features, keys, z) -> PropagationInput:
     """The keyframes' own latents as the edit, matched on ``features``."""
-    return PropagationInput(key_rows=list(keys), frames=list(range(z.shape[0])), features=features, source_latents=z, edited_latents=z[keys])
-from ipfacediff.runtime.video import open_frames
+    return PropagationInput(
+        key_rows=list(keys),
+        frames=list(range(z.shape[0])),
+        features=features,
+        source_latents=z,
+        edited_latents=z[keys],
+    )
 
-CONFIGS = {"patch, pos 0.3 (default)": {}, "patch, pos 0": {"pos_weight": 0.0}, "patch, pos 1": {"pos_weight": 1.0},
-           "raw, pos 0": {"features": "raw", "pos_weight": 0.0}, "raw, pos 0.3": {"features": "raw", "pos_weight": 0.3},
-           "patch 5x5, pos 0.3": {"patch": 5}}
+
+CONFIGS = {
+    "patch, pos 0.3 (default)": {},
+    "patch, pos 0": {"pos_weight": 0.0},
+    "patch, pos 1": {"pos_weight": 1.0},
+    "raw, pos 0": {"features": "raw", "pos_weight": 0.0},
+    "raw, pos 0.3": {"features": "raw", "pos_weight": 0.3},
+    "patch 5x5, pos 0.3": {"patch": 5},
+}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,7 +53,9 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     root = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("IPFACEDIFF_TEST_DATA") or root.parent / "shared" / "data"))
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("IPFACEDIFF_TEST_DATA") or root.parent / "shared" / "data")
+    )
     ap.add_argument("--videos", default="d0,d3,d12,d18,s18")
     ap.add_argument("-o", "--output", type=Path, default=root / "benchmarks" / "results" / "propagation.json")
     args = ap.parse_args()
@@ -61,16 +76,25 @@ def main() -> None:
         for i in others:
             a, b = max(k for k in keys if k < i), min(k for k in keys if k > i)
             lerp[i] = (1 - (i - a) / (b - a)) * z[a] + (i - a) / (b - a) * z[b]
-        row = {"nearest-keyframe copy": _psnr(bb.decode_latents(copy[others]), rt[others]),
-               "linear blend of keyframes": _psnr(bb.decode_latents(lerp[others]), rt[others])}
+        row = {
+            "nearest-keyframe copy": _psnr(bb.decode_latents(copy[others]), rt[others]),
+            "linear blend of keyframes": _psnr(bb.decode_latents(lerp[others]), rt[others]),
+        }
         # optical-flow warping (the usual bar): each key's decoded image warped to the non-key frame by
         # the flow between the *source* crops (known at edit time), the two keys blended by distance
         rt_np = (rt.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        for name, both in (("flow warp (DIS), nearest keyframe", False), ("flow warp (DIS), two keyframes blended", True)):
+        for name, both in (
+            ("flow warp (DIS), nearest keyframe", False),
+            ("flow warp (DIS), two keyframes blended", True),
+        ):
             warped = []
             for i in others:
                 a, b = max(k for k in keys if k < i), min(k for k in keys if k > i)
-                pairs = [(a, 1 - (i - a) / (b - a)), (b, (i - a) / (b - a))] if both else [(min((a, b), key=lambda k: (abs(k - i), k)), 1.0)]
+                pairs = (
+                    [(a, 1 - (i - a) / (b - a)), (b, (i - a) / (b - a))]
+                    if both
+                    else [(min((a, b), key=lambda k: (abs(k - i), k)), 1.0)]
+                )
                 acc = 0.0
                 for k, wgt in pairs:
                     flow = optical_flow(crops[i], crops[k])  # frame i -> key k on the source
@@ -88,7 +112,10 @@ def main() -> None:
         from ipfacediff.runtime.diffusion import decoder_token_features
 
         feats = decoder_token_features(bb, z, 100, bb.encode_prompt([""]), seed=0)
-        for name, p in {"eps1 features (tiny UNet), patch 1": {"patch": 1}, "eps1 features (tiny UNet), patch 3": {}}.items():
+        for name, p in {
+            "eps1 features (tiny UNet), patch 1": {"patch": 1},
+            "eps1 features (tiny UNet), patch 3": {},
+        }.items():
             prop = c.build("propagator", "exact-nn", p).propagate(_inp(feats, keys, z))
             row[f"exact-nn {name}"] = _psnr(bb.decode_latents(prop[others]), rt[others])
         rows[v] = row

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from ipfacediff import hookspecs
-from ipfacediff.errors import DuplicateComponentError, PluginLoadError, UnknownComponentError
+from ipfacediff.errors import DuplicateComponentError, IPFaceDiffError, PluginLoadError, UnknownComponentError
 from ipfacediff.interfaces import INTERFACES, KINDS, Component
 from ipfacediff.params import validate_params
 
@@ -67,7 +67,32 @@ class Catalog:
         for kind, plural in KINDS.items():
             hook = getattr(pm.hook, f"register_{plural}")
             for impl in reversed(hook.get_hookimpls()):  # registration order
-                impl.function(register=self._register_fn(kind, impl.plugin_name))
+                self._call_hook(impl, kind, plural)
+
+    def _builtin(self, plugin_name: str) -> bool:
+        info = self.plugins.get(plugin_name)
+        return info is not None and info.builtin
+
+    def _call_hook(self, impl, kind: str, plural: str) -> None:
+        """Call one plugin's ``register_<plural>``. A built-in's failure is a bug and raises; a third
+        party's is a :class:`LoadProblem` (``ipfacediff plugins`` lists it, every command warns in one
+        line), what that hook registered is withdrawn, and the other plugins load as usual."""
+        register = self._register_fn(kind, impl.plugin_name)
+        if self._builtin(impl.plugin_name):
+            impl.function(register=register)
+            return
+        before = set(self.specs[kind])
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # a third party's bug must not stop every command
+            for name in set(self.specs[kind]) - before:
+                del self.specs[kind][name]
+                info = self.plugins.get(impl.plugin_name)
+                if info is not None and name in info.components.get(kind, []):
+                    info.components[kind].remove(name)
+            told = str(exc) if isinstance(exc, IPFaceDiffError) else f"{type(exc).__name__}: {exc}"
+            message = f"plugin {impl.plugin_name!r} failed in register_{plural}: {' '.join(told.split())}"
+            self.problems.append(LoadProblem(impl.plugin_name, message))
 
     def _register_fn(self, kind: str, plugin_name: str):
         interface = INTERFACES[kind]
@@ -77,7 +102,8 @@ class Catalog:
             if not isinstance(cls, type) or not issubclass(cls, interface):
                 raise PluginLoadError(
                     f"plugin {plugin_name!r} registered {cls!r} as a {kind.replace('_', ' ')}, "
-                    f"but it does not derive from ipfacediff.interfaces.{interface.__name__}")
+                    f"but it does not derive from ipfacediff.interfaces.{interface.__name__}"
+                )
             if not name:
                 raise PluginLoadError(f"plugin {plugin_name!r} registered {cls.__name__} without a name")
             existing = self.specs[kind].get(name)
@@ -86,7 +112,8 @@ class Catalog:
                     f"{kind.replace('_', ' ')} {name!r} is registered twice: first by plugin "
                     f"{existing.plugin!r} ({existing.cls.__module__}.{existing.cls.__qualname__}), "
                     f"again by plugin {plugin_name!r} ({cls.__module__}.{cls.__qualname__}); "
-                    f"rename one or limit plugins with {PLUGINS_ENV}")
+                    f"rename one or limit plugins with {PLUGINS_ENV}"
+                )
             self.specs[kind][name] = ComponentSpec(kind, name, cls, plugin_name)
             info = self.plugins.get(plugin_name)
             if info is not None:
@@ -108,8 +135,8 @@ class Catalog:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             prefix = f"{where}: " if where else ""
             raise UnknownComponentError(
-                f"{prefix}unknown {kind.replace('_', ' ')} {name!r}{hint} "
-                f"(registered: {', '.join(names) or 'none'})")
+                f"{prefix}unknown {kind.replace('_', ' ')} {name!r}{hint} (registered: {', '.join(names) or 'none'})"
+            )
         return spec
 
     def validate(self, kind: str, name: str, params: dict[str, Any] | None, where: str = "") -> Any:
@@ -121,7 +148,20 @@ class Catalog:
         """Instantiate a registered component with validated parameters."""
         spec = self.get(kind, name, where)
         p = self.validate(kind, name, params, where)
-        obj = spec.cls(p)
+        try:
+            obj = spec.cls(p)
+        except IPFaceDiffError:
+            raise
+        except Exception as exc:
+            if self._builtin(spec.plugin):
+                raise
+            # a third party's constructor: one line that names the plugin, not a traceback
+            message = (
+                f"{where + ': ' if where else ''}{kind.replace('_', ' ')} {name!r} of plugin {spec.plugin!r} "
+                f"failed to start: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            )
+            self.problems.append(LoadProblem(spec.plugin, message))
+            raise PluginLoadError(message) from exc
         obj.name = spec.name  # the registered name (a class may be registered under several)
         obj._build = self.build  # the components it asks for come from this catalog
         return obj
@@ -145,9 +185,8 @@ def _allowed_third_party() -> set[str] | None:
 
 
 def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[LoadProblem]]:
-    from ipfacediff.plugins import DEFAULT_PLUGINS
-
     from ipfacediff import __version__
+    from ipfacediff.plugins import DEFAULT_PLUGINS
 
     pm = pluggy.PluginManager("ipfacediff")
     pm.add_hookspecs(hookspecs)
@@ -168,7 +207,9 @@ def build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo],
         try:
             mod = ep.load()
         except Exception as exc:  # a broken third-party plugin must not break the others
-            problems.append(LoadProblem(ep.name, f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"))
+            problems.append(
+                LoadProblem(ep.name, f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}")
+            )
             continue
         try:
             pm.register(mod, name=ep.name)
@@ -198,9 +239,9 @@ def get_catalog() -> Catalog:
     global _CATALOG
     if _CATALOG is None:
         pm, info, problems = build_plugin_manager()
-        for p in problems:
-            print(f"warning: {p.message}; the other plugins are loaded", file=sys.stderr)
         _CATALOG = Catalog(pm, info, problems)
+        for p in _CATALOG.problems:
+            print(f"warning: {p.message}; the other plugins are loaded", file=sys.stderr)
     return _CATALOG
 
 

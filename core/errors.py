@@ -55,4 +55,5 @@ class OutputExistsError(IPFaceDiffError):
 
 
 class EditWarning(UserWarning):
-    """``warnings.warn(msg, EditWarning)`` from a component: the job puts ``msg`` in its report's warnings and on the terminal."""
+    """``warnings.warn(msg, EditWarning)`` from a component: the job puts ``msg`` in its report's
+    warnings and on the terminal."""

@@ -21,11 +21,14 @@ are the hooks below. Each hook receives a ``register`` callable; call it once pe
 ``register(cls, name=None)``: ``cls`` must derive from the kind's interface in
 :mod:`ipfacediff.interfaces`; ``name`` defaults to ``cls.name``. Names are unique within a kind:
 a second plugin registering the same name is an error that names both plugins.
+
+The hooks' names follow from the kinds (``register_`` + ``ipfacediff.interfaces.KINDS[kind]``); a
+meta-test checks that each kind has its hook here.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pluggy
 
@@ -163,19 +166,3 @@ def register_objectives(register: Register) -> None:
 
     Example: ``@hookimpl def register_objectives(register): register(SharpnessObjective, name="sharpness")``
     """
-
-
-HOOK_NAMES: list[str] = [
-    "register_backbones",
-    "register_identity_encoders",
-    "register_localization_losses",
-    "register_inverters",
-    "register_editors",
-    "register_propagators",
-    "register_face_processors",
-    "register_metrics",
-    "register_strategies",
-    "register_objectives",
-]
-
-RegisterFn = Callable[..., None]

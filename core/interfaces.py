@@ -21,31 +21,19 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from ipfacediff.params import NoParams
 
-KINDS: dict[str, str] = {
-    "backbone": "backbones",
-    "identity_encoder": "identity_encoders",
-    "localization_loss": "localization_losses",
-    "inverter": "inverters",
-    "editor": "editors",
-    "propagator": "propagators",
-    "face_processor": "face_processors",
-    "metric": "metrics",
-    "strategy": "strategies",
-    "objective": "objectives",
-}
-"""Kind name -> plural used in hook names (``register_<plural>``) and built-in plugin folders."""
 
-
-class Component(abc.ABC):
+class Component(abc.ABC):  # noqa: B024 - abstract per kind, not here
     """Base of every component.
 
     Class attributes a component sets:
@@ -64,25 +52,28 @@ class Component(abc.ABC):
     test_params: ClassVar[dict[str, Any]] = {}
     description: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    plural: ClassVar[str] = ""  # the kind's plural: its hook ``register_<plural>`` and built-in plugin folder
     name: ClassVar[str] = ""
 
-    _build: ClassVar[Callable[..., "Component"] | None] = None  # set per instance by the catalog
+    _build: ClassVar[Callable[..., Component] | None] = None  # set per instance by the catalog
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
         self.device = torch.device("cpu")
 
-    def component(self, kind: str, name: str, params: dict[str, Any] | None = None) -> "Component":
+    def component(self, kind: str, name: str, params: dict[str, Any] | None = None) -> Component:
         """Another registered component, built (with validated ``params``) by the catalog that built
         this one."""
         if self._build is None:
             from .errors import PluginLoadError
 
-            raise PluginLoadError(f"{type(self).__name__} needs a {kind.replace('_', ' ')} ({name!r}) but was not built by a catalog; "
-                                  f"build it with ipfacediff.get_catalog().build(...)")
+            raise PluginLoadError(
+                f"{type(self).__name__} needs a {kind.replace('_', ' ')} ({name!r}) but was not built by a catalog; "
+                f"build it with ipfacediff.get_catalog().build(...)"
+            )
         return self._build(kind, name, params)
 
-    def to(self, device: str | torch.device) -> "Component":
+    def to(self, device: str | torch.device) -> Component:
         """Move the component's models to ``device`` and return ``self``."""
         self.device = torch.device(device)
         for value in vars(self).values():
@@ -91,7 +82,7 @@ class Component(abc.ABC):
         return self
 
     @classmethod
-    def build_for_test(cls, workdir: str) -> "Component":
+    def build_for_test(cls, workdir: str) -> Component:
         """An instance for the conformance test: ``cls(Params(**test_params))`` by default.
 
         Override when a test instance needs files (``workdir`` is an empty temporary folder).
@@ -122,7 +113,9 @@ class FaceDetection:
         return {
             "box": [round(float(v), 2) for v in self.box],
             "score": round(float(self.score), 5),
-            "landmarks": None if self.landmarks is None else [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+            "landmarks": None
+            if self.landmarks is None
+            else [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
         }
 
 
@@ -146,6 +139,7 @@ class FaceProcessor(Component):
     """
 
     kind = "face_processor"
+    plural = "face_processors"
 
     @abc.abstractmethod
     def detect(self, frame: np.ndarray) -> list[FaceDetection]:
@@ -169,6 +163,7 @@ class IdentityEncoder(Component):
     """
 
     kind = "identity_encoder"
+    plural = "identity_encoders"
     input_size: int = 112
     embedding_dim: int = 0
 
@@ -188,6 +183,7 @@ class Metric(Component):
     """
 
     kind = "metric"
+    plural = "metrics"
     higher_is_better: ClassVar[bool] = True
     temporal: ClassVar[bool] = False
     #: what the benchmark harness feeds it: ``"edit"`` (source vs edited video), ``"null-edit"``
@@ -197,11 +193,17 @@ class Metric(Component):
     inputs: ClassVar[str] = "edit"
 
     @abc.abstractmethod
-    def compute(self, source: Sequence[np.ndarray] | np.ndarray, edited: Sequence[np.ndarray] | np.ndarray) -> dict[str, Any]:
+    def compute(
+        self, source: Sequence[np.ndarray] | np.ndarray, edited: Sequence[np.ndarray] | np.ndarray
+    ) -> dict[str, Any]:
         """Score ``edited`` against ``source`` (same length, uint8 RGB frames)."""
 
-    def compute_with_context(self, source: Sequence[np.ndarray] | np.ndarray, edited: Sequence[np.ndarray] | np.ndarray,
-                             context: dict[str, Any]) -> dict[str, Any]:
+    def compute_with_context(
+        self,
+        source: Sequence[np.ndarray] | np.ndarray,
+        edited: Sequence[np.ndarray] | np.ndarray,
+        context: dict[str, Any],
+    ) -> dict[str, Any]:
         """What the harness calls; ``context`` holds ``target_prompt``, ``source_prompt``, ``fps``.
         Metrics that need the prompts (CLIP scores) override this; the default ignores it."""
         return self.compute(source, edited)
@@ -223,6 +225,7 @@ class Backbone(Component):
     """
 
     kind = "backbone"
+    plural = "backbones"
     unet: Any = None
     vae: Any = None
     scheduler_config: Any = None
@@ -252,7 +255,9 @@ class Backbone(Component):
         """Activate the LoRA adapter ``name``; ``None`` or an adapter that is not loaded: the base model."""
         self.active_adapter = None
 
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | int, prompt_embeds: torch.Tensor, stage: str) -> torch.Tensor:
+    def predict_noise(
+        self, latents: torch.Tensor, t: torch.Tensor | int, prompt_embeds: torch.Tensor, stage: str
+    ) -> torch.Tensor:
         """The UNet's noise prediction, counted under ``stage``. ``prompt_embeds`` is broadcast
         when it has one row."""
         if prompt_embeds.shape[0] == 1 and latents.shape[0] > 1:
@@ -260,7 +265,9 @@ class Backbone(Component):
         self.unet_evals[stage] = self.unet_evals.get(stage, 0) + int(latents.shape[0])
         dtype = next(self.unet.parameters()).dtype
         with torch.no_grad():
-            out = self.unet(latents.to(self.device, dtype), t, encoder_hidden_states=prompt_embeds.to(self.device, dtype)).sample
+            out = self.unet(
+                latents.to(self.device, dtype), t, encoder_hidden_states=prompt_embeds.to(self.device, dtype)
+            ).sample
         return out.to(torch.float32)
 
     def identity(self) -> dict[str, Any]:
@@ -292,10 +299,16 @@ class Inversion:
             return self.trajectory[self.timesteps.index(t) + 1]
         return None
 
-    def select(self, rows: Sequence[int]) -> "Inversion":
+    def select(self, rows: Sequence[int]) -> Inversion:
         """The same inversion restricted to some frames."""
         rows = list(rows)
-        return Inversion(list(self.timesteps), [x[rows] for x in self.trajectory], list(self.denoise_timesteps), self.steps, dict(self.extras))
+        return Inversion(
+            list(self.timesteps),
+            [x[rows] for x in self.trajectory],
+            list(self.denoise_timesteps),
+            self.steps,
+            dict(self.extras),
+        )
 
 
 class Inverter(Component):
@@ -309,9 +322,12 @@ class Inverter(Component):
     """
 
     kind = "inverter"
+    plural = "inverters"
 
     @abc.abstractmethod
-    def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0) -> Inversion: ...
+    def invert(
+        self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0
+    ) -> Inversion: ...
 
 
 class Editor(Component):
@@ -327,13 +343,20 @@ class Editor(Component):
     """
 
     kind = "editor"
+    plural = "editors"
     guidance_scale: float = 7.5
 
     def check(self, backbone: Backbone) -> None: ...
 
     @abc.abstractmethod
-    def edit(self, backbone: Backbone, inversion: Inversion, prompt_embeds: torch.Tensor, uncond_embeds: torch.Tensor,
-             source_embeds: torch.Tensor) -> torch.Tensor: ...
+    def edit(
+        self,
+        backbone: Backbone,
+        inversion: Inversion,
+        prompt_embeds: torch.Tensor,
+        uncond_embeds: torch.Tensor,
+        source_embeds: torch.Tensor,
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -382,6 +405,7 @@ class Propagator(Component):
     """
 
     kind = "propagator"
+    plural = "propagators"
     space: ClassVar[Literal["latents", "pixels"]] = "latents"
     needs: ClassVar[tuple[str, ...]] = ("features", "edited_latents")
     landmark_model: ClassVar[str | None] = None
@@ -399,31 +423,32 @@ class LocalizationLoss(Component):
     """
 
     kind = "localization_loss"
+    plural = "localization_losses"
 
     @abc.abstractmethod
-    def forward(self, generated: torch.Tensor, reference: torch.Tensor, target_prompts: Sequence[str], reference_prompts: Sequence[str]) -> torch.Tensor: ...
+    def forward(
+        self,
+        generated: torch.Tensor,
+        reference: torch.Tensor,
+        target_prompts: Sequence[str],
+        reference_prompts: Sequence[str],
+    ) -> torch.Tensor: ...
 
 
 # -------------------------------------------------------------------------------- edit methods
-@dataclass
-class EditRun:
-    """What the edit job gives a :class:`Strategy`: the clip's source latents and keyframes, the built
-    components, and the job's services (cached inversion, cached stages, timing, the report).
+class EditRun(abc.ABC):
+    """The edit as one object, as a :class:`Strategy` sees it: the clip's source latents and
+    keyframes, the built components, and the run's services (cached inversion, cached stages, timing,
+    the report). The edit job (``ipfacediff.jobs.edit.EditJob``) is one; so is the small in-memory run
+    of the conformance checks, and the ComfyUI nodes build one from IMAGE tensors.
 
     * ``latents``: ``float32 [F, 4, h, w]`` source latents of every face frame ("row"), encoded on first
       read (read only the rows you need); ``face_frames[row]``: its clip frame; ``keys``: keyframe rows.
     * ``components``: the pipeline's built components by slot (``inverter``, ``editor``,
       ``propagator``, ...); ``settings``: the pipeline settings (``ipfacediff.registry.PipelineSettings``).
     * ``embeds``: prompt embeddings ``"target"``, ``"uncond"`` (guidance) and ``"empty"`` (eps1).
-    * ``invert(latents)``: eps1's (the identity adapter's) inversion by the pipeline's inverter,
-      cached by the job, timed under ``invert``.
-    * ``cached(category, parts, compute)``: a tensor stage result kept in the job's stage cache under
-      a key made of ``parts`` and the backbone, adapters, steps and seed; ``compute()`` runs on a miss.
-    * ``timer(name)``: a context manager adding the block's wall time to the report's ``timings_s``.
     * ``report``: facts for the edit report; ``reused``: names of stages loaded from the cache.
     * ``scratch``: a private folder for temporary files, removed when the edit ends.
-    * ``crops(rows)``: the unedited aligned face crops of ``rows``, ``uint8 [n, r, r, 3]`` at the
-      backbone's resolution (read and aligned on demand, for pixel-space propagation).
     """
 
     backbone: Backbone
@@ -436,17 +461,32 @@ class EditRun:
     steps: int
     seed: int
     show_progress: bool
-    invert: Callable[[torch.Tensor], Inversion]
-    cached: Callable[[str, dict[str, Any], Callable[[], torch.Tensor]], torch.Tensor]
-    timer: Callable[[str], ContextManager[None]]
     scratch: Path
-    report: dict[str, Any] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
-    crops: Callable[[Sequence[int]], np.ndarray] | None = None
+    report: dict[str, Any]
+    reused: list[str]
 
     def rows(self, rows: Sequence[int]) -> torch.Tensor:
         """Source latents of ``rows`` as a float tensor."""
         return torch.from_numpy(np.ascontiguousarray(self.latents[list(rows)]))
+
+    @abc.abstractmethod
+    def crops(self, rows: Sequence[int]) -> np.ndarray:
+        """The unedited aligned face crops of ``rows``, ``uint8 [n, r, r, 3]`` at the backbone's
+        resolution (read and aligned on demand, for pixel-space propagation)."""
+
+    @abc.abstractmethod
+    def invert(self, latents: torch.Tensor) -> Inversion:
+        """eps1's (the identity adapter's) inversion of ``latents`` by the pipeline's inverter, cached
+        by the run, timed under ``invert``."""
+
+    @abc.abstractmethod
+    def cached(self, category: str, parts: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A tensor stage result kept in the run's stage cache under a key made of ``parts`` and the
+        backbone, adapters, steps and seed; ``compute()`` runs on a miss."""
+
+    @abc.abstractmethod
+    def timer(self, name: str) -> AbstractContextManager[None]:
+        """A context manager adding the block's wall time to the report's ``timings_s[name]``."""
 
 
 class Strategy(Component):
@@ -461,6 +501,7 @@ class Strategy(Component):
     """
 
     kind = "strategy"
+    plural = "strategies"
     requires: ClassVar[tuple[str, ...]] = ("face_processor", "inverter")
 
     def prepare(self, run: EditRun) -> None:
@@ -500,30 +541,53 @@ class Objective(Component):
     """
 
     kind = "objective"
+    plural = "objectives"
     requires: ClassVar[tuple[str, ...]] = ("face_processor",)
     term_requires: ClassVar[dict[str, str]] = {}
     terms: ClassVar[tuple[str, ...]] = ()
     default_weights: ClassVar[dict[str, float]] = {}
     prompts: list[tuple[str, str]] = [("", "all")]
 
-    def setup(self, backbone: Backbone, faces: Any, components: dict[str, Component], settings: Any, weights: dict[str, float]) -> None:
+    def setup(
+        self,
+        backbone: Backbone,
+        faces: Any,
+        components: dict[str, Component],
+        settings: Any,
+        weights: dict[str, float],
+    ) -> None:
         """Once before training (default: keep the arguments as attributes)."""
-        self.backbone, self.faces, self.components, self.settings, self.weights = backbone, faces, components, settings, weights
+        self.backbone, self.faces, self.components, self.settings, self.weights = (
+            backbone,
+            faces,
+            components,
+            settings,
+            weights,
+        )
 
     @abc.abstractmethod
     def losses(self, unet: Any, batch: TrainingBatch) -> dict[str, torch.Tensor]:
         """The loss terms of ``batch`` (only those with a weight > 0 are needed)."""
 
 
+# The one declaration of the kinds: every table of kinds is derived from it (the hookspecs' names,
+# the catalog's hooks, the built-in plugin folders, the conformance checks' index).
 INTERFACES: dict[str, type[Component]] = {
-    "backbone": Backbone,
-    "identity_encoder": IdentityEncoder,
-    "localization_loss": LocalizationLoss,
-    "inverter": Inverter,
-    "editor": Editor,
-    "propagator": Propagator,
-    "face_processor": FaceProcessor,
-    "metric": Metric,
-    "strategy": Strategy,
-    "objective": Objective,
+    cls.kind: cls
+    for cls in (
+        Backbone,
+        IdentityEncoder,
+        LocalizationLoss,
+        Inverter,
+        Editor,
+        Propagator,
+        FaceProcessor,
+        Metric,
+        Strategy,
+        Objective,
+    )
 }
+"""Kind name -> its interface."""
+
+KINDS: dict[str, str] = {kind: cls.plural for kind, cls in INTERFACES.items()}
+"""Kind name -> plural used in hook names (``register_<plural>``) and built-in plugin folders."""

@@ -38,7 +38,9 @@ def _type_name(tp: Any) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -143,11 +145,13 @@ def describe_params(params_cls: type) -> list[dict[str, Any]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = None
-        out.append({
-            "name": f.name,
-            "type": _type_name(hints[f.name]),
-            "default": default,
-            "range": list(f.metadata["range"]) if f.metadata and "range" in f.metadata else None,
-            "help": f.metadata.get("help", "") if f.metadata else "",
-        })
+        out.append(
+            {
+                "name": f.name,
+                "type": _type_name(hints[f.name]),
+                "default": default,
+                "range": list(f.metadata["range"]) if f.metadata and "range" in f.metadata else None,
+                "help": f.metadata.get("help", "") if f.metadata else "",
+            }
+        )
     return out

@@ -45,49 +45,135 @@ RECIPE_SLOTS: dict[str, str] = {
 class PipelineSettings:
     """Pipeline-level settings (``settings:`` of a pipeline)."""
 
-    crop_size: int = field(default=512, metadata={"range": (64, 2048), "help": "side of the aligned face crop of the faces job (edits use the backbone's resolution)"})
-    landmark_smoothing: int = field(default=5, metadata={"range": (1, 61), "help": "frames in the temporal landmark smoothing window"})
-    min_face_frames: float = field(default=0.0, metadata={"range": (0.0, 1.0), "help": "fraction of frames that must show a face"})
-    keyframe_method: Literal["uniform", "count", "pose"] = field(default="uniform", metadata={"help": "every N frames, N evenly spaced, or the most diverse head poses"})
-    keyframe_interval: int = field(default=8, metadata={"range": (1, None), "help": "uniform: a keyframe every N frames"})
+    crop_size: int = field(
+        default=512,
+        metadata={
+            "range": (64, 2048),
+            "help": "side of the aligned face crop of the faces job (edits use the backbone's resolution)",
+        },
+    )
+    landmark_smoothing: int = field(
+        default=5, metadata={"range": (1, 61), "help": "frames in the temporal landmark smoothing window"}
+    )
+    min_face_frames: float = field(
+        default=0.0, metadata={"range": (0.0, 1.0), "help": "fraction of frames that must show a face"}
+    )
+    keyframe_method: Literal["uniform", "count", "pose"] = field(
+        default="uniform", metadata={"help": "every N frames, N evenly spaced, or the most diverse head poses"}
+    )
+    keyframe_interval: int = field(
+        default=8, metadata={"range": (1, None), "help": "uniform: a keyframe every N frames"}
+    )
     keyframe_count: int = field(default=5, metadata={"range": (1, None), "help": "count / pose: number of keyframes"})
-    source_prompt: str = field(default="a photo of a face", metadata={"help": "describes the source; the target prompt is '<source>, <edits>'"})
-    guidance_prompt: str = field(default="", metadata={"help": "the unconditional (negative) prompt of classifier-free guidance"})
-    propagation_source: Literal["latents", "eps1"] = field(default="latents", metadata={
-        "help": "token features the propagator matches on: the source latents, or eps1's last decoder features (one more UNet pass per frame)"})
-    propagation_timestep: int = field(default=100, metadata={"range": (0, 999), "help": "eps1 source: noise level the features are taken at"})
-    refine_steps: int = field(default=0, metadata={"range": (0, 50), "help": "low-noise denoising steps on propagated frames (0: none)"})
-    refine_strength: float = field(default=0.2, metadata={"range": (0.0, 1.0), "help": "noise level of the refinement, fraction of the schedule"})
-    batch_size: int = field(default=8, metadata={"range": (1, 1024), "help": "frames per VAE / UNet batch outside joint keyframe editing"})
-    max_input_side: int = field(default=8192, metadata={"range": (64, 65536), "help": "inputs larger than this on the longest side are refused (8K UHD fits)"})
-    chunk_frames: int = field(default=64, metadata={"range": (1, None), "help": "frames propagated, decoded and written per chunk (memory is bounded by this, not the clip length)"})
-    keyframe_group: int = field(default=16, metadata={"range": (2, 1024), "help": "keyframes edited jointly at most; longer clips edit groups that share one keyframe with the previous group"})
+    source_prompt: str = field(
+        default="a photo of a face",
+        metadata={"help": "describes the source; the target prompt is '<source>, <edits>'"},
+    )
+    guidance_prompt: str = field(
+        default="", metadata={"help": "the unconditional (negative) prompt of classifier-free guidance"}
+    )
+    propagation_source: Literal["latents", "eps1"] = field(
+        default="latents",
+        metadata={
+            "help": (
+                "token features the propagator matches on: the source latents, or eps1's last decoder features (one "
+                "more UNet pass per frame)"
+            )
+        },
+    )
+    propagation_timestep: int = field(
+        default=100, metadata={"range": (0, 999), "help": "eps1 source: noise level the features are taken at"}
+    )
+    refine_steps: int = field(
+        default=0, metadata={"range": (0, 50), "help": "low-noise denoising steps on propagated frames (0: none)"}
+    )
+    refine_strength: float = field(
+        default=0.2, metadata={"range": (0.0, 1.0), "help": "noise level of the refinement, fraction of the schedule"}
+    )
+    batch_size: int = field(
+        default=8, metadata={"range": (1, 1024), "help": "frames per VAE / UNet batch outside joint keyframe editing"}
+    )
+    max_input_side: int = field(
+        default=8192,
+        metadata={
+            "range": (64, 65536),
+            "help": "inputs larger than this on the longest side are refused (8K UHD fits)",
+        },
+    )
+    chunk_frames: int = field(
+        default=64,
+        metadata={
+            "range": (1, None),
+            "help": "frames propagated, decoded and written per chunk "
+            "(memory is bounded by this, not the clip length)",
+        },
+    )
+    keyframe_group: int = field(
+        default=16,
+        metadata={
+            "range": (2, 1024),
+            "help": (
+                "keyframes edited jointly at most; longer clips edit groups that share one keyframe with the previous "
+                "group"
+            ),
+        },
+    )
 
 
 @dataclass
 class RecipeSettings:
     """Fine-tuning settings (``settings:`` of a recipe)."""
 
-    adapter: str = field(default="identity", metadata={"help": "name of the LoRA adapter trained (the edit pipeline uses identity and edit)"})
+    adapter: str = field(
+        default="identity",
+        metadata={"help": "name of the LoRA adapter trained (the edit pipeline uses identity and edit)"},
+    )
     steps: int = field(default=500, metadata={"range": (1, None), "help": "optimizer steps (--max-steps overrides)"})
     learning_rate: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
     lora_rank: int = field(default=4, metadata={"range": (1, 512)})
-    lora_alpha: float = field(default=0.0, metadata={"range": (0.0, 4096.0), "help": "LoRA alpha (0: equal to the rank, scale 1)"})
-    lora_targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], metadata={"help": "UNet module names that get LoRA"})
+    lora_alpha: float = field(
+        default=0.0, metadata={"range": (0.0, 4096.0), "help": "LoRA alpha (0: equal to the rank, scale 1)"}
+    )
+    lora_targets: list = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        metadata={"help": "UNet module names that get LoRA"},
+    )
     batch_size: int = field(default=1, metadata={"range": (1, None)})
     gradient_accumulation: int = field(default=1, metadata={"range": (1, 1024)})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory in the UNet"})
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "accelerate mixed precision (GPU)"})
-    resolution: int = field(default=0, metadata={"range": (0, 2048), "help": "face crop size (0: the backbone's resolution)"})
-    loss_weights: dict = field(default_factory=dict, metadata={"help": "loss term -> weight (noise, identity, directional, locality)"})
-    loss_warmup: dict = field(default_factory=dict, metadata={"help": "loss term -> steps over which its weight ramps up from 0"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata={"help": "accelerate mixed precision (GPU)"}
+    )
+    resolution: int = field(
+        default=0, metadata={"range": (0, 2048), "help": "face crop size (0: the backbone's resolution)"}
+    )
+    loss_weights: dict = field(
+        default_factory=dict, metadata={"help": "loss term -> weight (noise, identity, directional, locality)"}
+    )
+    loss_warmup: dict = field(
+        default_factory=dict, metadata={"help": "loss term -> steps over which its weight ramps up from 0"}
+    )
     timestep_range: list = field(default_factory=lambda: [1, 999], metadata={"help": "[low, high] training timesteps"})
-    identity_max_timestep: int = field(default=600, metadata={"range": (0, 999), "help": "the identity term only where t <= this (x0_hat is a face)"})
-    prompts: str = field(default="", metadata={"help": "edit: prompt list file, one per line, optional ' | part' (empty: built-in list)"})
-    reference_prompt: str = field(default="a photo of a face", metadata={"help": "edit: p_ref of the directional loss"})
-    frames_per_video: int = field(default=16, metadata={"range": (1, 10000), "help": "frames sampled from each training video"})
-    checkpoint_every: int = field(default=100, metadata={"range": (1, None), "help": "steps between checkpoints (and one at the end)"})
-    eval_samples: int = field(default=4, metadata={"range": (1, 64), "help": "fixed samples the loss terms are evaluated on at start and end"})
+    identity_max_timestep: int = field(
+        default=600, metadata={"range": (0, 999), "help": "the identity term only where t <= this (x0_hat is a face)"}
+    )
+    prompts: str = field(
+        default="",
+        metadata={"help": "edit: prompt list file, one per line, optional ' | part' (empty: built-in list)"},
+    )
+    reference_prompt: str = field(
+        default="a photo of a face", metadata={"help": "edit: p_ref of the directional loss"}
+    )
+    frames_per_video: int = field(
+        default=16, metadata={"range": (1, 10000), "help": "frames sampled from each training video"}
+    )
+    checkpoint_every: int = field(
+        default=100, metadata={"range": (1, None), "help": "steps between checkpoints (and one at the end)"}
+    )
+    eval_samples: int = field(
+        default=4,
+        metadata={"range": (1, 64), "help": "fixed samples the loss terms are evaluated on at start and end"},
+    )
 
 
 @dataclass
@@ -132,9 +218,15 @@ class PipelineEntry:
     metrics: list[ComponentRef] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out = {"name": self.name, "description": self.description, "backbone": self.backbone,
-               "components": {k: v.to_json() for k, v in self.components.items()}, "metrics": [m.to_json() for m in self.metrics],
-               "settings": dataclasses.asdict(self.settings), "source": self.source}
+        out = {
+            "name": self.name,
+            "description": self.description,
+            "backbone": self.backbone,
+            "components": {k: v.to_json() for k, v in self.components.items()},
+            "metrics": [m.to_json() for m in self.metrics],
+            "settings": dataclasses.asdict(self.settings),
+            "source": self.source,
+        }
         if isinstance(self, RecipeEntry):
             del out["metrics"]
         return out
@@ -151,7 +243,9 @@ class Registry:
     pipelines: dict[str, PipelineEntry] = field(default_factory=dict)
     recipes: dict[str, RecipeEntry] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
-    raw: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)  # entries as written (for ``extends``)
+    raw: dict[tuple[str, str], dict[str, Any]] = field(
+        default_factory=dict, repr=False
+    )  # entries as written (for ``extends``)
 
     def pipeline(self, name: str) -> PipelineEntry:
         return self._get("pipeline", self.pipelines, name)
@@ -167,7 +261,10 @@ class Registry:
             return table[name]
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RegistryError(f"unknown {what} {name!r}{hint} (defined: {', '.join(sorted(table)) or 'none'}; files: {', '.join(self.files)})")
+        raise RegistryError(
+            f"unknown {what} {name!r}{hint} (defined: {', '.join(sorted(table)) or 'none'}; files: "
+            f"{', '.join(self.files)})"
+        )
 
 
 def builtin_registry_path() -> Path:
@@ -178,7 +275,9 @@ def builtin_registry_path() -> Path:
     installed = Path(sys.prefix) / "share" / "ipfacediff" / "registry.yaml"
     if installed.is_file():
         return installed
-    raise RegistryError(f"the built-in registry.yaml is missing (looked in {here} and {installed}); reinstall ipfacediff")
+    raise RegistryError(
+        f"the built-in registry.yaml is missing (looked in {here} and {installed}); reinstall ipfacediff"
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -200,7 +299,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RegistryError(f"{path}: the top level must be a mapping with keys version, backbones, pipelines, recipes; got {type(data).__name__}")
+        raise RegistryError(
+            f"{path}: the top level must be a mapping with keys version, backbones, pipelines, recipes; got "
+            f"{type(data).__name__}"
+        )
     return data
 
 
@@ -235,7 +337,9 @@ def parse_component_ref(catalog: Catalog, kind: str, raw: Any, where: str) -> Co
     elif isinstance(raw, dict):
         _check_keys(raw, ["component", "params"], where)
         if "component" not in raw:
-            raise RegistryError(f"{where}: missing key 'component' (the registered name of a {kind.replace('_', ' ')})")
+            raise RegistryError(
+                f"{where}: missing key 'component' (the registered name of a {kind.replace('_', ' ')})"
+            )
         name = _str(raw["component"], f"{where}.component")
         params = _mapping(raw.get("params"), f"{where}.params")
     else:
@@ -250,36 +354,64 @@ def _parse_file(catalog: Catalog, path: Path, data: dict[str, Any], registry: Re
     _check_keys(data, ["version", "backbones", "pipelines", "recipes"], f)
     version = data.get("version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise RegistryError(f"{f}: version: {version!r} is not supported (this ipfacediff reads version {SCHEMA_VERSION})")
+        raise RegistryError(
+            f"{f}: version: {version!r} is not supported (this ipfacediff reads version {SCHEMA_VERSION})"
+        )
 
     for name, raw in _mapping(data.get("backbones"), f"{f}: backbones").items():
         where = f"{f}: backbones.{name}"
         raw = _mapping(raw, where)
         _check_keys(raw, ["component", "params", "description"], where)
         ref = parse_component_ref(catalog, "backbone", {k: v for k, v in raw.items() if k != "description"}, where)
-        registry.backbones[str(name)] = BackboneEntry(str(name), ref, _str(raw.get("description"), f"{where}.description"), f)
+        registry.backbones[str(name)] = BackboneEntry(
+            str(name), ref, _str(raw.get("description"), f"{where}.description"), f
+        )
 
-    for table, slots, settings_cls, entry_cls in (("pipelines", PIPELINE_SLOTS, PipelineSettings, PipelineEntry),
-                                                  ("recipes", RECIPE_SLOTS, RecipeSettings, RecipeEntry)):
+    for table, slots, settings_cls, entry_cls in (
+        ("pipelines", PIPELINE_SLOTS, PipelineSettings, PipelineEntry),
+        ("recipes", RECIPE_SLOTS, RecipeSettings, RecipeEntry),
+    ):
         raws = _mapping(data.get(table), f"{f}: {table}")
         for name in raws:
             where = f"{f}: {table}.{name}"
             raw = _extended(raws, str(name), table, registry, where)
-            _check_keys(raw, ["description", "backbone", "settings", *(["metrics"] if table == "pipelines" else []), *slots], where)
+            _check_keys(
+                raw,
+                ["description", "backbone", "settings", *(["metrics"] if table == "pipelines" else []), *slots],
+                where,
+            )
             if "strategy" in (raw.get("settings") or {}) and table == "pipelines":
-                raise RegistryError(f"{where}.settings.strategy: the strategy is a slot now; write `strategy: {raw['settings']['strategy']}` "
-                                    f"beside face_processor (not under settings)")
-            comps = {slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}") for slot, kind in slots.items() if slot in raw}
+                raise RegistryError(
+                    f"{where}.settings.strategy: the strategy is a slot now; write `strategy: "
+                    f"{raw['settings']['strategy']}` "
+                    f"beside face_processor (not under settings)"
+                )
+            comps = {
+                slot: parse_component_ref(catalog, kind, raw[slot], f"{where}.{slot}")
+                for slot, kind in slots.items()
+                if slot in raw
+            }
             _check_required(catalog, comps, where)
-            settings = validate_params(settings_cls, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings")
+            settings = validate_params(
+                settings_cls, _mapping(raw.get("settings"), f"{where}.settings"), f"{where}.settings"
+            )
             extra = {"metrics": _metrics(catalog, raw.get("metrics"), where)} if table == "pipelines" else {}
-            entry = entry_cls(name=str(name), description=_str(raw.get("description"), f"{where}.description"),
-                              backbone=_str(raw.get("backbone"), f"{where}.backbone", "auto"), components=comps, settings=settings, source=f, **extra)
+            entry = entry_cls(
+                name=str(name),
+                description=_str(raw.get("description"), f"{where}.description"),
+                backbone=_str(raw.get("backbone"), f"{where}.backbone", "auto"),
+                components=comps,
+                settings=settings,
+                source=f,
+                **extra,
+            )
             getattr(registry, table)[str(name)] = entry
             registry.raw[(table, str(name))] = raw
 
 
-def _extended(raws: dict[str, Any], name: str, table: str, registry: "Registry", where: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _extended(
+    raws: dict[str, Any], name: str, table: str, registry: Registry, where: str, seen: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The raw entry with ``extends: OTHER`` resolved: OTHER's keys (from this file, else an entry
     loaded before), overridden key by key (``settings`` merged key by key)."""
     raw = dict(_mapping(raws[name], where))
@@ -288,7 +420,9 @@ def _extended(raws: dict[str, Any], name: str, table: str, registry: "Registry",
         return raw
     parent = _str(parent, f"{where}.extends")
     if parent in seen or parent == name and (table, name) not in registry.raw:
-        raise RegistryError(f"{where}.extends: {parent!r} extends itself (cycle: {' -> '.join([*seen, name, parent])})")
+        raise RegistryError(
+            f"{where}.extends: {parent!r} extends itself (cycle: {' -> '.join([*seen, name, parent])})"
+        )
     if parent in raws and parent != name:
         base = _extended(raws, parent, table, registry, where.rsplit(".", 1)[0] + f".{parent}", (*seen, name))
     elif (table, parent) in registry.raw:
@@ -297,7 +431,9 @@ def _extended(raws: dict[str, Any], name: str, table: str, registry: "Registry",
         known = sorted({*raws, *(n for t, n in registry.raw if t == table)} - {name})
         close = difflib.get_close_matches(parent, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RegistryError(f"{where}.extends: unknown {table[:-1]} {parent!r}{hint} (defined: {', '.join(known) or 'none'})")
+        raise RegistryError(
+            f"{where}.extends: unknown {table[:-1]} {parent!r}{hint} (defined: {', '.join(known) or 'none'})"
+        )
     merged = {**base, **raw}
     if isinstance(base.get("settings"), dict) and isinstance(raw.get("settings"), dict):
         merged["settings"] = {**base["settings"], **raw["settings"]}
@@ -318,8 +454,10 @@ def _check_required(catalog: Catalog, comps: dict[str, ComponentRef], where: str
             cls = catalog.get(slot, comps[slot].name).cls
             missing = [r for r in cls.requires if r not in comps]
             if missing:
-                raise RegistryError(f"{where}: the {slot} {comps[slot].name!r} requires {', '.join(missing)} "
-                                    f"(add {'them' if len(missing) > 1 else 'it'} beside the {slot})")
+                raise RegistryError(
+                    f"{where}: the {slot} {comps[slot].name!r} requires {', '.join(missing)} "
+                    f"(add {'them' if len(missing) > 1 else 'it'} beside the {slot})"
+                )
 
 
 def _check_backbone_refs(registry: Registry) -> None:
@@ -329,10 +467,15 @@ def _check_backbone_refs(registry: Registry) -> None:
                 names = ["auto", *sorted(registry.backbones)]
                 close = difflib.get_close_matches(entry.backbone, names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise RegistryError(f"{entry.source}: {what}.{entry.name}.backbone: unknown backbone {entry.backbone!r}{hint} (defined: {', '.join(names)})")
+                raise RegistryError(
+                    f"{entry.source}: {what}.{entry.name}.backbone: unknown backbone {entry.backbone!r}{hint} "
+                    f"(defined: {', '.join(names)})"
+                )
 
 
-def load_registry(user_file: str | Path | None = None, catalog: Catalog | None = None, include_builtin: bool = True) -> Registry:
+def load_registry(
+    user_file: str | Path | None = None, catalog: Catalog | None = None, include_builtin: bool = True
+) -> Registry:
     """Load and validate the built-in registry, then ``user_file`` merged over it."""
     catalog = catalog or get_catalog()
     registry = Registry()

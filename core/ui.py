@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ipfacediff.errors import IPFaceDiffError, InputError, ParameterError
+from ipfacediff.errors import InputError, IPFaceDiffError, ParameterError
 
 MAX_UPLOAD = "500mb"
 JOB = "ipfacediff-job"  # every job event shares one queue slot: one job at a time
@@ -26,7 +26,9 @@ JOB = "ipfacediff-job"  # every job event shares one queue slot: one job at a ti
 class App:
     """The app's state: the registry, a work folder for outputs, and the limits."""
 
-    def __init__(self, registry_file: str | Path | None = None, max_frames: int = 240, workdir: str | Path | None = None):
+    def __init__(
+        self, registry_file: str | Path | None = None, max_frames: int = 240, workdir: str | Path | None = None
+    ):
         from ipfacediff.registry import load_registry
 
         self.registry_file = registry_file
@@ -55,21 +57,44 @@ class App:
             n = src.info.n_frames
         frames = min(n, limit) if limit else n
         if frames > self.max_frames:
-            raise InputError(f"the clip has {n} frames; this app edits at most {self.max_frames} "
-                             f"(set 'Max frames', or use `ipfacediff edit` for longer clips)")
+            raise InputError(
+                f"the clip has {n} frames; this app edits at most {self.max_frames} "
+                f"(set 'Max frames', or use `ipfacediff edit` for longer clips)"
+            )
         return Path(path), frames
 
-    def request(self, clip: str | None, prompt: str, pipeline: str, backbone: str, seed: float, steps: float, interval: float,
-                max_frames: float | None, output: Path):
+    def request(
+        self,
+        clip: str | None,
+        prompt: str,
+        pipeline: str,
+        backbone: str,
+        seed: float,
+        steps: float,
+        interval: float,
+        max_frames: float | None,
+        output: Path,
+    ):
         from ipfacediff.jobs.edit import EditRequest
 
         if not (prompt or "").strip():
             raise ParameterError("no prompt: say what to change (e.g. 'eyeglasses', 'blonde hair', 'older')")
         path, frames = self.clip(clip, int(max_frames) if max_frames else None)
         sets: dict[str, Any] = {"settings": {"keyframe_interval": int(interval)}} if interval else {}
-        return EditRequest(input=path, prompt=prompt, pipeline=self.registry.pipeline(pipeline), registry=self.registry, output=output,
-                           backbone=backbone, steps=int(steps), max_frames=frames, sets=sets, seed=int(seed), overwrite=True,
-                           show_progress=False)
+        return EditRequest(
+            input=path,
+            prompt=prompt,
+            pipeline=self.registry.pipeline(pipeline),
+            registry=self.registry,
+            output=output,
+            backbone=backbone,
+            steps=int(steps),
+            max_frames=frames,
+            sets=sets,
+            seed=int(seed),
+            overwrite=True,
+            show_progress=False,
+        )
 
     def backbone_note(self, backbone: str) -> str:
         """What the chosen backbone will be, said plainly when it has random weights."""
@@ -79,8 +104,11 @@ class App:
         tiny = backbone.startswith("tiny") or (entry is not None and entry.component.name == "tiny")
         random = tiny or (backbone == "auto" and find_stable_diffusion(self.registry) is None)
         if random:
-            return ("**Random weights.** This backbone shows the mechanics, not a real edit. For a real edit set "
-                    "`IPFACEDIFF_SD_MODEL` to a Stable Diffusion folder or file before `ipfacediff ui` (`ipfacediff doctor` says what is found).")
+            return (
+                "**Random weights.** This backbone shows the mechanics, not a real edit. For a real edit set "
+                "`IPFACEDIFF_SD_MODEL` to a Stable Diffusion folder or file before `ipfacediff ui` (`ipfacediff "
+                "doctor` says what is found)."
+            )
         return "Stable Diffusion weights: a real edit."
 
 
@@ -115,14 +143,17 @@ def build(app: App):
     """The Gradio Blocks of the app."""
     import gradio as gr
 
-    from ipfacediff.jobs.preview import run_preview
     from ipfacediff.jobs.edit import run_edit
+    from ipfacediff.jobs.preview import run_preview
     from ipfacediff.runtime.sample import sample_clip_path
 
     pipelines = list(app.registry.pipelines)
     backbones = ["auto", *[b for b in app.registry.backbones]]
     with gr.Blocks(title="ipfacediff", delete_cache=(3600, 24 * 3600)) as demo:  # served copies of outputs: a day
-        gr.Markdown("# ipfacediff\nIdentity-preserving, text-driven face video editing. Preview the keyframes first; render when they look right.")
+        gr.Markdown(
+            "# ipfacediff\nIdentity-preserving, text-driven face video editing. Preview the keyframes first; render "
+            "when they look right."
+        )
         with gr.Tab("Edit", elem_id="tab-edit"):
             with gr.Row():
                 with gr.Column():
@@ -130,53 +161,93 @@ def build(app: App):
                     sample = gr.Button("Use the sample clip", elem_id="use-sample", size="sm")
                     prompt = gr.Textbox(label="Prompt", value="eyeglasses", elem_id="prompt")
                     with gr.Row():
-                        pipeline = gr.Dropdown(pipelines, value="ip-facediff" if "ip-facediff" in pipelines else pipelines[0], label="Pipeline",
-                                               elem_id="pipeline")
+                        pipeline = gr.Dropdown(
+                            pipelines,
+                            value="ip-facediff" if "ip-facediff" in pipelines else pipelines[0],
+                            label="Pipeline",
+                            elem_id="pipeline",
+                        )
                         backbone = gr.Dropdown(backbones, value="auto", label="Backbone", elem_id="backbone")
                     note = gr.Markdown(app.backbone_note("auto"), elem_id="backbone-note")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                         steps = gr.Number(20, label="Steps", precision=0, minimum=1, maximum=200, elem_id="steps")
-                        interval = gr.Number(8, label="Keyframe interval", precision=0, minimum=1, maximum=64, elem_id="interval")
-                        max_frames = gr.Number(None, label="Max frames (0 or empty: all)", precision=0, minimum=0, elem_id="max-frames")
+                        interval = gr.Number(
+                            8, label="Keyframe interval", precision=0, minimum=1, maximum=64, elem_id="interval"
+                        )
+                        max_frames = gr.Number(
+                            None, label="Max frames (0 or empty: all)", precision=0, minimum=0, elem_id="max-frames"
+                        )
                     with gr.Row():
                         preview_btn = gr.Button("Preview keyframes", variant="secondary", elem_id="preview")
                         render_btn = gr.Button("Render", variant="primary", elem_id="render")
                         cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 with gr.Column():
-                    preview_img = gr.Image(label="Keyframes: frame with face box / source crop / edited crop", type="filepath",
-                                           interactive=False, elem_id="preview-image")
+                    preview_img = gr.Image(
+                        label="Keyframes: frame with face box / source crop / edited crop",
+                        type="filepath",
+                        interactive=False,
+                        elem_id="preview-image",
+                    )
                     status = gr.Markdown("", elem_id="status")
                     video = gr.Video(label="Edited clip", interactive=False, elem_id="result-video")
-                    files = gr.File(label="Downloads: video, strip, report", file_count="multiple", interactive=False, elem_id="result-files")
+                    files = gr.File(
+                        label="Downloads: video, strip, report",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="result-files",
+                    )
 
             def on_preview(c, p, pl, bb, sd, st, iv, mf, progress=gr.Progress()):
                 out = app.new_dir("preview")
-                rep = _run(lambda: run_preview(app.request(c, p, pl, bb, sd, st, iv, mf, out / "preview.png")), progress)
+                rep = _run(
+                    lambda: run_preview(app.request(c, p, pl, bb, sd, st, iv, mf, out / "preview.png")), progress
+                )
                 reused = ", ".join(rep["reused_stages"]) or "nothing (first run on this clip)"
-                return rep["preview"], _said(f"Keyframes {rep['keyframes']} of {rep['frames']} frames; {rep['timings_s']['total']:.1f} s. "
-                                             f"Reused from the cache: {reused}.", rep)
+                return rep["preview"], _said(
+                    f"Keyframes {rep['keyframes']} of {rep['frames']} frames; {rep['timings_s']['total']:.1f} s. "
+                    f"Reused from the cache: {reused}.",
+                    rep,
+                )
 
             def on_render(c, p, pl, bb, sd, st, iv, mf, progress=gr.Progress()):
                 out = app.new_dir("render")
                 rep = _run(lambda: run_edit(app.request(c, p, pl, bb, sd, st, iv, mf, out / "edited.mp4")), progress)
                 reused = ", ".join(rep["reused_stages"]) or "nothing"
-                return rep["output"], [rep["output"], rep["strip"], rep["report"]], _said(
-                    f"{rep['frames_edited']}/{rep['frames']} frames edited in {rep['timings_s']['total']:.1f} s; reused from the cache: {reused}.", rep)
+                return (
+                    rep["output"],
+                    [rep["output"], rep["strip"], rep["report"]],
+                    _said(
+                        f"{rep['frames_edited']}/{rep['frames']} frames edited in {rep['timings_s']['total']:.1f} s; "
+                        f"reused from the cache: {reused}.",
+                        rep,
+                    ),
+                )
 
             inputs = [clip, prompt, pipeline, backbone, seed, steps, interval, max_frames]
             sample.click(lambda: str(sample_clip_path()), outputs=clip)
             backbone.change(app.backbone_note, backbone, note)
-            ev_preview = preview_btn.click(on_preview, inputs, [preview_img, status], concurrency_id=JOB, concurrency_limit=1)
-            ev_render = render_btn.click(on_render, inputs, [video, files, status], concurrency_id=JOB, concurrency_limit=1)
+            ev_preview = preview_btn.click(
+                on_preview, inputs, [preview_img, status], concurrency_id=JOB, concurrency_limit=1
+            )
+            ev_render = render_btn.click(
+                on_render, inputs, [video, files, status], concurrency_id=JOB, concurrency_limit=1
+            )
 
         with gr.Tab("Propagate", elem_id="tab-propagate"):
-            gr.Markdown("Carry keyframes you edited elsewhere to every frame. Name each image by the 0-based frame index it "
-                        "replaces (`8.png`, `00008.png`, `frame_0008.jpg`).")
+            gr.Markdown(
+                "Carry keyframes you edited elsewhere to every frame. Name each image by the 0-based frame index it "
+                "replaces (`8.png`, `00008.png`, `frame_0008.jpg`)."
+            )
             with gr.Row():
                 with gr.Column():
                     p_clip = gr.File(label="Clip (video)", file_types=["video"], elem_id="p-clip")
-                    p_keys = gr.File(label="Edited keyframes (images)", file_count="multiple", file_types=["image"], elem_id="p-keys")
+                    p_keys = gr.File(
+                        label="Edited keyframes (images)",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="p-keys",
+                    )
                     p_btn = gr.Button("Propagate", variant="primary", elem_id="propagate")
                     p_cancel = gr.Button("Cancel", variant="stop", elem_id="p-cancel")
                 with gr.Column():
@@ -196,25 +267,49 @@ def build(app: App):
                 for k in keys:
                     src = Path(k if isinstance(k, str) else k.name)
                     shutil.copy(src, folder / src.name)
-                req = PropagateRequest(input=path, keyframes=folder, output=out / "propagated.mp4", registry_file=app.registry_file,
-                                       overwrite=True, show_progress=False)
+                req = PropagateRequest(
+                    input=path,
+                    keyframes=folder,
+                    output=out / "propagated.mp4",
+                    registry_file=app.registry_file,
+                    overwrite=True,
+                    show_progress=False,
+                )
                 rep = _run(lambda: run_propagate(req), progress)
-                return rep["output"], rep["output"], _said(
-                    f"{len(rep['keyframes'])} keyframes ({rep['keyframes']}) carried to {rep['frames']} frames in {rep['seconds']:.1f} s.", rep)
+                return (
+                    rep["output"],
+                    rep["output"],
+                    _said(
+                        f"{len(rep['keyframes'])} keyframes ({rep['keyframes']}) carried to {rep['frames']} frames "
+                        f"in {rep['seconds']:.1f} s.",
+                        rep,
+                    ),
+                )
 
-            ev_prop = p_btn.click(on_propagate, [p_clip, p_keys], [p_video, p_files, p_status], concurrency_id=JOB, concurrency_limit=1)
+            ev_prop = p_btn.click(
+                on_propagate, [p_clip, p_keys], [p_video, p_files, p_status], concurrency_id=JOB, concurrency_limit=1
+            )
         cancel_btn.click(None, cancels=[ev_preview, ev_render])
         p_cancel.click(None, cancels=[ev_prop])
     return demo
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, registry_file: str | Path | None = None, max_frames: int = 240) -> None:
+def serve(
+    host: str = "127.0.0.1", port: int = 7860, registry_file: str | Path | None = None, max_frames: int = 240
+) -> None:
     """Start the app and block (Ctrl+C stops it)."""
     app = App(registry_file, max_frames)
     demo = build(app)
     demo.queue(default_concurrency_limit=1)
     try:
-        demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, allowed_paths=[str(app.workdir)], footer_links=[],
-                    show_error=True, quiet=True)
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=MAX_UPLOAD,
+            allowed_paths=[str(app.workdir)],
+            footer_links=[],
+            show_error=True,
+            quiet=True,
+        )
     finally:
         shutil.rmtree(app.workdir, ignore_errors=True)

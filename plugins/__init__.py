@@ -1,38 +1,26 @@
 """Built-in plugins, one file per registered component: ``plugins/<kind>/<name>.py`` (hyphens of the
 registered name as underscores), e.g. ``ipfacediff.plugins.strategies.ip_facediff``. Each registers its
-component through the same hooks a third-party package uses (:mod:`ipfacediff.hookspecs`)."""
+component through the same hooks a third-party package uses (:mod:`ipfacediff.hookspecs`).
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "ipfacediff.plugins.backbones.stable_diffusion",
-    "ipfacediff.plugins.backbones.tiny",
-    "ipfacediff.plugins.editors.identity_injection",
-    "ipfacediff.plugins.face_processors.full_frame",
-    "ipfacediff.plugins.face_processors.mtcnn",
-    "ipfacediff.plugins.face_processors.retinaface",
-    "ipfacediff.plugins.identity_encoders.insightface_arcface",
-    "ipfacediff.plugins.identity_encoders.mobilefacenet",
-    "ipfacediff.plugins.inverters.ddim",
-    "ipfacediff.plugins.inverters.ddpm_noise",
-    "ipfacediff.plugins.localization_losses.clip_directional",
-    "ipfacediff.plugins.metrics.clip_directional",
-    "ipfacediff.plugins.metrics.clip_text",
-    "ipfacediff.plugins.metrics.flicker",
-    "ipfacediff.plugins.metrics.id_similarity",
-    "ipfacediff.plugins.metrics.propagation",
-    "ipfacediff.plugins.metrics.psnr",
-    "ipfacediff.plugins.metrics.reconstruction",
-    "ipfacediff.plugins.metrics.tg_id",
-    "ipfacediff.plugins.metrics.tl_id",
-    "ipfacediff.plugins.metrics.warp_error",
-    "ipfacediff.plugins.objectives.edit",
-    "ipfacediff.plugins.objectives.identity",
-    "ipfacediff.plugins.propagators.exact_nn",
-    "ipfacediff.plugins.propagators.flow_residual",
-    "ipfacediff.plugins.propagators.latent_flow",
-    "ipfacediff.plugins.propagators.mesh_flow",
-    "ipfacediff.plugins.propagators.latent_nn",
-    "ipfacediff.plugins.strategies.ip_facediff",
-    "ipfacediff.plugins.strategies.per_frame",
-    "ipfacediff.plugins.strategies.sdedit",
-    "ipfacediff.plugins.strategies.tokenflow",
-)
+``DEFAULT_PLUGINS`` is what is on disk: every module of a kind's folder (its plural, from
+``ipfacediff.interfaces.KINDS``) except those whose name starts with ``_`` (helpers a folder's
+plugins share)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ipfacediff.interfaces import KINDS
+
+
+def _builtin_plugins() -> tuple[str, ...]:
+    here = Path(__file__).resolve().parent
+    return tuple(
+        f"{__name__}.{plural}.{f.stem}"
+        for plural in sorted(KINDS.values())
+        for f in sorted((here / plural).glob("*.py"))
+        if not f.stem.startswith("_")
+    )
+
+
+DEFAULT_PLUGINS: tuple[str, ...] = _builtin_plugins()

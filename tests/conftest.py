@@ -16,6 +16,9 @@ _SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("IPFACEDIFF_OFFLINE", "1")
+# the suite runs with the built-in plugins only: a plugin installed in the venv does not leak into it
+# (a test that wants third-party plugins sets IPFACEDIFF_PLUGINS, or None to unset it, in its env)
+os.environ["IPFACEDIFF_PLUGINS"] = ""
 if not os.environ.get("IPFACEDIFF_MODELS") and (_SHARED / "models" / "SHA256SUMS").is_file():
     os.environ["IPFACEDIFF_MODELS"] = str(_SHARED / "models")
 
@@ -28,7 +31,9 @@ def _have_models() -> bool:
 
 
 needs_models = pytest.mark.skipif(not _have_models(), reason="real weights not found (set IPFACEDIFF_MODELS)")
-needs_data = pytest.mark.skipif(not (DATA / "videos").is_dir(), reason="shared test data not found (set IPFACEDIFF_TEST_DATA)")
+needs_data = pytest.mark.skipif(
+    not (DATA / "videos").is_dir(), reason="shared test data not found (set IPFACEDIFF_TEST_DATA)"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,9 +58,11 @@ def catalog():
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """Run the installed ``ipfacediff`` console script in a subprocess."""
+    """Run the installed ``ipfacediff`` console script in a subprocess (``env`` values of ``None``
+    remove the variable)."""
     exe = Path(sys.executable).parent / "ipfacediff"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=600)
 
 
 def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

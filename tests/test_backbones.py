@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_main
+
 from ipfacediff.errors import ModelNotFoundError
 from ipfacediff.testing import make_tiny_sd_folder
 
@@ -38,7 +38,9 @@ def test_a_snapshot_with_only_fp16_variant_weights_loads(tmp_path, catalog):
     assert len(renamed) == 3
     bb = catalog.build("backbone", "stable-diffusion", {"path": str(folder), "resolution": 64})
     assert bb.encode_prompt(["a face"]).shape[0] == 1
-    assert set(bb.identity()["weights_sha256"]) == {f"{s}/{n}" for s, n in zip(("unet", "text_encoder", "vae"), renamed)}
+    assert set(bb.identity()["weights_sha256"]) == {
+        f"{s}/{n}" for s, n in zip(("unet", "text_encoder", "vae"), renamed)
+    }
 
 
 def test_backbone_identity_covers_every_weight_file(tmp_path, catalog):
@@ -49,8 +51,12 @@ def test_backbone_identity_covers_every_weight_file(tmp_path, catalog):
     shutil.copytree(a, b)
     for f in (b / "text_encoder").glob("*.safetensors"):
         shutil.copy(other / "text_encoder" / f.name, f)
-    ida = catalog.build("backbone", "stable-diffusion", {"path": str(a), "resolution": 64}).identity()["weights_sha256"]
-    idb = catalog.build("backbone", "stable-diffusion", {"path": str(b), "resolution": 64}).identity()["weights_sha256"]
+    ida = catalog.build("backbone", "stable-diffusion", {"path": str(a), "resolution": 64}).identity()[
+        "weights_sha256"
+    ]
+    idb = catalog.build("backbone", "stable-diffusion", {"path": str(b), "resolution": 64}).identity()[
+        "weights_sha256"
+    ]
     unet = [k for k in ida if k.startswith("unet/")]
     assert unet and all(ida[k] == idb[k] for k in unet)
     assert ida != idb
@@ -61,20 +67,28 @@ def test_doctor_says_what_a_real_edit_would_use(tmp_path):
     adapter = tmp_path / "identity-lora"
     adapter.mkdir()
     reg = tmp_path / "reg.yaml"
-    reg.write_text("backbones:\n  mine:\n    component: stable-diffusion\n"
-                   f"    params: {{path: {folder}, adapters: {{identity: {adapter}, edit: {tmp_path / 'no-such-lora'}}}}}\n"
-                   "    description: my checkpoint with its adapters\n")
+    reg.write_text(
+        "backbones:\n  mine:\n    component: stable-diffusion\n"
+        f"    params: {{path: {folder}, adapters: {{identity: {adapter}, edit: {tmp_path / 'no-such-lora'}}}}}\n"
+        "    description: my checkpoint with its adapters\n"
+    )
     r = run_main("doctor", "--json", "--registry", str(reg), env={"IPFACEDIFF_SD_MODEL": ""})
     assert r.returncode == 0, r.stderr
     real = json.loads(r.stdout)["real_edit"]
     assert real["stable_diffusion"] == {"found": folder, "from": "registry backbone 'mine'", "how_to_get": None}
-    assert real["adapters"]["configured"] == {"backbone mine: identity": {"path": str(adapter), "found": True},
-                                              "backbone mine: edit": {"path": str(tmp_path / "no-such-lora"), "found": False}}
+    assert real["adapters"]["configured"] == {
+        "backbone mine: identity": {"path": str(adapter), "found": True},
+        "backbone mine: edit": {"path": str(tmp_path / "no-such-lora"), "found": False},
+    }
     assert not real["arcface"]["ready"] and "w600k_r50.onnx" in real["arcface"]["how_to_get"]
     assert not real["clip"]["ready"] and real["clip"]["how_to_get"]
 
     r = run_main("doctor", "--json", env={"IPFACEDIFF_SD_MODEL": folder})
-    assert json.loads(r.stdout)["real_edit"]["stable_diffusion"] == {"found": folder, "from": "$IPFACEDIFF_SD_MODEL", "how_to_get": None}
+    assert json.loads(r.stdout)["real_edit"]["stable_diffusion"] == {
+        "found": folder,
+        "from": "$IPFACEDIFF_SD_MODEL",
+        "how_to_get": None,
+    }
     table = run_main("doctor", env={"IPFACEDIFF_SD_MODEL": folder, "COLUMNS": "250"})
     assert table.returncode == 0 and "for a real edit" in table.stdout and folder in table.stdout
 
@@ -87,8 +101,13 @@ def test_single_file_family_is_read_from_the_tensors(tmp_path):
     from ipfacediff.runtime.diffusers_backbone import single_file_family
 
     to_k = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-    cases = {"sd1": {to_k: torch.zeros(320, 768), "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(768)},
-             "sd2": {to_k: torch.zeros(320, 1024), "cond_stage_model.model.token_embedding.weight": torch.zeros(8, 1024)}}
+    cases = {
+        "sd1": {
+            to_k: torch.zeros(320, 768),
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(768),
+        },
+        "sd2": {to_k: torch.zeros(320, 1024), "cond_stage_model.model.token_embedding.weight": torch.zeros(8, 1024)},
+    }
     for family, sd in cases.items():
         save_file(sd, str(tmp_path / f"{family}.safetensors"))
         torch.save({"state_dict": sd, "global_step": 1}, tmp_path / f"{family}.ckpt")
@@ -119,7 +138,12 @@ def test_sd2_configs_are_stable_diffusion_2s(tmp_path, monkeypatch):
     assert (text["hidden_size"], text["num_hidden_layers"], text["hidden_act"]) == (1024, 23, "gelu")
     assert json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
     assert CLIPTokenizer.from_pretrained(cfg / "tokenizer").pad_token == "!"
-    assert json.loads((sd_config_dir("sd2", "epsilon") / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "epsilon"
+    assert (
+        json.loads((sd_config_dir("sd2", "epsilon") / "scheduler" / "scheduler_config.json").read_text())[
+            "prediction_type"
+        ]
+        == "epsilon"
+    )
     with torch.device("meta"):
         sd1 = UNet2DConditionModel.from_config(json.loads((sd_config_dir() / "unet" / "config.json").read_text()))
     assert 859_000_000 < sum(p.numel() for p in sd1.parameters()) < 860_000_000  # SD 1.5's UNet: 859.5 M
@@ -131,6 +155,11 @@ def test_prediction_type_can_be_set_for_any_checkpoint(tmp_path, catalog):
 
     folder = make_tiny_sd_folder(str(tmp_path / "tiny-sd"))
     auto = catalog.build("backbone", "stable-diffusion", {"path": folder, "resolution": 64})
-    v = catalog.build("backbone", "stable-diffusion", {"path": folder, "resolution": 64, "prediction_type": "v_prediction"})
-    assert auto.scheduler_config["prediction_type"] == "epsilon" and v.scheduler_config["prediction_type"] == "v_prediction"
+    v = catalog.build(
+        "backbone", "stable-diffusion", {"path": folder, "resolution": 64, "prediction_type": "v_prediction"}
+    )
+    assert (
+        auto.scheduler_config["prediction_type"] == "epsilon"
+        and v.scheduler_config["prediction_type"] == "v_prediction"
+    )
     assert auto.identity() != v.identity()

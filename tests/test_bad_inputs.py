@@ -12,16 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA, needs_data, needs_models, run_cli, run_main
+
 from ipfacediff.runtime.video import open_frames, probe
 
 pytestmark = needs_models
 FAST = ["--backbone", "tiny", "--steps", "2", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
 
 
-def _encode(path: Path, frames: list[np.ndarray], fps: int = 25, fmt: str | None = None, rotation: int = 0,
-            times_ms: list[int] | None = None) -> Path:
+def _encode(
+    path: Path,
+    frames: list[np.ndarray],
+    fps: int = 25,
+    fmt: str | None = None,
+    rotation: int = 0,
+    times_ms: list[int] | None = None,
+) -> Path:
     import av
 
     h, w = frames[0].shape[:2] if frames else (64, 64)
@@ -100,18 +106,21 @@ def _digest(path: Path) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("kind, needle", [
-    ("missing", "no such file or folder"),
-    ("fifo", "not a regular file"),
-    ("empty-folder", "the folder holds no images"),
-    ("empty-file", "the file is empty"),
-    ("text", "not a readable video or image"),
-    ("truncated", "not a readable video or image"),
-    ("zero-frames", "no video frames could be read"),
-    ("zero-frames-mp4", "the file has no video stream"),
-    ("audio-only", "the file has no video stream"),
-    ("too-large", "frames are 8320x64, larger than the 8192 px limit on the longest side"),
-])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("missing", "no such file or folder"),
+        ("fifo", "not a regular file"),
+        ("empty-folder", "the folder holds no images"),
+        ("empty-file", "the file is empty"),
+        ("text", "not a readable video or image"),
+        ("truncated", "not a readable video or image"),
+        ("zero-frames", "no video frames could be read"),
+        ("zero-frames-mp4", "the file has no video stream"),
+        ("audio-only", "the file has no video stream"),
+        ("too-large", "frames are 8320x64, larger than the 8192 px limit on the longest side"),
+    ],
+)
 def test_bad_input_one_line_exit_2_untouched_no_output(kind, needle, sample_clip, tmp_path):
     src_dir, out_dir = tmp_path / "in", tmp_path / "out"
     src_dir.mkdir()
@@ -121,7 +130,9 @@ def test_bad_input_one_line_exit_2_untouched_no_output(kind, needle, sample_clip
     r = run_main("edit", str(path), "-p", "eyeglasses", *FAST, "-o", str(out_dir / "edited.mp4"))
     assert r.returncode == 2, (kind, r.stderr)
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0] and str(path) in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0] and str(path) in lines[0], (
+        r.stderr
+    )
     if kind != "fifo":
         assert _digest(path) == before
     assert list(out_dir.iterdir()) == []
@@ -138,7 +149,18 @@ def test_8k_input_is_edited_at_full_size(sample_clip, tmp_path):
     frame[:, 1680:6000] = big
     clip = _encode(tmp_path / "uhd.mp4", [frame, frame])
     assert open_frames(clip).batch == 2
-    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(tmp_path / "out.mp4"), "--json", "--no-cache")
+    r = run_cli(
+        "--quiet",
+        "edit",
+        str(clip),
+        "-p",
+        "eyeglasses",
+        *FAST,
+        "-o",
+        str(tmp_path / "out.mp4"),
+        "--json",
+        "--no-cache",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     info = probe(tmp_path / "out.mp4")
@@ -152,20 +174,39 @@ def test_face_leaving_the_frame_passes_through_with_a_warning_and_a_count(sample
     src = open_frames(sample_clip).get(list(range(24)))
     import cv2
 
-    empty = cv2.resize(np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(DATA / "images" / "non-human" / "s22.jpg").convert("RGB")),
-                       (256, 256))
+    empty = cv2.resize(
+        np.asarray(
+            __import__("PIL.Image", fromlist=["Image"]).open(DATA / "images" / "non-human" / "s22.jpg").convert("RGB")
+        ),
+        (256, 256),
+    )
     frames = [*src[:8], *[empty] * 6, *src[14:20]]  # the face is gone in frames 8..13
     clip = _encode(tmp_path / "leaves.mp4", frames)
-    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST[:-2], "-o", str(tmp_path / "out.mp4"), "--json", "--no-cache")
+    r = run_cli(
+        "--quiet",
+        "edit",
+        str(clip),
+        "-p",
+        "eyeglasses",
+        *FAST[:-2],
+        "-o",
+        str(tmp_path / "out.mp4"),
+        "--json",
+        "--no-cache",
+    )
     assert r.returncode == 0, r.stderr  # (default face verification: RetinaFace alone sees a face in this picture)
     rep = json.loads(r.stdout)
     assert rep["frames"] == 20 and rep["frames_edited"] == 14 and rep["frames_passed_through"] == 6
     assert "no face in 6 of 20 frames: those frames pass through unedited" in rep["warnings"]
-    a, b = open_frames(clip).get(list(range(20))).astype(int), open_frames(tmp_path / "out.mp4").get(list(range(20))).astype(int)
+    a, b = (
+        open_frames(clip).get(list(range(20))).astype(int),
+        open_frames(tmp_path / "out.mp4").get(list(range(20))).astype(int),
+    )
     through = np.abs(a[8:14] - b[8:14]).mean()
     edited = np.abs(a[:8] - b[:8]).mean()
     print(f"mean change: frames without a face {through:.2f} (codec only), edited frames {edited:.2f}")
-    # a detailed picture re-encoded at crf 18 changes by ~1.7 levels; edited frames by ~4.9 (pixel-space propagation: no VAE on them)
+    # a detailed picture re-encoded at crf 18 changes by ~1.7 levels; edited frames by ~4.9
+    # (pixel-space propagation: no VAE on them)
     assert through < 3 and edited > 2 * through
 
 
@@ -176,11 +217,24 @@ def test_rotated_phone_clip_is_read_upright_and_written_upright(sample_clip, tmp
     face = open_frames(sample_clip).get(list(range(6)))
     shown = np.zeros((6, 256, 320, 3), np.uint8)
     shown[:, :, 32:288] = face  # what a player shows: 320 wide, 256 high
-    clip = _encode(tmp_path / "phone.mp4", [np.rot90(f, k=-1) for f in shown], rotation=90)  # stored 256 wide, 320 high
+    clip = _encode(
+        tmp_path / "phone.mp4", [np.rot90(f, k=-1) for f in shown], rotation=90
+    )  # stored 256 wide, 320 high
     info = probe(clip)
     assert (info.rotation, info.width, info.height) == (90, 320, 256)
     assert np.abs(open_frames(clip).get([0])[0].astype(int) - shown[0]).mean() < 3
-    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(tmp_path / "out.mp4"), "--json", "--no-cache")
+    r = run_cli(
+        "--quiet",
+        "edit",
+        str(clip),
+        "-p",
+        "eyeglasses",
+        *FAST,
+        "-o",
+        str(tmp_path / "out.mp4"),
+        "--json",
+        "--no-cache",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     out = probe(tmp_path / "out.mp4")
@@ -196,7 +250,18 @@ def test_variable_frame_rate_clip_keeps_its_frame_times(sample_clip, tmp_path):
     clip = _encode(tmp_path / "vfr.mp4", frames, fps=20, times_ms=times)
     info = probe(clip)
     assert info.variable_frame_rate and info.n_frames == 10
-    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(tmp_path / "out.mp4"), "--json", "--no-cache")
+    r = run_cli(
+        "--quiet",
+        "edit",
+        str(clip),
+        "-p",
+        "eyeglasses",
+        *FAST,
+        "-o",
+        str(tmp_path / "out.mp4"),
+        "--json",
+        "--no-cache",
+    )
     assert r.returncode == 0, r.stderr
     out = probe(tmp_path / "out.mp4")
     assert out.variable_frame_rate and out.n_frames == 10

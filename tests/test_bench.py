@@ -11,7 +11,6 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
-
 from conftest import DATA, needs_data, needs_models, run_cli, run_main
 
 
@@ -23,9 +22,11 @@ def metric(catalog):
 def _moving_texture(n=6, step=2, size=128, seed=0):
     """A smooth random texture translated by ``step`` pixels per frame (kept away from 0/255)."""
     rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(40, 200, (24, 24, 3)).astype(np.float32), (size * 2, size * 2), interpolation=cv2.INTER_CUBIC)
+    base = cv2.resize(
+        rng.integers(40, 200, (24, 24, 3)).astype(np.float32), (size * 2, size * 2), interpolation=cv2.INTER_CUBIC
+    )
     base = np.clip(base, 30, 220)
-    return np.stack([base[40:40 + size, 40 + step * t: 40 + step * t + size] for t in range(n)]).astype(np.uint8)
+    return np.stack([base[40 : 40 + size, 40 + step * t : 40 + step * t + size] for t in range(n)]).astype(np.uint8)
 
 
 def test_warp_error_of_a_known_brightness_flicker(metric):
@@ -36,7 +37,10 @@ def test_warp_error_of_a_known_brightness_flicker(metric):
     ed = ed.astype(np.uint8)
     w = metric("warp-error").compute(src, ed)
     want = (delta / 255) ** 2
-    print(f"warp-error: {w['value']:.6f} (by hand {want:.6f}), source alone {w['source_value']:.2e}, valid {w['valid_fraction']:.2f}")
+    print(
+        f"warp-error: {w['value']:.6f} (by hand {want:.6f}), source alone {w['source_value']:.2e}, valid "
+        f"{w['valid_fraction']:.2f}"
+    )
     assert abs(w["value"] - want) < 0.05 * want
     assert w["valid_fraction"] > 0.8  # the shift leaves only a border strip occluded
     same = metric("warp-error").compute(src, src)
@@ -58,7 +62,7 @@ def test_fidelity_metrics_by_hand(metric):
         assert r["psnr"] == 100.0 and r["ssim"] == pytest.approx(1.0)
     noisy = np.clip(src.astype(int) + 8, 0, 255).astype(np.uint8)  # +8 everywhere: MSE 64
     r = metric("reconstruction").compute(src, noisy)
-    assert r["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 64), abs=1e-6)
+    assert r["psnr"] == pytest.approx(10 * np.log10(255**2 / 64), abs=1e-6)
 
 
 def test_clip_metrics_say_na_without_weights(metric):
@@ -85,7 +89,18 @@ def test_identity_metrics_of_identical_videos_are_one(metric):
     assert metric("id-similarity").compute(src, other)["value"] < 0.6
 
 
-FAST = ["--backbone", "tiny", "--steps", "2", "--max-frames", "3", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+FAST = [
+    "--backbone",
+    "tiny",
+    "--steps",
+    "2",
+    "--max-frames",
+    "3",
+    "--set",
+    "backbone.resolution=64",
+    "--set",
+    "face_processor.verify=none",
+]
 
 
 BENCH_CLIPS = ("d18", "s13")  # two shared clips (a frontal and an in-the-wild one): every assertion below is per clip
@@ -98,7 +113,9 @@ def bench_run(tmp_path_factory):
     videos = tmp_path_factory.mktemp("videos")
     for c in BENCH_CLIPS:
         (videos / f"{c}.mp4").symlink_to(DATA / "videos" / f"{c}.mp4")
-    r = run_cli("bench", "--videos", str(videos), *FAST, "-o", str(out), env={"IPFACEDIFF_CACHE": str(cache), "COLUMNS": "200"})
+    r = run_cli(
+        "bench", "--videos", str(videos), *FAST, "-o", str(out), env={"IPFACEDIFF_CACHE": str(cache), "COLUMNS": "200"}
+    )
     assert r.returncode == 0, r.stderr
     return out, r, cache, videos
 
@@ -111,10 +128,13 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
     clips = sorted(p.stem for p in videos.glob("*.mp4"))
     pipelines = ["ip-facediff", "per-frame", "tokenflow", "sdedit"]
     assert res["schema"] == "ipfacediff.jobs.bench/1"
-    # per clip: 4 edits, 4 null edits; no latent propagation job (ip-facediff's mesh-flow carries pixels; the Ray test runs ip-facediff-paper's)
+    # per clip: 4 edits, 4 null edits; no latent propagation job (ip-facediff's mesh-flow carries
+    # pixels; the Ray test runs ip-facediff-paper's)
     assert res["jobs"] == len(clips) * 8 and res["jobs_skipped"] == 0
     edits = [row for row in res["rows"] if row["kind"] == "edit"]
-    assert sorted({row["clip"] for row in edits}) == clips and sorted({row["pipeline"] for row in edits}) == sorted(pipelines)
+    assert sorted({row["clip"] for row in edits}) == clips and sorted({row["pipeline"] for row in edits}) == sorted(
+        pipelines
+    )
     for row in edits:
         assert row["frames"] == 3 and row["cost"]["unet_evals_per_frame"] > 0 and row["cost"]["peak_memory_mb"] > 0
         for m in ("id-similarity", "tl-id", "tg-id", "warp-error", "flicker"):
@@ -136,7 +156,9 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
 def test_bench_rerun_skips_finished_jobs(bench_run):
     out, _, cache, videos = bench_run
     before = json.loads((out / "results.json").read_text())
-    r = run_cli("bench", "--videos", str(videos), *FAST, "-o", str(out), "--json", env={"IPFACEDIFF_CACHE": str(cache)})
+    r = run_cli(
+        "bench", "--videos", str(videos), *FAST, "-o", str(out), "--json", env={"IPFACEDIFF_CACHE": str(cache)}
+    )
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout)
     assert again["jobs_skipped"] == again["jobs"] == before["jobs"]
@@ -158,9 +180,19 @@ def _chromium():
 def test_report_renders_in_headless_chromium_with_its_images(bench_run, tmp_path):
     out, _, _, _ = bench_run
     browser = _chromium()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-             "--allow-file-access-from-files"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--allow-file-access-from-files",
+    ]
     url = (out / "report.html").resolve().as_uri()
     dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     m = re.search(r'id="image-check" data-images="(\d+)" data-broken="(\d+)"', dom.stdout)
@@ -169,7 +201,9 @@ def test_report_renders_in_headless_chromium_with_its_images(bench_run, tmp_path
     print(f"Chromium: {images} pictures in the report, {broken} did not load")
     assert images >= 3 and broken == 0
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,1600", url], capture_output=True, timeout=120)
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1280,1600", url], capture_output=True, timeout=120
+    )
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[1] == 1280 and img.std() > 10  # something was drawn, not a blank page
 
@@ -178,14 +212,24 @@ def test_report_renders_in_headless_chromium_with_its_images(bench_run, tmp_path
 @needs_data
 def test_ray_executor_gives_the_local_results(tmp_path):
     pytest.importorskip("ray")
-    args = ["--videos", str(DATA / "videos" / "d18.mp4"), "--pipelines", "ip-facediff-paper,sdedit", "--metrics", "id-similarity,flicker,propagation", *FAST]
+    args = [
+        "--videos",
+        str(DATA / "videos" / "d18.mp4"),
+        "--pipelines",
+        "ip-facediff-paper,sdedit",
+        "--metrics",
+        "id-similarity,flicker,propagation",
+        *FAST,
+    ]
     env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
     local = run_cli("bench", *args, "-o", str(tmp_path / "local"), "--json", env=env)
     assert local.returncode == 0, local.stderr
     remote = run_cli("bench", *args, "-o", str(tmp_path / "ray"), "--executor", "ray", "--json", env=env)
     assert remote.returncode == 0, remote.stderr
     a, b = json.loads(local.stdout), json.loads(remote.stdout)
-    assert a["jobs"] == b["jobs"] == 3 and b["settings"]["executor"] == "ray"  # 2 edits + ip-facediff-paper's propagation job
+    assert (
+        a["jobs"] == b["jobs"] == 3 and b["settings"]["executor"] == "ray"
+    )  # 2 edits + ip-facediff-paper's propagation job
     key = lambda r: (r["clip"], r["pipeline"], r["kind"])  # noqa: E731
     for ra, rb in zip(sorted(a["rows"], key=key), sorted(b["rows"], key=key)):
         assert key(ra) == key(rb)

@@ -2,8 +2,8 @@ import hashlib
 import json
 
 import numpy as np
-
 from conftest import DATA, needs_data, needs_models, run_cli, run_main
+
 from ipfacediff.runtime.video import open_frames, probe
 
 
@@ -27,7 +27,10 @@ def test_plugins_json_lists_builtins():
     assert ipf["module"] == "ipfacediff.plugins.strategies.ip_facediff"
     edit = next(c for c in data["components"]["objective"] if c["name"] == "edit")
     assert {"directional", "locality", "identity"} <= set(edit["terms"])
-    assert {p["name"] for p in data["plugins"] if p["builtin"]} >= {"ipfacediff.plugins.strategies.tokenflow", "ipfacediff.plugins.objectives.edit"}
+    assert {p["name"] for p in data["plugins"] if p["builtin"]} >= {
+        "ipfacediff.plugins.strategies.tokenflow",
+        "ipfacediff.plugins.objectives.edit",
+    }
 
 
 def test_plugins_table():

@@ -10,12 +10,11 @@ import json
 import os
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
-
 from conftest import needs_models
 
 PACK = Path(__file__).resolve().parents[1] / "integrations" / "comfyui"
@@ -23,7 +22,9 @@ PACK = Path(__file__).resolve().parents[1] / "integrations" / "comfyui"
 
 @pytest.fixture(scope="module")
 def pack():
-    spec = importlib.util.spec_from_file_location("comfyui_ipfacediff", PACK / "__init__.py", submodule_search_locations=[str(PACK)])
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_ipfacediff", PACK / "__init__.py", submodule_search_locations=[str(PACK)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_ipfacediff"] = module
     spec.loader.exec_module(module)
@@ -41,8 +42,12 @@ def test_pack_follows_the_node_api_and_the_registry_spec(pack):
     assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         types = cls.INPUT_TYPES()
-        assert "required" in types and isinstance(cls.RETURN_TYPES, tuple) and callable(getattr(cls(), cls.FUNCTION)), name
-        assert cls.CATEGORY == "IP-FaceDiff" and len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+        assert (
+            "required" in types and isinstance(cls.RETURN_TYPES, tuple) and callable(getattr(cls(), cls.FUNCTION))
+        ), name
+        assert cls.CATEGORY == "IP-FaceDiff" and len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(
+            cls.RETURN_TYPES
+        )
         for spec in [*types["required"].values(), *types.get("optional", {}).values()]:
             assert isinstance(spec, tuple) and (isinstance(spec[0], (str, list))), (name, spec)
 
@@ -57,7 +62,11 @@ def _run_workflow(pack, workflow: dict, overrides: dict[str, dict]) -> dict:
         for nid, node in nodes.items():
             if nid in done or any(links[i["link"]][1] not in done for i in node["inputs"] if i["link"] is not None):
                 continue
-            linked = {i["name"]: results[links[i["link"]][1]][links[i["link"]][2]] for i in node["inputs"] if i["link"] is not None}
+            linked = {
+                i["name"]: results[links[i["link"]][1]][links[i["link"]][2]]
+                for i in node["inputs"]
+                if i["link"] is not None
+            }
             cls = pack.NODE_CLASS_MAPPINGS.get(node["type"])
             if cls is None:
                 sinks[node["type"]] = linked
@@ -73,7 +82,10 @@ def _run_workflow(pack, workflow: dict, overrides: dict[str, dict]) -> dict:
 @needs_models
 def test_example_workflow_runs_on_the_sample_clip(pack, sample_clip):
     workflow = json.loads((PACK / "example_workflows" / "ipfacediff_edit_video.json").read_text())
-    fast = {"IPFaceDiffLoadVideo": {"path": str(sample_clip), "max_frames": 20}, "IPFaceDiffEditKeyframes": {"steps": 3}}
+    fast = {
+        "IPFaceDiffLoadVideo": {"path": str(sample_clip), "max_frames": 20},
+        "IPFaceDiffEditKeyframes": {"steps": 3},
+    }
     run = _run_workflow(pack, workflow, fast)
     frames = run["sinks"]["SaveImage"]["images"]
     source = run["results"][1][0]
@@ -98,7 +110,9 @@ def test_example_workflow_runs_on_the_sample_clip(pack, sample_clip):
         from ipfacediff.runtime.frames import make_strip
 
         to8 = lambda t: (t.clamp(0, 1) * 255).round().byte().numpy()  # noqa: E731
-        img = make_strip([list(to8(pairs)), list(to8(source[[0, 4, 12, 19]])), list(to8(frames[[0, 4, 12, 19]]))], height=200)
+        img = make_strip(
+            [list(to8(pairs)), list(to8(source[[0, 4, 12, 19]])), list(to8(frames[[0, 4, 12, 19]]))], height=200
+        )
         cv2.imwrite(str(Path(keep) / "comfyui-chain.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 

@@ -2,8 +2,8 @@
 (``ipfacediff.testing.conformance.CHECKS``), one named test per component and contract."""
 
 import pytest
-
 from conftest import needs_models
+
 from ipfacediff.catalog import get_catalog
 from ipfacediff.interfaces import KINDS
 from ipfacediff.testing.conformance import CHECKS, build_for_check

@@ -1,11 +1,17 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA, needs_data, needs_models
-from ipfacediff.runtime.face import (ARCFACE_TEMPLATE, arcface_crop, arcface_crop_tensor, paste_crop, similarity_transform,
-                             smooth_track)
+
 from ipfacediff.interfaces import FaceDetection
+from ipfacediff.runtime.face import (
+    ARCFACE_TEMPLATE,
+    arcface_crop,
+    arcface_crop_tensor,
+    paste_crop,
+    similarity_transform,
+    smooth_track,
+)
 from ipfacediff.runtime.video import open_frames, read_image
 
 
@@ -31,7 +37,7 @@ def test_paste_back_leaves_far_pixels_byte_identical():
     x0, y0 = np.floor(corners.min(0)).astype(int) - 2
     x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
     outside = np.ones(frame.shape[:2], bool)
-    outside[max(0, y0):y1, max(0, x0):x1] = False
+    outside[max(0, y0) : y1, max(0, x0) : x1] = False
     assert np.array_equal(out[outside], frame[outside])
     centre = tuple(np.round(inv @ np.array([64, 64, 1]))[:2].astype(int))
     assert (out[centre[1], centre[0]] == 255).all()  # the edit is there
@@ -39,7 +45,9 @@ def test_paste_back_leaves_far_pixels_byte_identical():
 
 def test_smoothing_reduces_landmark_jitter():
     rng = np.random.default_rng(1)
-    dets = [FaceDetection(np.array([0, 0, 10, 10.0]), 1.0, ARCFACE_TEMPLATE + rng.normal(0, 2, (5, 2))) for _ in range(40)]
+    dets = [
+        FaceDetection(np.array([0, 0, 10, 10.0]), 1.0, ARCFACE_TEMPLATE + rng.normal(0, 2, (5, 2))) for _ in range(40)
+    ]
     dets[10] = None
     sm = smooth_track(dets, 7)
     assert sm[10] is None
@@ -125,9 +133,12 @@ def test_same_person_vs_different_person_identity_separated(video_faces, catalog
     for i, a in enumerate(names):
         s = embs[a] @ embs[a].T
         same += [float(s[0, 1]), float(s[0, 2]), float(s[1, 2])]
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             diff += (embs[a] @ embs[b].T).flatten().tolist()
-    print(f"same-person cosine min {min(same):.3f} mean {np.mean(same):.3f}; different max {max(diff):.3f} mean {np.mean(diff):.3f}")
+    print(
+        f"same-person cosine min {min(same):.3f} mean {np.mean(same):.3f}; different max {max(diff):.3f} mean "
+        f"{np.mean(diff):.3f}"
+    )
     assert min(same) > max(diff) + 0.1
     assert np.mean(same) > 0.6 and np.mean(diff) < 0.2
 

@@ -22,9 +22,17 @@ def _sd_layout_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=8, attention_head_dim=2)
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(8, 8, 8, 8),
+        norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=8,
+        attention_head_dim=2,
+    )
 
 
 def test_residual_injection_replaces_the_residual_branch_and_keeps_the_targets_skip_path():
@@ -51,7 +59,9 @@ def test_residual_injection_replaces_the_residual_branch_and_keeps_the_targets_s
     source_residual = source_out * 2.0 - block.conv_shortcut(xs)
     expected = (block.conv_shortcut(xt) + source_residual) / 2.0
     assert torch.allclose(injected, expected, atol=1e-5)
-    assert not torch.allclose(injected, source_out, atol=1e-2), "the whole block output was replaced (skip path included)"
+    assert not torch.allclose(injected, source_out, atol=1e-2), (
+        "the whole block output was replaced (skip path included)"
+    )
     assert not torch.allclose(injected, target_out, atol=1e-2), "nothing was injected"
     # the CFG batch [uncond K, cond K] takes the K captured rows twice
     ctrl.mode = "inject"
@@ -66,7 +76,10 @@ def test_residual_injection_replaces_the_residual_branch_and_keeps_the_targets_s
 
 def test_pnp_attention_layers_are_the_published_ones():
     unet = _sd_layout_unet()
-    want = [f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor" for b, a in ((1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2))]
+    want = [
+        f"up_blocks.{b}.attentions.{a}.transformer_blocks.0.attn1.processor"
+        for b, a in ((1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2))
+    ]
     assert pnp_attention_layers(unet) == want
 
 
@@ -111,8 +124,9 @@ def test_ddim_inversion_has_a_latent_for_every_sampling_timestep(catalog, spacin
 
 def test_linspace_inversion_reconstructs_like_the_scheduler_it_replaces(catalog):
     """The hand-written inverse step equals DDIMInverseScheduler's where both apply ("leading")."""
-    from ipfacediff.runtime.diffusion import inverse_steps
     from diffusers import DDIMInverseScheduler
+
+    from ipfacediff.runtime.diffusion import inverse_steps
 
     cfg = tiny_backbone().scheduler_config
     ts, step = inverse_steps(cfg, 5)
@@ -129,7 +143,9 @@ def test_editor_warns_when_injection_has_no_inverted_latent(catalog):
     z = torch.randn(1, 4, 8, 8)
     empty = bb.encode_prompt([""])
     good = catalog.build("inverter", "ddim").invert(bb, z, empty, 4)
-    shifted = Inversion([t + 3 for t in good.timesteps], good.trajectory, good.denoise_timesteps, good.steps)  # no latent at any sampled t
+    shifted = Inversion(
+        [t + 3 for t in good.timesteps], good.trajectory, good.denoise_timesteps, good.steps
+    )  # no latent at any sampled t
     with pytest.warns(EditWarning, match=r"identity injection was off at 3 of 4 steps"):
         catalog.build("editor", "identity-injection").edit(bb, shifted, bb.encode_prompt(["a face"]), empty, empty)
 
@@ -140,7 +156,13 @@ def test_editor_says_when_an_adapter_is_missing(catalog):
     z = torch.randn(1, 4, 8, 8)
     empty = bb.encode_prompt([""])
     inv = catalog.build("inverter", "ddim").invert(bb, z, empty, 2)
-    with pytest.warns(EditWarning, match=r"no 'identity' or 'edit' adapter loaded: eps1 \(identity features\) and eps2 \(the edit\) are the base model"):
+    with pytest.warns(
+        EditWarning,
+        match=(
+            r"no 'identity' or 'edit' adapter loaded: eps1 \(identity features\) and eps2 \(the edit\) are the base "
+            r"model"
+        ),
+    ):
         catalog.build("editor", "identity-injection").edit(bb, inv, bb.encode_prompt(["a face"]), empty, empty)
     only_edit = catalog.build("editor", "identity-injection", {"identity_adapter": False})
     with pytest.warns(EditWarning, match=r"no 'edit' adapter loaded: eps2 \(the edit\) is the base model"):
@@ -184,17 +206,31 @@ def test_trainer_reads_the_prediction_as_the_checkpoint_defines_it(prediction_ty
 
     from ipfacediff.interfaces import TrainingBatch
     from ipfacediff.registry import RecipeSettings
-    from ipfacediff.testing import synthetic_face_frame
     from ipfacediff.runtime.training import TrainingFaces
+    from ipfacediff.testing import synthetic_face_frame
 
     bb = copy.copy(tiny_backbone())
     bb.scheduler_config = {**tiny_backbone().scheduler_config, "prediction_type": prediction_type}
     frames = [synthetic_face_frame(64, seed=i) for i in range(2)]
     encoder = catalog.build("identity_encoder", "mobilefacenet")
-    faces = TrainingFaces(bb, np.stack([f for f, _ in frames]), np.stack([lm for _, lm in frames]).astype(np.float32), torch.device("cpu"), encoder)
+    faces = TrainingFaces(
+        bb,
+        np.stack([f for f, _ in frames]),
+        np.stack([lm for _, lm in frames]).astype(np.float32),
+        torch.device("cpu"),
+        encoder,
+    )
     objective = catalog.build("objective", "identity")
-    objective.setup(bb, faces, {"identity_encoder": encoder}, RecipeSettings(identity_max_timestep=999), {"noise": 1.0, "identity": 1.0})
-    batch = TrainingBatch(torch.tensor([0, 1]), torch.tensor([100, 600]), torch.randn(2, *faces.z0.shape[1:]), [("", "face")] * 2)
+    objective.setup(
+        bb,
+        faces,
+        {"identity_encoder": encoder},
+        RecipeSettings(identity_max_timestep=999),
+        {"noise": 1.0, "identity": 1.0},
+    )
+    batch = TrainingBatch(
+        torch.tensor([0, 1]), torch.tensor([100, 600]), torch.randn(2, *faces.z0.shape[1:]), [("", "face")] * 2
+    )
     a = faces.alphas[batch.t].view(-1, 1, 1, 1)
     z0 = faces.z0[batch.idx]
     truth = a.sqrt() * batch.noise - (1 - a).sqrt() * z0 if prediction_type == "v_prediction" else batch.noise
@@ -216,9 +252,18 @@ def test_trainer_reads_the_prediction_as_the_checkpoint_defines_it(prediction_ty
     assert torch.allclose(seen["x0_hat"], z0, atol=1e-4)
 
 
-@pytest.mark.parametrize("bf16, mixed, dtype, want", [
-    (True, "no", "auto", "bf16"), (False, "no", "fp16", "fp32"), (True, "fp16", "auto", "auto"), (True, "no", "fp32", "fp32")])
-def test_training_never_backpropagates_through_an_unscaled_fp16_unet(bf16, mixed, dtype, want, monkeypatch, tmp_path, catalog):
+@pytest.mark.parametrize(
+    "bf16, mixed, dtype, want",
+    [
+        (True, "no", "auto", "bf16"),
+        (False, "no", "fp16", "fp32"),
+        (True, "fp16", "auto", "auto"),
+        (True, "no", "fp32", "fp32"),
+    ],
+)
+def test_training_never_backpropagates_through_an_unscaled_fp16_unet(
+    bf16, mixed, dtype, want, monkeypatch, tmp_path, catalog
+):
     """On CUDA a backbone that would load in fp16 trains in bf16 (or fp32 without bf16), unless
     mixed_precision=fp16 scales the loss (decided before any weight moves to the GPU)."""
     from ipfacediff.jobs.finetune import training_precision
@@ -240,8 +285,24 @@ def test_an_edit_from_cached_keyframes_still_says_the_adapters_are_missing(sampl
     from conftest import run_main
 
     env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}
-    args = ["edit", str(sample_clip), "-p", "eyeglasses", "--backbone", "tiny", "--steps", "2", "--max-frames", "9",
-            "--set", "backbone.vae=random", "--set", "backbone.resolution=64", "--set", "face_processor.verify=none"]
+    args = [
+        "edit",
+        str(sample_clip),
+        "-p",
+        "eyeglasses",
+        "--backbone",
+        "tiny",
+        "--steps",
+        "2",
+        "--max-frames",
+        "9",
+        "--set",
+        "backbone.vae=random",
+        "--set",
+        "backbone.resolution=64",
+        "--set",
+        "face_processor.verify=none",
+    ]
     first = run_main("--quiet", *args, "-o", str(tmp_path / "a.mp4"), "--json", env=env)
     second = run_main("--quiet", *args, "-o", str(tmp_path / "b.mp4"), env=env)
     again = run_main("--quiet", *args, "-o", str(tmp_path / "c.mp4"), "--json", env=env)
@@ -266,6 +327,7 @@ def test_tokenflow_matches_tokens_on_the_source_features_not_the_edited_ones():
     under the same shuffle, which only a match on the source features gives. With two pivots the
     outputs blend linearly by temporal distance."""
     from diffusers.models.attention_processor import Attention
+
     from ipfacediff.plugins.strategies.tokenflow import TokenFlowAttention, nearest_tokens
 
     torch.manual_seed(0)
@@ -293,6 +355,7 @@ def test_tokenflow_pivots_attend_to_each_other_with_the_sources_queries_and_keys
     """Pivot pass: extended attention across the pivots of each group, and under Plug-and-Play the
     uncond/cond groups attend with the source group's queries and keys (their own values)."""
     from diffusers.models.attention_processor import Attention
+
     from ipfacediff.plugins.strategies.tokenflow import TokenFlowAttention
 
     torch.manual_seed(1)
@@ -308,7 +371,7 @@ def test_tokenflow_pivots_attend_to_each_other_with_the_sources_queries_and_keys
                 qh = q[0, f].view(5, 2, 8).transpose(0, 1)
                 kh = k[0].reshape(10, 2, 8).transpose(0, 1)
                 vh = v[g].reshape(10, 2, 8).transpose(0, 1)
-                ref = torch.softmax(qh @ kh.transpose(1, 2) / 8 ** 0.5, -1) @ vh
+                ref = torch.softmax(qh @ kh.transpose(1, 2) / 8**0.5, -1) @ vh
                 ref = attn.to_out[0](ref.transpose(0, 1).reshape(5, 16))
                 assert torch.allclose(got[g, f], ref, atol=1e-5)
 
@@ -317,6 +380,7 @@ def test_tokenflow_injects_the_sources_residual_branch_into_every_batch():
     """The residual hook inside one [source, uncond, cond] batch: groups 1 and 2 get the source's
     residual branch on their own skip path (in the pivots' pass and in every propagation batch)."""
     from diffusers.models.resnet import ResnetBlock2D
+
     from ipfacediff.plugins.strategies.tokenflow import _residual_hook
 
     torch.manual_seed(2)
@@ -334,7 +398,7 @@ def test_tokenflow_injects_the_sources_residual_branch_into_every_batch():
         skip = block.conv_shortcut(x)
         res_src = plain[:2] * 2.0 - skip[:2]
         for g in range(3):
-            assert torch.allclose(got[2 * g:2 * g + 2], (skip[2 * g:2 * g + 2] + res_src) / 2.0, atol=1e-5)
+            assert torch.allclose(got[2 * g : 2 * g + 2], (skip[2 * g : 2 * g + 2] + res_src) / 2.0, atol=1e-5)
 
 
 def test_tokenflow_draws_pivots_each_step_in_bounded_batches(catalog, tmp_path):
@@ -414,13 +478,16 @@ def test_refinement_starts_from_each_frames_own_inversion_and_keeps_frames_consi
     assert torch.allclose(chunked, refined, atol=1e-5)
     # per refined frame and step: its source's inversion step, eps1's capture pass, eps2 with CFG (x2)
     # (+ the same for its one or two anchor keyframes, denoised alongside)
-    assert evals["propagation"] == 2 * (1 + 1 + 2) * ((2 + 2) + (2 + 2))  # 2 steps; frames 1-2 with keys 0, 3; 4-5 with 3, 6
+    assert evals["propagation"] == 2 * (1 + 1 + 2) * (
+        (2 + 2) + (2 + 2)
+    )  # 2 steps; frames 1-2 with keys 0, 3; 4-5 with 3, 6
 
 
 def test_refinement_frames_attend_to_their_own_tokens_and_the_keyframes():
     """Anchored attention: a frame's keys/values are its own tokens and the group's first `anchors`
     frames' (the keyframes), nothing of the other frames."""
     from diffusers.models.attention_processor import Attention
+
     from ipfacediff.runtime.attention import ControlledSelfAttention
 
     torch.manual_seed(3)

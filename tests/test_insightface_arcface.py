@@ -16,7 +16,9 @@ def test_converted_model_matches_onnxruntime_and_is_differentiable(tmp_path, cat
     assert enc.embedding_dim == 16
     x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0), requires_grad=True)
     e = enc.embed(x)
-    ref = ort.InferenceSession(path).run(None, {"input.1": ((x.detach().numpy() * 255 - 127.5) / 127.5).astype(np.float32)})[0]
+    ref = ort.InferenceSession(path).run(
+        None, {"input.1": ((x.detach().numpy() * 255 - 127.5) / 127.5).astype(np.float32)}
+    )[0]
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     assert np.allclose(e.detach().numpy(), ref, atol=1e-4)
     (1 - e[0] @ e[1]).backward()

@@ -14,8 +14,26 @@ def test_one_torch_in_the_venv():
     assert torch.__version__.split("+")[0] == torch_dists[0].version.split("+")[0]
 
 
-@pytest.mark.parametrize("module", ["diffusers", "transformers", "peft", "accelerate", "pluggy", "open_clip", "decord", "hnswlib",
-                                    "rich", "av", "yaml", "insightface", "facenet_pytorch", "onnx2torch", "cv2"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "diffusers",
+        "transformers",
+        "peft",
+        "accelerate",
+        "pluggy",
+        "open_clip",
+        "decord",
+        "hnswlib",
+        "rich",
+        "av",
+        "yaml",
+        "insightface",
+        "facenet_pytorch",
+        "onnx2torch",
+        "cv2",
+    ],
+)
 def test_design_card_packages_import(module):
     importlib.import_module(module)
 
@@ -28,8 +46,9 @@ def test_facenet_and_insightface_keep_torch():
 
     major, minor = (int(x) for x in torch.__version__.split(".")[:2])
     assert (major, minor) >= (2, 4)
-    assert not any((d.metadata["Name"] or "").lower() == "opencv-python" for d in md.distributions()), \
+    assert not any((d.metadata["Name"] or "").lower() == "opencv-python" for d in md.distributions()), (
         "the GUI opencv-python was installed (insightface must go in with --no-deps)"
+    )
 
 
 def test_installed_versions_are_the_pinned_ones():

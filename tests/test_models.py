@@ -1,10 +1,10 @@
 import shutil
 
 import pytest
-
 from conftest import MODELS, needs_models
-from ipfacediff.runtime import models
+
 from ipfacediff.errors import InputError, ModelChecksumError, ModelNotFoundError
+from ipfacediff.runtime import models
 
 
 @needs_models
@@ -36,7 +36,9 @@ def test_offline_and_missing_names_file_places_and_how(monkeypatch, tmp_path):
     with pytest.raises(ModelNotFoundError) as e:
         models.resolve("mobilefacenet")
     msg = str(e.value)
-    assert "mobilefacenet/mobilefacenet.pt" in msg and str(tmp_path / "empty") in msg and str(tmp_path / "cache") in msg
+    assert (
+        "mobilefacenet/mobilefacenet.pt" in msg and str(tmp_path / "empty") in msg and str(tmp_path / "cache") in msg
+    )
     assert "https://github.com/foamliu/MobileFaceNet" in msg
 
 

@@ -3,8 +3,8 @@ from typing import Literal
 
 import pytest
 
-from ipfacediff.errors import ParameterError
 from ipfacediff.cli import parse_set_option
+from ipfacediff.errors import ParameterError
 from ipfacediff.params import describe_params, validate_params
 
 
@@ -23,14 +23,17 @@ def test_defaults_and_coercion():
     assert p.scale == 3.0 and isinstance(p.scale, float) and p.layers == [4] and p.steps == 10
 
 
-@pytest.mark.parametrize("values, needle", [
-    ({"stpes": 3}, "did you mean 'steps'"),
-    ({"steps": "ten"}, "expected an integer"),
-    ({"steps": 0}, "out of range"),
-    ({"mode": "c"}, "one of 'a', 'b'"),
-    ({"on": "yes"}, "true/false"),
-    ({"layers": [1, "x"]}, "layers[1]"),
-])
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"stpes": 3}, "did you mean 'steps'"),
+        ({"steps": "ten"}, "expected an integer"),
+        ({"steps": 0}, "out of range"),
+        ({"mode": "c"}, "one of 'a', 'b'"),
+        ({"on": "yes"}, "true/false"),
+        ({"layers": [1, "x"]}, "layers[1]"),
+    ],
+)
 def test_bad_values_name_key_value_and_allowed(values, needle):
     with pytest.raises(ParameterError) as e:
         validate_params(P, values, "reg.yaml: pipelines.p.editor.params")
@@ -40,7 +43,10 @@ def test_bad_values_name_key_value_and_allowed(values, needle):
 
 def test_parse_set_nested_and_typed():
     assert parse_set_option(["face_processor.threshold=0.8", "a.b.c=true", "s=hello"]) == {
-        "face_processor": {"threshold": 0.8}, "a": {"b": {"c": True}}, "s": "hello"}
+        "face_processor": {"threshold": 0.8},
+        "a": {"b": {"c": True}},
+        "s": "hello",
+    }
     with pytest.raises(ParameterError):
         parse_set_option(["novalue"])
 

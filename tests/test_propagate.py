@@ -10,9 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import DATA, needs_data, needs_models, run_main
+from PIL import Image
 from test_propagation import _psnr
 
 pytestmark = [needs_data, needs_models]
@@ -61,17 +60,36 @@ def moving(tmp_path_factory):
 @pytest.mark.parametrize("propagator", ["mesh-flow", "flow-residual"])
 def test_propagate_reproduces_a_known_edit_under_known_motion(moving, tmp_path, propagator):
     src, gt, inp, keys = moving
-    r = run_main("--quiet", "propagate", str(inp), "--keyframes", str(keys), "-o", str(tmp_path / "out") + "/", "--propagator", propagator, "--json")
+    r = run_main(
+        "--quiet",
+        "propagate",
+        str(inp),
+        "--keyframes",
+        str(keys),
+        "-o",
+        str(tmp_path / "out") + "/",
+        "--propagator",
+        propagator,
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert rep["frames"] == 17 and rep["keyframes"] == KEYS and rep["output_kind"] == "frames" and rep["propagator"] == propagator
+    assert (
+        rep["frames"] == 17
+        and rep["keyframes"] == KEYS
+        and rep["output_kind"] == "frames"
+        and rep["propagator"] == propagator
+    )
     out = _read(tmp_path / "out", 17)
     others = [i for i in range(17) if i not in KEYS]
     assert np.array_equal(out[KEYS], gt[KEYS])  # keyframes as given
     score = _psnr(out[others], gt[others])
-    print(f"known motion through propagate, {propagator}: {score:.2f} dB (source {_psnr(src[others], gt[others]):.2f})")
+    print(
+        f"known motion through propagate, {propagator}: {score:.2f} dB (source {_psnr(src[others], gt[others]):.2f})"
+    )
     # measured here: mesh-flow 44.58, flow-residual 49.30 (source 25.54). On this true (rigid) motion the
-    # face model costs mesh-flow ~5 dB against plain flow; on the FaceMesh ground truth it gains (it grades itself there)
+    # face model costs mesh-flow ~5 dB against plain flow; on the FaceMesh ground truth it gains (it
+    # grades itself there)
     assert score > 40.0
 
 
@@ -83,7 +101,9 @@ def test_propagate_leaves_the_source_exactly_where_nothing_was_edited(moving, tm
     r = run_main("--quiet", "propagate", str(inp), "--keyframes", str(kdir), "-o", str(tmp_path / "out") + "/")
     assert r.returncode == 0, r.stderr
     out = _read(tmp_path / "out", 17)
-    assert np.array_equal(out[8:], src[8:])  # keyframes 8 and 16 are unedited: every frame from 8 on is the source, byte for byte
+    assert np.array_equal(
+        out[8:], src[8:]
+    )  # keyframes 8 and 16 are unedited: every frame from 8 on is the source, byte for byte
     far = np.ones(src.shape[1:3], bool)
     far[100:220, 80:180] = False
     assert np.array_equal(out[:8][:, far], src[:8][:, far])  # and far from the edit on the frames it reaches
@@ -95,12 +115,27 @@ def test_propagate_writes_a_video_and_warns_about_edits_outside_the_face(sample_
 
     src = open_frames(sample_clip).get(list(range(9)))
     keys = src[[0, 8]].copy()
-    keys[:, -40:, :40] = (255, 0, 255)  # a bottom corner: outside the face region (the top ones are inside its feathered crop)
+    keys[:, -40:, :40] = (
+        255,
+        0,
+        255,
+    )  # a bottom corner: outside the face region (the top ones are inside its feathered crop)
     kdir = tmp_path / "keys"
     kdir.mkdir()
     for i, k in zip((0, 8), keys):
         Image.fromarray(k).save(kdir / f"{i:05d}.png")
-    r = run_main("--quiet", "propagate", str(sample_clip), "--keyframes", str(kdir), "-o", str(tmp_path / "out.mp4"), "--max-frames", "9", "--json")
+    r = run_main(
+        "--quiet",
+        "propagate",
+        str(sample_clip),
+        "--keyframes",
+        str(kdir),
+        "-o",
+        str(tmp_path / "out.mp4"),
+        "--max-frames",
+        "9",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert probe(tmp_path / "out.mp4").n_frames == 9 and rep["output_kind"] == "video"
@@ -117,14 +152,21 @@ def _bad(tmp_path, moving, make):
     return r, out
 
 
-@pytest.mark.parametrize("case,make,message", [
-    ("empty", lambda d, s: None, "holds no images"),
-    ("past the end", lambda d, s: Image.fromarray(s[0]).save(d / "17.png"), "past the end"),
-    ("size", lambda d, s: Image.fromarray(s[0][:100]).save(d / "3.png"), "does not match"),
-    ("unreadable", lambda d, s: (d / "3.png").write_bytes(b"not a png"), "not a readable image"),
-    ("duplicate", lambda d, s: (Image.fromarray(s[0]).save(d / "8.png"), Image.fromarray(s[0]).save(d / "00008.jpg")), "both replace frame 8"),
-    ("no number", lambda d, s: Image.fromarray(s[0]).save(d / "key.png"), "no frame number"),
-])
+@pytest.mark.parametrize(
+    "case,make,message",
+    [
+        ("empty", lambda d, s: None, "holds no images"),
+        ("past the end", lambda d, s: Image.fromarray(s[0]).save(d / "17.png"), "past the end"),
+        ("size", lambda d, s: Image.fromarray(s[0][:100]).save(d / "3.png"), "does not match"),
+        ("unreadable", lambda d, s: (d / "3.png").write_bytes(b"not a png"), "not a readable image"),
+        (
+            "duplicate",
+            lambda d, s: (Image.fromarray(s[0]).save(d / "8.png"), Image.fromarray(s[0]).save(d / "00008.jpg")),
+            "both replace frame 8",
+        ),
+        ("no number", lambda d, s: Image.fromarray(s[0]).save(d / "key.png"), "no frame number"),
+    ],
+)
 def test_propagate_refuses_bad_keyframes_in_one_line(tmp_path, moving, case, make, message):
     r, out = _bad(tmp_path, moving, make)
     assert r.returncode == 2, (case, r.stdout, r.stderr)
@@ -134,7 +176,17 @@ def test_propagate_refuses_bad_keyframes_in_one_line(tmp_path, moving, case, mak
 
 def test_propagate_refuses_a_latent_propagator_and_an_existing_output(tmp_path, moving):
     _, _, inp, keys = moving
-    r = run_main("--quiet", "propagate", str(inp), "--keyframes", str(keys), "-o", str(tmp_path / "o") + "/", "--propagator", "latent-nn")
+    r = run_main(
+        "--quiet",
+        "propagate",
+        str(inp),
+        "--keyframes",
+        str(keys),
+        "-o",
+        str(tmp_path / "o") + "/",
+        "--propagator",
+        "latent-nn",
+    )
     assert r.returncode == 2 and "propagates latents" in r.stderr
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x.png").write_bytes(b"")
@@ -143,14 +195,62 @@ def test_propagate_refuses_a_latent_propagator_and_an_existing_output(tmp_path, 
 
 
 def test_ground_truth_benchmark_scores_propagators_against_a_known_edit(tmp_path):
-    r = run_main("--quiet", "bench", "--ground-truth", "--videos", str(DATA / "videos" / "d0.mp4"), "--max-frames", "9", "--intervals", "4",
-                 "--edits", "glasses", "--propagators", "flow-residual,mesh-flow", "-o", str(tmp_path / "b"), "--json")
+    r = run_main(
+        "--quiet",
+        "bench",
+        "--ground-truth",
+        "--videos",
+        str(DATA / "videos" / "d0.mp4"),
+        "--max-frames",
+        "9",
+        "--intervals",
+        "4",
+        "--edits",
+        "glasses",
+        "--propagators",
+        "flow-residual,mesh-flow",
+        "-o",
+        str(tmp_path / "b"),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     scores = {s["method"]: s for s in res["rows"][0]["scores"] if s["interval"] == 4}
-    assert set(scores) == {"source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip", "flow-residual", "mesh-flow"}
+    assert set(scores) == {
+        "source",
+        "copy-nearest",
+        "flow-warp-edited",
+        "taesd-roundtrip",
+        "flow-residual",
+        "mesh-flow",
+    }
     assert scores["mesh-flow"]["self_graded"] and not scores["flow-residual"]["self_graded"]
     assert scores["flow-residual"]["face_psnr"] > scores["source"]["face_psnr"] + 5
     table = (tmp_path / "b" / "groundtruth.md").read_text()
     assert "| mesh-flow * |" in table and "grades itself" in table
     assert (tmp_path / "b" / "jobs" / "d0" / "ground-truth" / "glasses" / "strip.png").is_file()
+
+
+def test_propagate_writes_a_report_and_reuses_the_face_track(moving, tmp_path):
+    """``propagate`` runs as every job does: a JSON report beside the output (timings, components,
+    settings, versions, warnings), the face track cached (a second run detects nothing), ``--report``
+    and ``--pipeline`` taken."""
+    _, _, inp, keys = moving
+    args = ["--quiet", "propagate", str(inp), "--keyframes", str(keys)]
+    r = run_main(*args, "-o", str(tmp_path / "a.mp4"), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "a.json").read_text())
+    assert rep["job"] == "propagate" and rep["report"] == str(tmp_path / "a.json")
+    assert {"detect", "propagate", "load_models", "total"} <= set(rep["timings_s"])
+    assert rep["components"]["propagator"]["component"] == "mesh-flow" and rep["pipeline"] == "ip-facediff"
+    assert rep["settings"]["landmark_smoothing"] >= 1 and rep["versions"]["ipfacediff"]
+    assert "detect" not in rep["reused_stages"]
+    r = run_main(
+        *args, "-o", str(tmp_path / "b.mp4"), "--pipeline", "ip-facediff-flow", "--report", str(tmp_path / "r.json")
+    )
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["reused_stages"] == ["detect"] and rep["propagator"] == "flow-residual"
+    assert not (tmp_path / "b.json").exists()
+    r = run_main(*args, "-o", str(tmp_path / "c.mp4"), "--pipeline", "no-such-pipeline")
+    assert r.returncode == 2 and "no-such-pipeline" in r.stderr and not (tmp_path / "c.mp4").exists()

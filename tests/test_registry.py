@@ -1,8 +1,8 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
+
 from ipfacediff.errors import ParameterError, RegistryError, UnknownComponentError
 from ipfacediff.registry import load_registry
 
@@ -21,7 +21,9 @@ def test_builtin_registry_loads(catalog):
 
 
 def test_user_file_merges_over_builtin(tmp_path, catalog):
-    f = write(tmp_path, """
+    f = write(
+        tmp_path,
+        """
 version: 1
 pipelines:
   face-crops:
@@ -29,7 +31,8 @@ pipelines:
     face_processor: mtcnn
   extra:
     face_processor: {component: full-frame, params: {landmarks: none}}
-""")
+""",
+    )
     reg = load_registry(f, catalog=catalog)
     assert reg.pipeline("face-crops").description == "mine"
     assert reg.pipeline("face-crops").components["face_processor"].name == "mtcnn"
@@ -46,18 +49,29 @@ def test_misspelled_component_names_kind_match_file_and_key(tmp_path, catalog):
     assert str(f) in msg and "pipelines.p.face_processor" in msg and "mtcnn" in msg
 
 
-@pytest.mark.parametrize("text, error, needle", [
-    ("pipelines: [1, 2", RegistryError, "invalid YAML at line"),
-    ("pipelnes: {}", RegistryError, "did you mean 'pipelines'"),
-    ("version: 7", RegistryError, "not supported"),
-    ("pipelines:\n  p:\n    face_processor: {params: {}}\n", RegistryError, "missing key 'component'"),
-    ("pipelines:\n  p:\n    face_processor: {component: retinaface, params: {threshold: high}}\n", ParameterError, "threshold: 'high'"),
-    ("pipelines:\n  p:\n    face_processor: {component: retinaface, params: {treshold: 0.5}}\n", ParameterError, "did you mean 'threshold'"),
-    ("pipelines:\n  p:\n    editor: os.system\n", UnknownComponentError, "unknown editor 'os.system'"),
-    ("pipelines:\n  p:\n    backbone: sd15\n", RegistryError, "unknown backbone 'sd15'"),
-    ("pipelines:\n  p:\n    metrics: psnr\n", RegistryError, "expected a list"),
-    ("- a\n- b\n", RegistryError, "top level must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, error, needle",
+    [
+        ("pipelines: [1, 2", RegistryError, "invalid YAML at line"),
+        ("pipelnes: {}", RegistryError, "did you mean 'pipelines'"),
+        ("version: 7", RegistryError, "not supported"),
+        ("pipelines:\n  p:\n    face_processor: {params: {}}\n", RegistryError, "missing key 'component'"),
+        (
+            "pipelines:\n  p:\n    face_processor: {component: retinaface, params: {threshold: high}}\n",
+            ParameterError,
+            "threshold: 'high'",
+        ),
+        (
+            "pipelines:\n  p:\n    face_processor: {component: retinaface, params: {treshold: 0.5}}\n",
+            ParameterError,
+            "did you mean 'threshold'",
+        ),
+        ("pipelines:\n  p:\n    editor: os.system\n", UnknownComponentError, "unknown editor 'os.system'"),
+        ("pipelines:\n  p:\n    backbone: sd15\n", RegistryError, "unknown backbone 'sd15'"),
+        ("pipelines:\n  p:\n    metrics: psnr\n", RegistryError, "expected a list"),
+        ("- a\n- b\n", RegistryError, "top level must be a mapping"),
+    ],
+)
 def test_bad_registry_files(tmp_path, catalog, text, error, needle):
     f = write(tmp_path, text)
     with pytest.raises(error) as e:
@@ -87,7 +101,9 @@ def test_cli_debug_shows_traceback(tmp_path):
 
 
 def test_cli_pipelines_validates_and_lists_user_file(tmp_path):
-    f = write(tmp_path, "pipelines:\n  mine:\n    description: hello\n    face_processor: mtcnn\n    metrics: [psnr]\n")
+    f = write(
+        tmp_path, "pipelines:\n  mine:\n    description: hello\n    face_processor: mtcnn\n    metrics: [psnr]\n"
+    )
     r = run_cli("pipelines", "--registry", str(f), "--json")
     assert r.returncode == 0, r.stderr
     import json
@@ -100,7 +116,9 @@ def test_cli_pipelines_validates_and_lists_user_file(tmp_path):
 
 
 def test_extends_changes_one_slot_in_two_lines(tmp_path, catalog):
-    f = write(tmp_path, """
+    f = write(
+        tmp_path,
+        """
 version: 1
 pipelines:
   ip-facediff-exact:
@@ -109,11 +127,14 @@ pipelines:
   exact-dense:
     extends: ip-facediff-exact
     settings: {keyframe_interval: 2}
-""")
+""",
+    )
     reg = load_registry(f, catalog=catalog)
     base, one, two = reg.pipeline("ip-facediff"), reg.pipeline("ip-facediff-exact"), reg.pipeline("exact-dense")
     assert one.components["propagator"].name == "exact-nn" and base.components["propagator"].name == "mesh-flow"
-    assert {k: v.name for k, v in one.components.items() if k != "propagator"} == {k: v.name for k, v in base.components.items() if k != "propagator"}
+    assert {k: v.name for k, v in one.components.items() if k != "propagator"} == {
+        k: v.name for k, v in base.components.items() if k != "propagator"
+    }
     assert one.components["editor"].params == base.components["editor"].params
     assert [m.to_json() for m in one.metrics] == [m.to_json() for m in base.metrics]
     # settings merge key by key through the chain; slots carry over
@@ -124,13 +145,21 @@ pipelines:
     assert fast.settings.keyframe_interval == 16 and fast.components["propagator"].name == "mesh-flow"
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("  a:\n    extends: nope\n", "extends: unknown pipeline 'nope'"),
-    ("  a:\n    extends: b\n  b:\n    extends: a\n", "extends itself"),
-    ("  a:\n    strategy: ip-facediff\n    face_processor: retinaface\n    inverter: ddim\n",
-     "the strategy 'ip-facediff' requires editor, propagator"),
-    ("  a:\n    face_processor: retinaface\n    settings: {strategy: tokenflow}\n", "the strategy is a slot now; write `strategy: tokenflow`"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("  a:\n    extends: nope\n", "extends: unknown pipeline 'nope'"),
+        ("  a:\n    extends: b\n  b:\n    extends: a\n", "extends itself"),
+        (
+            "  a:\n    strategy: ip-facediff\n    face_processor: retinaface\n    inverter: ddim\n",
+            "the strategy 'ip-facediff' requires editor, propagator",
+        ),
+        (
+            "  a:\n    face_processor: retinaface\n    settings: {strategy: tokenflow}\n",
+            "the strategy is a slot now; write `strategy: tokenflow`",
+        ),
+    ],
+)
 def test_bad_extends_missing_required_slots_and_old_strategy_setting_fail_at_load(tmp_path, catalog, body, needle):
     f = write(tmp_path, "version: 1\npipelines:\n" + body)
     with pytest.raises(RegistryError) as e:

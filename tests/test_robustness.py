@@ -7,34 +7,61 @@ import json
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
 from ipfacediff.errors import IPFaceDiffError
 from ipfacediff.registry import load_registry
 from ipfacediff.runtime.video import open_frames
 
 # YAML-shaped values: what a user could write in a registry file
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10 ** 6), st.floats(allow_nan=True), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                      max_leaves=20)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=12))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20,
+)
 names = st.sampled_from(["ip-facediff", "tiny", "x", "per-frame", "identity", "retinaface", "latent-nn", "ddim", ""])
-slots = st.sampled_from(["face_processor", "identity_encoder", "inverter", "editor", "propagator", "metrics", "settings", "backbone",
-                         "description", "params", "component", "localization_loss", "bogus"])
-components = st.one_of(names, st.fixed_dictionaries({"component": names}, optional={"params": st.dictionaries(st.text(max_size=8), values,
-                                                                                                               max_size=3)}))
+slots = st.sampled_from(
+    [
+        "face_processor",
+        "identity_encoder",
+        "inverter",
+        "editor",
+        "propagator",
+        "metrics",
+        "settings",
+        "backbone",
+        "description",
+        "params",
+        "component",
+        "localization_loss",
+        "bogus",
+    ]
+)
+components = st.one_of(
+    names,
+    st.fixed_dictionaries(
+        {"component": names}, optional={"params": st.dictionaries(st.text(max_size=8), values, max_size=3)}
+    ),
+)
 entries = st.dictionaries(slots, st.one_of(components, values), max_size=6)
-documents = st.fixed_dictionaries({}, optional={
-    "version": st.one_of(st.just(1), values),
-    "backbones": st.one_of(st.dictionaries(names, entries, max_size=2), values),
-    "pipelines": st.one_of(st.dictionaries(names, entries, max_size=3), values),
-    "recipes": st.one_of(st.dictionaries(names, entries, max_size=2), values),
-    "bogus": values,
-})
+documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": st.one_of(st.just(1), values),
+        "backbones": st.one_of(st.dictionaries(names, entries, max_size=2), values),
+        "pipelines": st.one_of(st.dictionaries(names, entries, max_size=3), values),
+        "recipes": st.one_of(st.dictionaries(names, entries, max_size=2), values),
+        "bogus": values,
+    },
+)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(doc=documents)
 def test_fuzz_registry_loader_raises_only_its_own_errors(doc, tmp_path):
     path = tmp_path / "user.yaml"
@@ -45,7 +72,9 @@ def test_fuzz_registry_loader_raises_only_its_own_errors(doc, tmp_path):
         assert str(exc).strip() and "\n" not in exc.one_line()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(text=st.text(max_size=300))
 def test_fuzz_registry_loader_on_arbitrary_text(text, tmp_path):
     path = tmp_path / "user.yaml"
@@ -67,7 +96,9 @@ def mp4_bytes(tmp_path_factory):
     return _real_mp4_bytes(tmp_path_factory)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=st.data(), suffix=st.sampled_from([".mp4", ".mov", ".png", ".jpg", ".mkv", ".txt", ""]))
 def test_fuzz_video_reader_raises_only_its_own_errors(data, suffix, mp4_bytes, tmp_path):
     """Random bytes, and a real MP4 truncated or with bytes flipped: open and read every frame."""
@@ -108,16 +139,39 @@ def _frame_hashes(path):
 def test_same_input_seed_and_settings_give_the_same_frames(pipeline, sample_clip, tmp_path):
     def run(seed, name):
         out = tmp_path / f"{name}.mp4"
-        r = run_cli("edit", str(sample_clip), "-p", "eyeglasses", "--pipeline", pipeline, "--backbone", "tiny", "--steps", "3", "--max-frames", "8",
-                    "--seed", str(seed), "--set", "backbone.resolution=64", "--set", "face_processor.verify=none", "-o", str(out), "--json",
-                    "--no-cache",
-                    env={"IPFACEDIFF_CACHE": str(tmp_path / f"cache-{name}")})
+        r = run_cli(
+            "edit",
+            str(sample_clip),
+            "-p",
+            "eyeglasses",
+            "--pipeline",
+            pipeline,
+            "--backbone",
+            "tiny",
+            "--steps",
+            "3",
+            "--max-frames",
+            "8",
+            "--seed",
+            str(seed),
+            "--set",
+            "backbone.resolution=64",
+            "--set",
+            "face_processor.verify=none",
+            "-o",
+            str(out),
+            "--json",
+            "--no-cache",
+            env={"IPFACEDIFF_CACHE": str(tmp_path / f"cache-{name}")},
+        )
         assert r.returncode == 0, r.stderr
         return _frame_hashes(out), json.loads(r.stdout)
 
     (h1, rep1), (h2, rep2) = run(7, "a"), run(7, "b")
     assert h1 == h2 and len(h1) == 8
     assert rep1["unet_evaluations"] == rep2["unet_evaluations"]
-    if pipeline == "sdedit":  # the seeded noise is the only randomness: another seed, other frames (the check can fail)
+    if (
+        pipeline == "sdedit"
+    ):  # the seeded noise is the only randomness: another seed, other frames (the check can fail)
         h3, _ = run(8, "c")
         assert h3 != h1

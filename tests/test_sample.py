@@ -1,6 +1,6 @@
 import numpy as np
-
 from conftest import needs_models
+
 from ipfacediff.runtime.sample import sample_frames
 
 

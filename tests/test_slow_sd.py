@@ -90,11 +90,18 @@ def test_sd2_size_v_prediction_from_a_single_file_runs_offline(tmp_path, catalog
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text()))
     vae = AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text()))
-    text_cfg = {k: v for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items() if k not in ("architectures", "model_type")}
+    text_cfg = {
+        k: v
+        for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items()
+        if k not in ("architectures", "model_type")
+    }
     text = CLIPTextModel(CLIPTextConfig(**text_cfg))
     assert 860e6 < sum(p.numel() for p in unet.parameters()) < 870e6  # the SD 2.x UNet size
     single = tmp_path / "sd21-random.safetensors"
-    save_file(diffusers_to_ldm(unet.state_dict(), vae.state_dict(), text.state_dict(), 2, 4, open_clip_text=True), str(single))
+    save_file(
+        diffusers_to_ldm(unet.state_dict(), vae.state_dict(), text.state_dict(), 2, 4, open_clip_text=True),
+        str(single),
+    )
     want = {"unet": unet.state_dict(), "text_encoder": text.state_dict()}
     del vae
     with warnings.catch_warnings(record=True) as caught:
@@ -107,5 +114,7 @@ def test_sd2_size_v_prediction_from_a_single_file_runs_offline(tmp_path, catalog
         assert [k for k in ref if k not in got or not torch.equal(ref[k], got[k])] == [], part
     assert bb.tokenizer.pad_token == "!"
     _one_step(bb)
-    base = catalog.build("backbone", "stable-diffusion", {"path": str(single), "resolution": 256, "prediction_type": "epsilon"})
+    base = catalog.build(
+        "backbone", "stable-diffusion", {"path": str(single), "resolution": 256, "prediction_type": "epsilon"}
+    )
     assert base.scheduler_config["prediction_type"] == "epsilon"

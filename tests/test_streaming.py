@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import needs_models, run_cli, run_main
+
 from ipfacediff.runtime.video import open_frames
 
 pytestmark = needs_models
@@ -44,7 +44,9 @@ def test_keyframe_groups_share_an_anchor():
     keys = list(range(0, 200, 8))
     groups = keyframe_groups(keys, 10)
     assert groups[0] == keys[:10] and all(2 <= len(g) <= 10 for g in groups)
-    assert all(b[0] == a[-1] for a, b in zip(groups, groups[1:]))  # each group starts at the previous group's last keyframe
+    assert all(
+        b[0] == a[-1] for a, b in zip(groups, groups[1:])
+    )  # each group starts at the previous group's last keyframe
     assert sorted({k for g in groups for k in g}) == keys
     assert keyframe_groups(keys[:5], 16) == [keys[:5]]
 
@@ -61,16 +63,25 @@ def test_chunked_propagation_equals_whole_clip_propagation(catalog, name):
     prop = catalog.build("propagator", name)
     from ipfacediff.interfaces import PropagationInput
 
-    whole = prop.propagate(PropagationInput(key_rows=keys, frames=list(range(41)), features=src, stats=stats, edited_latents=edited))
+    whole = prop.propagate(
+        PropagationInput(key_rows=keys, frames=list(range(41)), features=src, stats=stats, edited_latents=edited)
+    )
     for chunk in (1, 5, 7, 13, 41):
         parts = []
         for a in range(0, 41, chunk):
             rows = list(range(a, min(41, a + chunk)))
             sub, sub_keys, first = chunk_with_borders(rows, keys)
-            assert all(sub[p] in keys for p in sub_keys) and sub[first:first + len(rows)] == rows
-            out = prop.propagate(PropagationInput(key_rows=sub_keys, frames=sub, features=src[sub], stats=stats,
-                                                  edited_latents=edited[[keys.index(sub[p]) for p in sub_keys]]))
-            parts.append(out[first:first + len(rows)])
+            assert all(sub[p] in keys for p in sub_keys) and sub[first : first + len(rows)] == rows
+            out = prop.propagate(
+                PropagationInput(
+                    key_rows=sub_keys,
+                    frames=sub,
+                    features=src[sub],
+                    stats=stats,
+                    edited_latents=edited[[keys.index(sub[p]) for p in sub_keys]],
+                )
+            )
+            parts.append(out[first : first + len(rows)])
         assert torch.equal(torch.cat(parts), whole), chunk
 
 
@@ -122,20 +133,35 @@ def test_memory_does_not_grow_with_clip_length(tmp_path):
     peaks = {}
     for n in (16, 64, 192):  # the first run warms up imports and caches: not compared
         clip = write_sample_clip(tmp_path / f"m{n}.mp4", n_frames=n, size=128, audio=False)
-        req = EditRequest(input=clip, prompt="eyeglasses", pipeline=reg.pipeline("ip-facediff"), registry=reg, output=tmp_path / f"o{n}.mp4",
-                          backbone="tiny", steps=2, sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 16, "chunk_frames": 16}},
-                          face_processor="full-frame", show_progress=False, cache=False)
+        req = EditRequest(
+            input=clip,
+            prompt="eyeglasses",
+            pipeline=reg.pipeline("ip-facediff"),
+            registry=reg,
+            output=tmp_path / f"o{n}.mp4",
+            backbone="tiny",
+            steps=2,
+            sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 16, "chunk_frames": 16}},
+            face_processor="full-frame",
+            show_progress=False,
+            cache=False,
+        )
         tracemalloc.start()
         try:
             rep = run_edit(req)
-            peaks[n] = tracemalloc.get_traced_memory()[1] / 2 ** 20
+            peaks[n] = tracemalloc.get_traced_memory()[1] / 2**20
         finally:
             tracemalloc.stop()
-        print(f"{n} frames: traced peak {peaks[n]:.1f} MB, {rep['chunks']} chunks, {rep['keyframe_groups']} keyframe groups, "
-              f"{rep['timings_s']['total']:.1f} s")
+        print(
+            f"{n} frames: traced peak {peaks[n]:.1f} MB, {rep['chunks']} chunks, {rep['keyframe_groups']} keyframe "
+            "groups, "
+            f"{rep['timings_s']['total']:.1f} s"
+        )
     growth = peaks[192] - peaks[64]
     print(f"growth 64 -> 192 frames: {growth:.2f} MB ({growth / 128 * 1024:.1f} KB per frame)")
-    assert growth < 0.5, peaks  # held in RAM, 128 more frames would add ~4 MB; streamed ~1.3 KB per frame (the face track)
+    assert growth < 0.5, (
+        peaks
+    )  # held in RAM, 128 more frames would add ~4 MB; streamed ~1.3 KB per frame (the face track)
 
 
 def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -150,7 +176,20 @@ def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float
 def test_interrupted_edit_leaves_nothing_and_resumes_after_finished_stages(sig, long_clip, tmp_path):
     cache = tmp_path / "cache"
     out_dir = tmp_path / "out"
-    cmd = [EXE, "--quiet", "edit", str(long_clip), "-p", "eyeglasses", *FAST, "--set", "settings.chunk_frames=8", "-o", str(out_dir / "e.mp4"), "--json"]
+    cmd = [
+        EXE,
+        "--quiet",
+        "edit",
+        str(long_clip),
+        "-p",
+        "eyeglasses",
+        *FAST,
+        "--set",
+        "settings.chunk_frames=8",
+        "-o",
+        str(out_dir / "e.mp4"),
+        "--json",
+    ]
     env = {**os.environ, "IPFACEDIFF_CACHE": str(cache)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for(cache / "keyframe-edits", "*.pt", proc)  # keyframes edited: interrupt while rendering
@@ -177,9 +216,25 @@ def test_two_runs_at_once_share_the_cache_without_corrupting_it(long_clip, tmp_p
     env = {**os.environ, "IPFACEDIFF_CACHE": str(cache)}
 
     def cmd(name: str) -> list[str]:
-        return [EXE, "--quiet", "edit", str(long_clip), "-p", "eyeglasses", *FAST, "--max-frames", "48", "-o", str(tmp_path / f"{name}.mp4"), "--json"]
+        return [
+            EXE,
+            "--quiet",
+            "edit",
+            str(long_clip),
+            "-p",
+            "eyeglasses",
+            *FAST,
+            "--max-frames",
+            "48",
+            "-o",
+            str(tmp_path / f"{name}.mp4"),
+            "--json",
+        ]
 
-    procs = [subprocess.Popen(cmd(name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for name in ("a", "b")]
+    procs = [
+        subprocess.Popen(cmd(name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for name in ("a", "b")
+    ]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in results]
     assert not [p for p in cache.rglob("*") if p.name.startswith(".")], "temporary files left in the cache"
@@ -197,14 +252,29 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
     listing = json.loads(run_main("cache", "list", "--json", env=env).stdout)
     cats = listing["categories"]
     assert {c: cats[c]["entries"] for c in ("tracks", "latents", "inversions", "keyframe-edits")} == dict.fromkeys(
-        ("tracks", "latents", "inversions", "keyframe-edits"), 1)
+        ("tracks", "latents", "inversions", "keyframe-edits"), 1
+    )
     assert listing["evictable_bytes"] == sum(u["bytes"] for u in cats.values() if u["evictable"]) > 0
     table = run_main("cache", "list", env=env)
     assert table.returncode == 0 and "keyframe-edits" in table.stdout and "evictable" in table.stdout
 
     # another clip under a 1 KB limit: the first clip's entries go, this run's own stay
-    r = run_cli("--quiet", "--cache-limit", "1KB", "edit", str(long_clip), "-p", "eyeglasses", *FAST, "--max-frames", "8",
-                "-o", str(tmp_path / "b.mp4"), "--json", env=env)
+    r = run_cli(
+        "--quiet",
+        "--cache-limit",
+        "1KB",
+        "edit",
+        str(long_clip),
+        "-p",
+        "eyeglasses",
+        *FAST,
+        "--max-frames",
+        "8",
+        "-o",
+        str(tmp_path / "b.mp4"),
+        "--json",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["cache"]["evicted"] == 4 and rep["cache"]["limit_bytes"] == 1024 and rep["cache"]["freed_bytes"] > 0
@@ -217,7 +287,9 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
     assert cleared["removed"] == 4 and cleared["freed"] > 0
     cats = json.loads(run_main("cache", "list", "--json", env=env).stdout)["categories"]
     assert not any(u["evictable"] for u in cats.values())
-    for args, needle in ((["cache", "clear", "everything"], "cache category 'everything' does not exist"),
-                         (["--cache-limit", "lots", "cache", "list"], "cache limit 'lots'")):
+    for args, needle in (
+        (["cache", "clear", "everything"], "cache category 'everything' does not exist"),
+        (["--cache-limit", "lots", "cache", "list"], "cache limit 'lots'"),
+    ):
         r = run_main(*args, env=env)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr

@@ -15,7 +15,9 @@ from pathlib import Path
 import ipfacediff.errors as errors
 
 ROOT = Path(__file__).resolve().parent.parent
-USER_ERRORS = {name for name, cls in vars(errors).items() if inspect.isclass(cls) and issubclass(cls, errors.IPFaceDiffError)}
+USER_ERRORS = {
+    name for name, cls in vars(errors).items() if inspect.isclass(cls) and issubclass(cls, errors.IPFaceDiffError)
+}
 
 
 def _constant_parts(node: ast.AST) -> list[str]:
@@ -58,7 +60,11 @@ def test_every_user_error_message_is_on_the_troubleshooting_page():
     page = " ".join((ROOT / "docs" / "troubleshooting.md").read_text().split())
     messages = user_error_messages()
     assert len(messages) > 100  # the scan found the raise sites
-    missing = [f"{where}:{line}: {max(pieces, key=len)!r}" for where, line, pieces in messages if pieces and not any(p in page for p in pieces)]
+    missing = [
+        f"{where}:{line}: {max(pieces, key=len)!r}"
+        for where, line, pieces in messages
+        if pieces and not any(p in page for p in pieces)
+    ]
     assert not missing, "add these messages (cause and fix) to docs/troubleshooting.md:\n" + "\n".join(missing)
 
 
@@ -66,5 +72,9 @@ def test_the_scan_sees_a_message_that_is_not_documented(tmp_path):
     """The check can fail: a message that is not on the page is reported."""
     page = " ".join((ROOT / "docs" / "troubleshooting.md").read_text().split())
     node = ast.parse('raise InputError(f"{p}: the moon is made of cheese; try again")').body[0]
-    pieces = [" ".join(x.strip(" :,.'\"").split()) for part in _constant_parts(node.exc.args[0]) for x in re.split(r"[;()]", part)]
+    pieces = [
+        " ".join(x.strip(" :,.'\"").split())
+        for part in _constant_parts(node.exc.args[0])
+        for x in re.split(r"[;()]", part)
+    ]
     assert "the moon is made of cheese" in pieces and not any(p in page for p in pieces if len(p) >= 8)

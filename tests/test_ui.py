@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import needs_models
 
 
@@ -26,7 +25,9 @@ def _need(what: str, ok: bool) -> None:
     if ok:
         return
     if os.environ.get("IPFACEDIFF_REQUIRE_BROWSER"):
-        pytest.fail(f"{what} is missing (make install installs ipfacediff[ui] and Playwright; CI installs Debian's chromium)")
+        pytest.fail(
+            f"{what} is missing (make install installs ipfacediff[ui] and Playwright; CI installs Debian's chromium)"
+        )
     pytest.skip(f"{what} is missing")
 
 
@@ -39,11 +40,20 @@ def _free_port() -> int:
 @pytest.fixture
 def app_url(tmp_path):
     port = _free_port()
-    env = {**os.environ, "IPFACEDIFF_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    env = {
+        **os.environ,
+        "IPFACEDIFF_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+    }
     log = open(tmp_path / "ui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ipfacediff", "ui", "--port", str(port), "--max-frames", "120"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipfacediff", "ui", "--port", str(port), "--max-frames", "120"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):
@@ -69,7 +79,9 @@ def _shot(page, folder: Path, name: str) -> Path:
     path = folder / f"ui-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     img = cv2.imread(str(path))
-    assert img is not None and img.std() > 10 and len(np.unique(img.reshape(-1, 3)[::97], axis=0)) > 50, f"{path} looks blank"
+    assert img is not None and img.std() > 10 and len(np.unique(img.reshape(-1, 3)[::97], axis=0)) > 50, (
+        f"{path} looks blank"
+    )
     return path
 
 
@@ -79,9 +91,8 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
     _need("Playwright", _importable("playwright"))
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     _need("Debian's chromium", chromium is not None)
-    from playwright.sync_api import sync_playwright
-
     import cv2
+    from playwright.sync_api import sync_playwright
 
     from ipfacediff.runtime.video import open_frames, probe
 
@@ -96,7 +107,9 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         try:
             page.get_by_text("no clip: upload a video").first.wait_for(timeout=60_000)
         except Exception:
-            raise AssertionError(f"no one-line error in the page: {page.locator('body').inner_text()[-1500:]}") from None
+            raise AssertionError(
+                f"no one-line error in the page: {page.locator('body').inner_text()[-1500:]}"
+            ) from None
         _shot(page, shots, "0-error")
         page.locator(".toast-close").first.click()  # dismissed, so the later screenshots show no stale notice
         page.get_by_text("no clip: upload a video").first.wait_for(state="hidden", timeout=10_000)
@@ -128,10 +141,15 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         dl.value.save_as(str(video))
         assert probe(video).n_frames == 16
 
-        page.locator("#prompt textarea, #prompt input").first.fill("blonde hair")  # a new prompt: nothing detected or encoded again
+        page.locator("#prompt textarea, #prompt input").first.fill(
+            "blonde hair"
+        )  # a new prompt: nothing detected or encoded again
         page.click("#preview")
-        page.wait_for_function("() => { const t = document.querySelector('#status').innerText;"
-                               " return t.startsWith('Keyframes') && t.includes('Reused from the cache: detect, encode'); }", timeout=300_000)
+        page.wait_for_function(
+            "() => { const t = document.querySelector('#status').innerText;"
+            " return t.startsWith('Keyframes') && t.includes('Reused from the cache: detect, encode'); }",
+            timeout=300_000,
+        )
         _shot(page, shots, "4-new-prompt")
         said.append(page.locator("#status").inner_text().splitlines()[0])
 

@@ -1,14 +1,21 @@
 import numpy as np
 import pytest
-
 from conftest import DATA, needs_data
+
 from ipfacediff.errors import InputError, OutputExistsError
 from ipfacediff.runtime.video import VideoWriter, frame_hash, open_frames, probe
 
 
 def test_sample_clip_probe_and_stream(sample_clip):
     info = probe(sample_clip)
-    assert (info.kind, info.n_frames, info.fps, info.width, info.height, info.has_audio) == ("video", 24, 24.0, 256, 256, True)
+    assert (info.kind, info.n_frames, info.fps, info.width, info.height, info.has_audio) == (
+        "video",
+        24,
+        24.0,
+        256,
+        256,
+        True,
+    )
     src = open_frames(sample_clip)
     chunks = list(src.iter_chunks(chunk_size=5))
     assert [s for s, _ in chunks] == [0, 5, 10, 15, 20]
@@ -68,12 +75,15 @@ def test_images_folder_and_single_image(tmp_path):
     assert one.info.kind == "image" and np.array_equal(one.get([0])[0], src.get([1])[0])
 
 
-@pytest.mark.parametrize("make, needle", [
-    (lambda d: d / "missing.mp4", "no such file"),
-    (lambda d: (d / "empty.mp4").write_bytes(b"") and d / "empty.mp4" or d / "empty.mp4", "empty"),
-    (lambda d: (d / "text.mp4").write_text("hello, not a video") and d / "text.mp4", "not a readable video"),
-    (lambda d: (d / "emptydir").mkdir() or d / "emptydir", "no images"),
-])
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: d / "missing.mp4", "no such file"),
+        (lambda d: (d / "empty.mp4").write_bytes(b"") and d / "empty.mp4" or d / "empty.mp4", "empty"),
+        (lambda d: (d / "text.mp4").write_text("hello, not a video") and d / "text.mp4", "not a readable video"),
+        (lambda d: (d / "emptydir").mkdir() or d / "emptydir", "no images"),
+    ],
+)
 def test_bad_inputs_are_input_errors(tmp_path, make, needle):
     path = make(tmp_path)
     with pytest.raises(InputError, match=needle):

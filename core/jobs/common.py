@@ -8,8 +8,9 @@ import os
 import resource
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -18,7 +19,11 @@ from ipfacediff.errors import EditWarning, ParameterError
 from ipfacediff.interfaces import Backbone
 from ipfacediff.registry import Registry
 
-SD_HUB_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4")
+SD_HUB_IDS = (
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "runwayml/stable-diffusion-v1-5",
+    "CompVis/stable-diffusion-v1-4",
+)
 
 
 def check_sets(sets: dict[str, Any], entry, what: str, extra: tuple[str, ...] = ("settings", "backbone")) -> None:
@@ -27,7 +32,9 @@ def check_sets(sets: dict[str, Any], entry, what: str, extra: tuple[str, ...] = 
     allowed = [*entry.components, *extra]
     for slot, values in sets.items():
         if slot not in allowed:
-            raise ParameterError(f"--set {slot}...: the {what} {entry.name!r} has no {slot!r} (has: {', '.join(allowed)})")
+            raise ParameterError(
+                f"--set {slot}...: the {what} {entry.name!r} has no {slot!r} (has: {', '.join(allowed)})"
+            )
         if not isinstance(values, dict):
             raise ParameterError(f"--set {slot}={values!r}: give a parameter, e.g. {slot}.NAME=VALUE")
 
@@ -59,7 +66,9 @@ def find_stable_diffusion(registry: Registry) -> tuple[dict[str, Any], str] | No
     return None
 
 
-def resolve_backbone(name: str, sets: dict[str, Any], registry: Registry, default: str = "auto") -> tuple[Backbone, list[str]]:
+def resolve_backbone(
+    name: str, sets: dict[str, Any], registry: Registry, default: str = "auto"
+) -> tuple[Backbone, list[str]]:
     """``auto``: ``default`` (the pipeline's or recipe's backbone) unless that is ``auto`` too, then a
     configured or locally cached Stable Diffusion, else ``tiny`` (with a warning); otherwise a
     backbone entry of the registry or a registered backbone component. ``sets["backbone"]``
@@ -75,13 +84,18 @@ def resolve_backbone(name: str, sets: dict[str, Any], registry: Registry, defaul
         sd = find_stable_diffusion(registry)
         found = ("stable-diffusion", sd[0]) if sd else None
         if found is None:
-            warnings.append("no Stable Diffusion checkpoint configured or cached: using the tiny backbone (`ipfacediff doctor` says how to get one)")
+            warnings.append(
+                "no Stable Diffusion checkpoint configured or cached: using the tiny backbone (`ipfacediff doctor` "
+                "says how to get one)"
+            )
             found = ("tiny", {})
         comp, params = found
         return catalog.build("backbone", comp, {**params, **extra}, "--backbone auto"), warnings
     if name in registry.backbones:
         entry = registry.backbones[name]
-        return catalog.build("backbone", entry.component.name, {**entry.component.raw_params(), **extra}, entry.component.where), warnings
+        return catalog.build(
+            "backbone", entry.component.name, {**entry.component.raw_params(), **extra}, entry.component.where
+        ), warnings
     return catalog.build("backbone", name, extra, "--backbone"), warnings
 
 
@@ -119,7 +133,7 @@ def count_vae(backbone: Backbone) -> dict[str, int]:
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

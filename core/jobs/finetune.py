@@ -38,15 +38,14 @@ import numpy as np
 import torch
 
 from ipfacediff.errors import InputError, NoFaceError, OutputExistsError, ParameterError
-from ipfacediff.runtime.face import pick_primary
 from ipfacediff.interfaces import Backbone, FaceProcessor, TrainingBatch
 from ipfacediff.params import validate_params
-from ipfacediff.runtime.progress import progress_bar
 from ipfacediff.registry import RecipeEntry, RecipeSettings, Registry
+from ipfacediff.runtime.face import pick_primary
 from ipfacediff.runtime.files import write_atomic
+from ipfacediff.runtime.progress import progress_bar
 from ipfacediff.runtime.training import TrainingFaces
 from ipfacediff.runtime.video import IMAGE_EXTS, VIDEO_EXTS, open_frames
-
 
 
 @dataclass
@@ -83,18 +82,30 @@ def _data_files(data: Path) -> list[Path]:
         return [data]
     files = sorted(f for f in data.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
     if not files:
-        raise InputError(f"--data {data}: the folder holds no images or videos ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})")
+        raise InputError(
+            f"--data {data}: the folder holds no images or videos ({', '.join(sorted(IMAGE_EXTS | VIDEO_EXTS))})"
+        )
     return files
 
 
-def prepare_faces(data: Path, processor: FaceProcessor, size: int, frames_per_video: int, show: bool = False) -> FaceData:
+def prepare_faces(
+    data: Path, processor: FaceProcessor, size: int, frames_per_video: int, show: bool = False
+) -> FaceData:
     """Detect and align the primary face of every image (and of ``frames_per_video`` evenly spaced
     frames of every video) under ``data``; cached in the ipfacediff cache, never in ``data``."""
     from ipfacediff.runtime.models import cache_dir
 
     files = _data_files(data)
-    h = hashlib.sha256(json.dumps([processor.name, dataclasses.asdict(processor.params) if dataclasses.is_dataclass(processor.params) else {},
-                                   size, frames_per_video]).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            [
+                processor.name,
+                dataclasses.asdict(processor.params) if dataclasses.is_dataclass(processor.params) else {},
+                size,
+                frames_per_video,
+            ]
+        ).encode()
+    )
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -102,7 +113,9 @@ def prepare_faces(data: Path, processor: FaceProcessor, size: int, frames_per_vi
     cached = cache_dir() / "finetune-data" / f"{key}.npz"
     if cached.is_file():
         z = np.load(cached)
-        return FaceData(z["crops"], z["landmarks"], int(z["files_used"]), int(z["files_skipped"]), int(z["no_face"]), key)
+        return FaceData(
+            z["crops"], z["landmarks"], int(z["files_used"]), int(z["files_skipped"]), int(z["no_face"]), key
+        )
     crops, lms = [], []
     used = skipped = no_face = 0
     with progress_bar("prepare", len(files), show) as bar:
@@ -111,7 +124,11 @@ def prepare_faces(data: Path, processor: FaceProcessor, size: int, frames_per_vi
                 src = open_frames(f)
                 try:
                     n = len(src)
-                    idx = sorted(set(np.linspace(0, n - 1, min(n, frames_per_video)).round().astype(int).tolist())) if n else []
+                    idx = (
+                        sorted(set(np.linspace(0, n - 1, min(n, frames_per_video)).round().astype(int).tolist()))
+                        if n
+                        else []
+                    )
                     frames = src.get(idx) if idx else []
                 finally:
                     src.close()
@@ -147,7 +164,7 @@ def prepare_faces(data: Path, processor: FaceProcessor, size: int, frames_per_vi
 
 # ------------------------------------------------------------------------------------ training
 def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2 ** 63))
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
 
 
 def loss_weight(settings: RecipeSettings, weights: dict[str, float], term: str, step: int) -> float:
@@ -156,7 +173,9 @@ def loss_weight(settings: RecipeSettings, weights: dict[str, float], term: str, 
     return w * min(1.0, (step + 1) / ramp) if ramp > 0 else w
 
 
-def sample_batch(faces: TrainingFaces, prompts: list[tuple[str, str]], settings: RecipeSettings, g: torch.Generator, n: int) -> TrainingBatch:
+def sample_batch(
+    faces: TrainingFaces, prompts: list[tuple[str, str]], settings: RecipeSettings, g: torch.Generator, n: int
+) -> TrainingBatch:
     """``n`` samples: face rows, timesteps in ``settings.timestep_range``, noise, prompts."""
     lo, hi = (int(v) for v in settings.timestep_range)
     idx = torch.randint(0, len(faces), (n,), generator=g)
@@ -170,22 +189,34 @@ def _lora_params(unet, adapter: str) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if "lora_" in n and f".{adapter}." in n}
 
 
-def _fingerprint(recipe: RecipeEntry, settings: RecipeSettings, weights: dict, data_key: str, backbone: Backbone, seed: int) -> str:
-    blob = json.dumps([recipe.name, dataclasses.asdict(settings) | {"steps": None}, weights, data_key,
-                       backbone.identity(), seed], sort_keys=True, default=str)
+def _fingerprint(
+    recipe: RecipeEntry, settings: RecipeSettings, weights: dict, data_key: str, backbone: Backbone, seed: int
+) -> str:
+    blob = json.dumps(
+        [recipe.name, dataclasses.asdict(settings) | {"steps": None}, weights, data_key, backbone.identity(), seed],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(work: Path, step: int, unet, adapter: str, optimizer, log: list[dict], fingerprint: str, eval_start: dict) -> None:
+def _save_checkpoint(
+    work: Path, step: int, unet, adapter: str, optimizer, log: list[dict], fingerprint: str, eval_start: dict
+) -> None:
     from safetensors.torch import save_file
 
     final = work / "checkpoints" / f"step-{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in _lora_params(unet, adapter).items()}, str(tmp / "lora.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in _lora_params(unet, adapter).items()},
+        str(tmp / "lora.safetensors"),
+    )
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "log": log, "eval_start": eval_start}))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "fingerprint": fingerprint, "log": log, "eval_start": eval_start})
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a folder: renamed whole once complete
     for old in sorted((work / "checkpoints").glob("step-*"))[:-1]:
@@ -194,7 +225,11 @@ def _save_checkpoint(work: Path, step: int, unet, adapter: str, optimizer, log: 
 
 
 def _latest_checkpoint(work: Path) -> Path | None:
-    found = sorted(p for p in (work / "checkpoints").glob("step-*") if not p.name.endswith(".tmp") and (p / "state.json").is_file())
+    found = sorted(
+        p
+        for p in (work / "checkpoints").glob("step-*")
+        if not p.name.endswith(".tmp") and (p / "state.json").is_file()
+    )
     return found[-1] if found else None
 
 
@@ -222,20 +257,32 @@ def _settings_and_weights(req: FinetuneRequest, objective) -> tuple[RecipeSettin
     """The recipe's settings with ``--set`` applied, the loss weights (the objective's defaults,
     ``settings.loss_weights`` over them) and the step count, all checked."""
     recipe = req.recipe
-    settings: RecipeSettings = validate_params(RecipeSettings, {**dataclasses.asdict(recipe.settings), **req.sets.get("settings", {})},
-                                               f"recipe {recipe.name} settings")
+    settings: RecipeSettings = validate_params(
+        RecipeSettings,
+        {**dataclasses.asdict(recipe.settings), **req.sets.get("settings", {})},
+        f"recipe {recipe.name} settings",
+    )
     weights = {**objective.default_weights, **{k: float(v) for k, v in settings.loss_weights.items()}}
     unknown = [k for k in {*weights, *settings.loss_warmup} if k not in objective.terms]
     if unknown:
-        raise ParameterError(f"recipe {recipe.name}: unknown loss term(s) {', '.join(unknown)} for the {objective.name} objective "
-                             f"(valid: {', '.join(objective.terms)})")
+        raise ParameterError(
+            f"recipe {recipe.name}: unknown loss term(s) {', '.join(unknown)} for the {objective.name} objective "
+            f"(valid: {', '.join(objective.terms)})"
+        )
     if not any(w > 0 for w in weights.values()):
         raise ParameterError(f"recipe {recipe.name}: every loss weight is 0")
     for term, slot in objective.term_requires.items():
         if weights.get(term, 0) > 0 and slot not in recipe.components:
-            raise ParameterError(f"recipe {recipe.name}: the {term} term needs {'an' if slot[0] in 'aeiou' else 'a'} {slot}")
-    if len(settings.timestep_range) != 2 or not 0 <= int(settings.timestep_range[0]) <= int(settings.timestep_range[1]) <= 999:
-        raise ParameterError(f"timestep_range {settings.timestep_range}: give [low, high] with 0 <= low <= high <= 999")
+            raise ParameterError(
+                f"recipe {recipe.name}: the {term} term needs {'an' if slot[0] in 'aeiou' else 'a'} {slot}"
+            )
+    if (
+        len(settings.timestep_range) != 2
+        or not 0 <= int(settings.timestep_range[0]) <= int(settings.timestep_range[1]) <= 999
+    ):
+        raise ParameterError(
+            f"timestep_range {settings.timestep_range}: give [low, high] with 0 <= low <= high <= 999"
+        )
     total_steps = req.max_steps if req.max_steps is not None else settings.steps
     if total_steps < 1:
         raise ParameterError(f"--max-steps {total_steps}: must be at least 1")
@@ -246,7 +293,10 @@ def _work_folder(req: FinetuneRequest) -> tuple[Path, Path, Path]:
     """(data, output, work folder ``<output>.partial``), after the output and resume checks."""
     data, out = req.data.expanduser().resolve(), req.output.expanduser().resolve()
     if data.is_dir() and (out == data or data in out.parents):
-        raise InputError(f"-o {req.output}: the adapter folder must not be inside the data folder {req.data} (the data is never written to)")
+        raise InputError(
+            f"-o {req.output}: the adapter folder must not be inside the data folder {req.data} (the data is never "
+            "written to)"
+        )
     work = out.with_name(out.name + ".partial")
     if out.exists() and not (req.overwrite or req.resume):
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it or --resume to continue its training")
@@ -267,8 +317,11 @@ def training_precision(backbone: Backbone, device: torch.device, mixed_precision
     if device.type != "cuda" or dtype not in ("auto", "fp16") or mixed_precision == "fp16":
         return []
     backbone.params.dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return [f"training with the base model in {backbone.params.dtype}, not fp16: backward through an fp16 UNet and VAE needs loss "
-            f"scaling (--set settings.mixed_precision=fp16 gives it)"]
+    return [
+        f"training with the base model in {backbone.params.dtype}, not fp16: backward through an fp16 UNet and VAE "
+        "needs loss "
+        f"scaling (--set settings.mixed_precision=fp16 gives it)"
+    ]
 
 
 def _add_lora(backbone: Backbone, settings: RecipeSettings) -> tuple[dict[str, torch.nn.Parameter], float]:
@@ -277,10 +330,20 @@ def _add_lora(backbone: Backbone, settings: RecipeSettings) -> tuple[dict[str, t
 
     unet, adapter = backbone.unet, settings.adapter
     if adapter in backbone.adapters:
-        raise ParameterError(f"adapter {adapter!r} is already loaded into the backbone; train another name or drop it from backbone.adapters")
+        raise ParameterError(
+            f"adapter {adapter!r} is already loaded into the backbone; train another name or drop it from "
+            "backbone.adapters"
+        )
     alpha = settings.lora_alpha or float(settings.lora_rank)
-    unet.add_adapter(LoraConfig(r=settings.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(settings.lora_targets)),
-                     adapter_name=adapter)
+    unet.add_adapter(
+        LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(settings.lora_targets),
+        ),
+        adapter_name=adapter,
+    )
     unet.set_adapters([adapter])
     unet.requires_grad_(False)
     params = _lora_params(unet, adapter)
@@ -295,7 +358,9 @@ def _add_lora(backbone: Backbone, settings: RecipeSettings) -> tuple[dict[str, t
     return params, alpha
 
 
-def _resume(work: Path, out: Path, fingerprint: str, params, optimizer, total_steps: int) -> tuple[int, list[dict], dict | None]:
+def _resume(
+    work: Path, out: Path, fingerprint: str, params, optimizer, total_steps: int
+) -> tuple[int, list[dict], dict | None]:
     """Step, loss log and start evaluation of the latest checkpoint, its weights loaded."""
     from safetensors.torch import load_file
 
@@ -304,7 +369,10 @@ def _resume(work: Path, out: Path, fingerprint: str, params, optimizer, total_st
         raise InputError(f"--resume: no checkpoint of {out.name} found in {work} or {out}; start without --resume")
     state = json.loads((ck / "state.json").read_text())
     if state["fingerprint"] != fingerprint:
-        raise InputError(f"--resume: the checkpoint in {ck.parent} was made with other data, settings, backbone or seed; start over with --overwrite")
+        raise InputError(
+            f"--resume: the checkpoint in {ck.parent} was made with other data, settings, backbone or seed; start "
+            "over with --overwrite"
+        )
     saved = load_file(str(ck / "lora.safetensors"))
     with torch.no_grad():
         for k, p in params.items():
@@ -316,7 +384,15 @@ def _resume(work: Path, out: Path, fingerprint: str, params, optimizer, total_st
     return start, state["log"], state.get("eval_start")
 
 
-def _train(req: FinetuneRequest, t: dict[str, Any], start: int, total_steps: int, log: list[dict], fingerprint: str, eval_start: dict) -> None:
+def _train(
+    req: FinetuneRequest,
+    t: dict[str, Any],
+    start: int,
+    total_steps: int,
+    log: list[dict],
+    fingerprint: str,
+    eval_start: dict,
+) -> None:
     """The optimisation loop from ``start``; checkpoints every ``checkpoint_every`` steps and at the end."""
     settings, weights, objective, faces = t["settings"], t["weights"], t["objective"], t["faces"]
     accelerator, unet_t, optimizer, adapter = t["accelerator"], t["unet_t"], t["optimizer"], settings.adapter
@@ -326,7 +402,9 @@ def _train(req: FinetuneRequest, t: dict[str, Any], start: int, total_steps: int
             row: dict[str, float] = {"step": step + 1}
             for _ in range(settings.gradient_accumulation):
                 with accelerator.accumulate(unet_t):
-                    terms = objective.losses(unet_t, sample_batch(faces, objective.prompts, settings, g, settings.batch_size))
+                    terms = objective.losses(
+                        unet_t, sample_batch(faces, objective.prompts, settings, g, settings.batch_size)
+                    )
                     total = sum(loss_weight(settings, weights, k, step) * v for k, v in terms.items())
                     accelerator.backward(total)
                     optimizer.step()
@@ -335,16 +413,28 @@ def _train(req: FinetuneRequest, t: dict[str, Any], start: int, total_steps: int
                     row[k] = row.get(k, 0.0) + float(v.detach()) / settings.gradient_accumulation
                 row["total"] = row.get("total", 0.0) + float(total.detach()) / settings.gradient_accumulation
             if not all(math.isfinite(v) for v in row.values()):
-                raise InputError(f"step {step + 1}: the loss became {row}; lower the learning rate (settings.learning_rate)")
+                raise InputError(
+                    f"step {step + 1}: the loss became {row}; lower the learning rate (settings.learning_rate)"
+                )
             log.append(row)
-            bar.advance(description=f"finetune {adapter} " + " ".join(f"{k} {row[k]:.4f}" for k in t["terms_used"] if k in row))
+            bar.advance(
+                description=f"finetune {adapter} " + " ".join(f"{k} {row[k]:.4f}" for k in t["terms_used"] if k in row)
+            )
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total_steps:
-                _save_checkpoint(t["work"], step + 1, t["backbone"].unet, adapter, optimizer, log, fingerprint, eval_start)
+                _save_checkpoint(
+                    t["work"], step + 1, t["backbone"].unet, adapter, optimizer, log, fingerprint, eval_start
+                )
 
 
 def _evaluator(t: dict[str, Any], seed: int):
     """Loss terms on a fixed evaluation batch (the same at start and end, and for every seed of data)."""
-    batch = sample_batch(t["faces"], t["objective"].prompts, t["settings"], torch.Generator().manual_seed(seed + 7919), t["settings"].eval_samples)
+    batch = sample_batch(
+        t["faces"],
+        t["objective"].prompts,
+        t["settings"],
+        torch.Generator().manual_seed(seed + 7919),
+        t["settings"].eval_samples,
+    )
 
     def evaluate() -> dict[str, float]:
         unet = t["backbone"].unet
@@ -368,19 +458,34 @@ def _setup(req: FinetuneRequest) -> dict[str, Any]:
     recipe = req.recipe
     check_sets(req.sets, recipe, "recipe")
     if "objective" not in recipe.components:
-        raise ParameterError(f"recipe {recipe.name!r} has no objective; name one (objective: identity or objective: edit)")
+        raise ParameterError(
+            f"recipe {recipe.name!r} has no objective; name one (objective: identity or objective: edit)"
+        )
     objective = build_slot(recipe, "objective", req.sets)
     settings, weights, total_steps = _settings_and_weights(req, objective)
     data, out, work = _work_folder(req)
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, gradient_accumulation_steps=settings.gradient_accumulation,
-                              cpu=req.device == "cpu")
+    accelerator = Accelerator(
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        cpu=req.device == "cpu",
+    )
     device = accelerator.device
     torch.manual_seed(req.seed)
     comps = {slot: build_slot(recipe, slot, req.sets, device) for slot in recipe.components if slot != "objective"}
     arcface = find_arcface()
-    if arcface is not None and getattr(comps.get("identity_encoder"), "name", None) == "mobilefacenet":  # the user's ArcFace wins
-        comps["identity_encoder"] = get_catalog().build("identity_encoder", "insightface-arcface", {"model_path": str(arcface)},
-                                                        f"{ARCFACE_ENV} / ~/.insightface").to(device)
+    if (
+        arcface is not None and getattr(comps.get("identity_encoder"), "name", None) == "mobilefacenet"
+    ):  # the user's ArcFace wins
+        comps["identity_encoder"] = (
+            get_catalog()
+            .build(
+                "identity_encoder",
+                "insightface-arcface",
+                {"model_path": str(arcface)},
+                f"{ARCFACE_ENV} / ~/.insightface",
+            )
+            .to(device)
+        )
     backbone, warnings = resolve_backbone(req.backbone, req.sets, req.registry, recipe.backbone)
     warnings += training_precision(backbone, device, settings.mixed_precision)
     backbone.to(device)
@@ -392,18 +497,46 @@ def _setup(req: FinetuneRequest) -> dict[str, Any]:
         warnings.append(f"{prepared.files_skipped} unreadable file(s) skipped")
     if prepared.images_without_face:
         warnings.append(f"no face in {prepared.images_without_face} image(s)/frame(s): not used")
-    warnings += [f"{c.name} has random weights: its loss shows the mechanics, not a real objective" for c in comps.values() if getattr(c, "is_random", False)]
+    warnings += [
+        f"{c.name} has random weights: its loss shows the mechanics, not a real objective"
+        for c in comps.values()
+        if getattr(c, "is_random", False)
+    ]
     if backbone.is_random:
         warnings.append("random-weight backbone: shows the mechanics, not a real fine-tune")
     params, alpha = _add_lora(backbone, settings)
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.learning_rate, weight_decay=1e-2)
     unet_t, optimizer = accelerator.prepare(backbone.unet, optimizer)
-    faces = TrainingFaces(backbone, prepared.crops, prepared.landmarks, device, comps.get("identity_encoder") if weights.get("identity", 0) > 0 else None)
+    faces = TrainingFaces(
+        backbone,
+        prepared.crops,
+        prepared.landmarks,
+        device,
+        comps.get("identity_encoder") if weights.get("identity", 0) > 0 else None,
+    )
     objective.setup(backbone, faces, comps, settings, weights)
-    return {"recipe": recipe, "objective": objective, "settings": settings, "weights": weights, "total_steps": total_steps, "out": out,
-            "work": work, "accelerator": accelerator, "device": device, "comps": comps, "backbone": backbone, "warnings": warnings,
-            "prepared": prepared, "size": size, "params": params, "alpha": alpha, "optimizer": optimizer, "unet_t": unet_t, "faces": faces,
-            "terms_used": [k for k in objective.terms if weights.get(k, 0) > 0]}
+    return {
+        "recipe": recipe,
+        "objective": objective,
+        "settings": settings,
+        "weights": weights,
+        "total_steps": total_steps,
+        "out": out,
+        "work": work,
+        "accelerator": accelerator,
+        "device": device,
+        "comps": comps,
+        "backbone": backbone,
+        "warnings": warnings,
+        "prepared": prepared,
+        "size": size,
+        "params": params,
+        "alpha": alpha,
+        "optimizer": optimizer,
+        "unet_t": unet_t,
+        "faces": faces,
+        "terms_used": [k for k in objective.terms if weights.get(k, 0) > 0],
+    }
 
 
 def run_finetune(req: FinetuneRequest) -> dict[str, Any]:
@@ -414,7 +547,9 @@ def run_finetune(req: FinetuneRequest) -> dict[str, Any]:
     evaluate = _evaluator(t, req.seed)
     start, log, eval_start = 0, [], None
     if req.resume:
-        start, log, eval_start = _resume(t["work"], t["out"], fingerprint, t["params"], t["optimizer"], t["total_steps"])
+        start, log, eval_start = _resume(
+            t["work"], t["out"], fingerprint, t["params"], t["optimizer"], t["total_steps"]
+        )
     t["work"].mkdir(parents=True, exist_ok=True)
     if eval_start is None:
         eval_start = evaluate()
@@ -426,19 +561,32 @@ def run_finetune(req: FinetuneRequest) -> dict[str, Any]:
     return _save(req, t, log, start, eval_start, eval_end, train_s, t_start)
 
 
-def _save(req: FinetuneRequest, t: dict[str, Any], log: list[dict], start: int, eval_start: dict, eval_end: dict, train_s: float,
-          t_start: float) -> dict[str, Any]:
+def _save(
+    req: FinetuneRequest,
+    t: dict[str, Any],
+    log: list[dict],
+    start: int,
+    eval_start: dict,
+    eval_end: dict,
+    train_s: float,
+    t_start: float,
+) -> dict[str, Any]:
     """The adapter in the format diffusers reads, the loss log (CSV, JSON, plot), the report and a
     model card, written in the work folder and renamed to the output folder."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
     settings, work, out, terms_used, backbone = t["settings"], t["work"], t["out"], t["terms_used"], t["backbone"]
-    # peft's key format throughout (lora_A/lora_B): converting to diffusers' older lora.down/up renames only the attention
-    # layers, and a file with both formats loads without them in diffusers (the conv layers' LoRA alone)
+    # peft's key format throughout (lora_A/lora_B): converting to diffusers' older lora.down/up renames
+    # only the attention layers, and a file with both formats loads without them in diffusers (the conv
+    # layers' LoRA alone)
     lora_sd = get_peft_model_state_dict(backbone.unet, adapter_name=settings.adapter)
-    config = backbone.unet.peft_config[settings.adapter]  # rank and alpha: in the safetensors metadata (diffusers) and adapter_config.json (peft)
-    StableDiffusionPipeline.save_lora_weights(str(work), unet_lora_layers=lora_sd, safe_serialization=True, unet_lora_adapter_metadata=config.to_dict())
+    config = backbone.unet.peft_config[
+        settings.adapter
+    ]  # rank and alpha: in the safetensors metadata (diffusers) and adapter_config.json (peft)
+    StableDiffusionPipeline.save_lora_weights(
+        str(work), unet_lora_layers=lora_sd, safe_serialization=True, unet_lora_adapter_metadata=config.to_dict()
+    )
     config.save_pretrained(str(work))
     with (work / "losses.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["step", *terms_used, "total"])
@@ -449,20 +597,42 @@ def _save(req: FinetuneRequest, t: dict[str, Any], log: list[dict], start: int, 
     _plot(log, terms_used, work / "losses.png")
     prepared, total_steps = t["prepared"], t["total_steps"]
     report = {
-        "job": "finetune", "recipe": t["recipe"].name, "objective": t["objective"].name, "adapter": settings.adapter, "output": str(out),
-        "data": {"path": str(req.data), "faces": int(prepared.crops.shape[0]), "files_used": prepared.files_used,
-                 "files_skipped": prepared.files_skipped, "frames_without_face": prepared.images_without_face, "resolution": t["size"]},
+        "job": "finetune",
+        "recipe": t["recipe"].name,
+        "objective": t["objective"].name,
+        "adapter": settings.adapter,
+        "output": str(out),
+        "data": {
+            "path": str(req.data),
+            "faces": int(prepared.crops.shape[0]),
+            "files_used": prepared.files_used,
+            "files_skipped": prepared.files_skipped,
+            "frames_without_face": prepared.images_without_face,
+            "resolution": t["size"],
+        },
         "backbone": {**backbone.identity(), "random_weights": backbone.is_random},
-        "components": {slot: {"component": c.name, "params": dataclasses.asdict(c.params)} for slot, c in {"objective": t["objective"], **t["comps"]}.items()},
-        "settings": dataclasses.asdict(settings), "loss_weights": t["weights"], "steps": total_steps, "resumed_from": start or None,
+        "components": {
+            slot: {"component": c.name, "params": dataclasses.asdict(c.params)}
+            for slot, c in {"objective": t["objective"], **t["comps"]}.items()
+        },
+        "settings": dataclasses.asdict(settings),
+        "loss_weights": t["weights"],
+        "steps": total_steps,
+        "resumed_from": start or None,
         "seed": req.seed,
-        "lora": {"rank": settings.lora_rank, "alpha": t["alpha"], "targets": list(settings.lora_targets),
-                 "parameters": int(sum(p.numel() for p in t["params"].values()))},
-        "eval_start": eval_start, "eval_end": eval_end,
+        "lora": {
+            "rank": settings.lora_rank,
+            "alpha": t["alpha"],
+            "targets": list(settings.lora_targets),
+            "parameters": int(sum(p.numel() for p in t["params"].values())),
+        },
+        "eval_start": eval_start,
+        "eval_end": eval_end,
         "final_losses": {k: log[-1].get(k) for k in [*terms_used, "total"]} if log else {},
         "seconds_per_step": round(train_s / max(total_steps - start, 1), 4),
         "timings_s": {"train": round(train_s, 3), "total": round(time.perf_counter() - t_start, 3)},
-        "device": str(t["device"]), "warnings": t["warnings"],
+        "device": str(t["device"]),
+        "warnings": t["warnings"],
     }
     (work / "finetune.json").write_text(json.dumps(report, indent=2, default=str))
     (work / "README.md").write_text(_model_card(report))
@@ -475,24 +645,44 @@ def _save(req: FinetuneRequest, t: dict[str, Any], log: list[dict], start: int, 
 def _model_card(r: dict[str, Any]) -> str:
     bb = r["backbone"]
     lines = [
-        f"# ipfacediff LoRA adapter `{r['adapter']}` ({r['objective']} objective)", "",
-        f"Made by `ipfacediff finetune {r['recipe']}` (recipe `{r['recipe']}`).", "",
-        "| | |", "|---|---|",
-        f"| base model | {bb.get('name')} (weights sha256 {bb.get('weights_sha256', 'n/a')}){' - random weights, a test run' if bb.get('random_weights') else ''} |",
-        f"| data | {r['data']['path']}: {r['data']['faces']} aligned faces from {r['data']['files_used']} files at {r['data']['resolution']} px"
+        f"# ipfacediff LoRA adapter `{r['adapter']}` ({r['objective']} objective)",
+        "",
+        f"Made by `ipfacediff finetune {r['recipe']}` (recipe `{r['recipe']}`).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | {bb.get('name')} (weights sha256 "
+        f"{bb.get('weights_sha256', 'n/a')}){' - random weights, a test run' if bb.get('random_weights') else ''} |",
+        f"| data | {r['data']['path']}: {r['data']['faces']} aligned faces from {r['data']['files_used']} files at "
+        f"{r['data']['resolution']} px"
         f" ({r['data']['files_skipped']} unreadable skipped) |",
-        f"| steps | {r['steps']} (batch {r['settings']['batch_size']}, accumulation {r['settings']['gradient_accumulation']},"
+        f"| steps | {r['steps']} (batch {r['settings']['batch_size']}, accumulation "
+        f"{r['settings']['gradient_accumulation']},"
         f" lr {r['settings']['learning_rate']}, seed {r['seed']}) |",
-        f"| LoRA | rank {r['lora']['rank']}, alpha {r['lora']['alpha']}, on {', '.join(r['lora']['targets'])}; {r['lora']['parameters']} parameters |",
+        f"| LoRA | rank {r['lora']['rank']}, alpha {r['lora']['alpha']}, on {', '.join(r['lora']['targets'])}; "
+        f"{r['lora']['parameters']} parameters |",
         "| losses | " + ", ".join(f"{k} x {v}" for k, v in r["loss_weights"].items() if v) + " |",
         "| components | " + ", ".join(f"{s}: {c['component']}" for s, c in r["components"].items()) + " |",
-        "", "Loss terms on a fixed evaluation batch:", "", "| term | start | end |", "|---|---|---|",
-        *[f"| {k} | {r['eval_start'].get(k, float('nan')):.4f} | {r['eval_end'].get(k, float('nan')):.4f} |" for k in r["eval_end"]],
-        "", "Use it:", "", "```python",
+        "",
+        "Loss terms on a fixed evaluation batch:",
+        "",
+        "| term | start | end |",
+        "|---|---|---|",
+        *[
+            f"| {k} | {r['eval_start'].get(k, float('nan')):.4f} | {r['eval_end'].get(k, float('nan')):.4f} |"
+            for k in r["eval_end"]
+        ],
+        "",
+        "Use it:",
+        "",
+        "```python",
         "from diffusers import StableDiffusionPipeline",
         "pipe = StableDiffusionPipeline.from_pretrained(BASE_MODEL)",
-        f"pipe.load_lora_weights(\"{r['output']}\", adapter_name=\"{r['adapter']}\")", "```", "",
-        f"or in an edit: `ipfacediff edit VIDEO -p ... --set backbone.adapters.{r['adapter']}={r['output']}`", "",
+        f'pipe.load_lora_weights("{r["output"]}", adapter_name="{r["adapter"]}")',
+        "```",
+        "",
+        f"or in an edit: `ipfacediff edit VIDEO -p ... --set backbone.adapters.{r['adapter']}={r['output']}`",
+        "",
         "Training curves: `losses.png`, `losses.csv`; the full report: `finetune.json`.",
     ]
     if r["warnings"]:

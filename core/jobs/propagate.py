@@ -11,19 +11,23 @@ byte for byte; keyframes are written as given. Memory holds one keyframe interva
 
 from __future__ import annotations
 
+import json
 import re
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
 from ipfacediff.errors import InputError, ParameterError
 from ipfacediff.interfaces import FaceDetection, FaceProcessor, PropagationInput, Propagator
-from ipfacediff.runtime.face import detect_track, face_from_landmarks, feather_mask
-from ipfacediff.runtime.video import IMAGE_EXTS, check_output, is_sequence_output, open_frames, open_writer, read_image
+from ipfacediff.jobs.clip import ClipJob
+from ipfacediff.runtime.face import face_from_landmarks, feather_mask
+from ipfacediff.runtime.files import write_atomic
+from ipfacediff.runtime.progress import progress_bar
+from ipfacediff.runtime.video import IMAGE_EXTS, check_output, is_sequence_output, open_writer, read_image
 
 CHANGED_LEVEL = 12  # grey levels: a keyframe pixel differing more than this from the source was edited
 OUTSIDE_WARN = 0.002  # fraction of a keyframe's pixels edited outside the face region that is worth a warning
@@ -35,14 +39,19 @@ class PropagateRequest:
     input: Path
     keyframes: Path
     output: Path
-    propagator: str | None = None  # default: the propagator of the registry's ip-facediff pipeline
-    face_processor: str | None = None  # default: the face processor of the registry's ip-facediff pipeline
+    propagator: str | None = None  # default: the pipeline's propagator
+    face_processor: str | None = None  # default: the pipeline's face processor
     max_frames: int | None = None
     sets: dict[str, Any] = field(default_factory=dict)
     registry_file: str | Path | None = None
     sequence: bool | None = None  # PNG frames into the folder ``output``; None: when it ends with / or is a folder
     overwrite: bool = False
     show_progress: bool = True
+    pipeline: str = (
+        "ip-facediff"  # the registry pipeline whose propagator, face processor and settings are the defaults
+    )
+    report: Path | None = None  # the JSON report (default: OUT.json beside the output)
+    cache: bool = True  # keep the face track in the cache (a later edit or propagate of the clip reuses it)
 
 
 def keyframe_index(path: Path) -> int | None:
@@ -65,14 +74,20 @@ def read_keyframes(folder: Path, n: int, size: tuple[int, int]) -> dict[int, np.
     for f in files:
         i = keyframe_index(f)
         if i is None:
-            raise InputError(f"--keyframes {f}: no frame number in the name (name keyframes by the 0-based frame they replace: 8.png, 00008.png)")
+            raise InputError(
+                f"--keyframes {f}: no frame number in the name (name keyframes by the 0-based frame they replace: "
+                "8.png, 00008.png)"
+            )
         if i in names:
             raise InputError(f"--keyframes {folder}: {names[i].name} and {f.name} both replace frame {i}")
         if i >= n:
             raise InputError(f"--keyframes {f}: frame {i} is past the end of the input ({n} frames, 0 to {n - 1})")
         img = read_image(f)
         if (img.shape[1], img.shape[0]) != tuple(size):
-            raise InputError(f"--keyframes {f}: {img.shape[1]}x{img.shape[0]} does not match the input's {size[0]}x{size[1]} (keyframes are full-size frames)")
+            raise InputError(
+                f"--keyframes {f}: {img.shape[1]}x{img.shape[0]} does not match the input's {size[0]}x{size[1]} "
+                "(keyframes are full-size frames)"
+            )
         keys[i], names[i] = img, f
     return dict(sorted(keys.items()))
 
@@ -85,7 +100,14 @@ def face_region(processor: FaceProcessor, frame: np.ndarray, det: FaceDetection 
         return np.zeros((h, w), np.float32)
     m = processor.align(frame, det, REGION_SIZE).matrix
     inv = cv2.invertAffineTransform(np.asarray(m, np.float64))
-    return cv2.warpAffine(feather_mask(REGION_SIZE, 0.1), inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        feather_mask(REGION_SIZE, 0.1),
+        inv,
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def _window(regions: list[np.ndarray], pad: int = 8) -> tuple[int, int, int, int] | None:
@@ -107,9 +129,16 @@ def _in_window(det: FaceDetection | None, x0: int, y0: int, full_frame: bool) ->
     return FaceDetection(det.box - [x0, y0, x0, y0], det.score, lm, det.source)
 
 
-def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, np.ndarray], track: list[FaceDetection | None],
-                processor: FaceProcessor, propagator: Propagator, full_frame: bool = False,
-                on_frames: Callable[[int, np.ndarray], None] | None = None) -> dict[str, Any]:
+def carry_edits(
+    get: Callable[[list[int]], np.ndarray],
+    n: int,
+    keys: dict[int, np.ndarray],
+    track: list[FaceDetection | None],
+    processor: FaceProcessor,
+    propagator: Propagator,
+    full_frame: bool = False,
+    on_frames: Callable[[int, np.ndarray], None] | None = None,
+) -> dict[str, Any]:
     """Carry the ``keys`` (frame index -> edited frame) to every frame of a clip of ``n`` frames read by
     ``get`` with a pixel-space ``propagator`` (callers check its space); each finished run of frames
     goes to ``on_frames(first_index, frames)`` in order. Returns the outside-region share of each
@@ -125,7 +154,10 @@ def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, 
             near = min(key_idx, key=lambda k: abs(k - a) if k < a else abs(k - b))
             idx = [near] + idx if near < a else idx + [near]
         frames = get(idx)
-        regions = [np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, track[i]) for i, f in zip(idx, frames)]
+        regions = [
+            np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, track[i])
+            for i, f in zip(idx, frames)
+        ]
         group_keys = [r for r, i in enumerate(idx) if i in keys]
         for r in group_keys:
             i = idx[r]
@@ -139,8 +171,16 @@ def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, 
             src = np.ascontiguousarray(frames[:, y0:y1, x0:x1])
             edited = np.stack([keys[idx[r]][y0:y1, x0:x1] for r in group_keys])
             faces = [_in_window(track[i], x0, y0, full_frame) for i in idx]
-            carried = propagator.propagate(PropagationInput(key_rows=group_keys, frames=idx, source_pixels=src, edited_pixels=edited,
-                                                            reconstructed_pixels=src[group_keys], faces=faces))
+            carried = propagator.propagate(
+                PropagationInput(
+                    key_rows=group_keys,
+                    frames=idx,
+                    source_pixels=src,
+                    edited_pixels=edited,
+                    reconstructed_pixels=src[group_keys],
+                    faces=faces,
+                )
+            )
             for r in range(len(idx)):
                 m = regions[r][y0:y1, x0:x1, None]
                 blended = src[r].astype(np.float32) + m * (carried[r].astype(np.float32) - src[r])
@@ -157,61 +197,143 @@ def carry_edits(get: Callable[[list[int]], np.ndarray], n: int, keys: dict[int, 
     return {"outside_region": outside, "frames_without_face": sorted(set(no_face))}
 
 
-def run_propagate(req: PropagateRequest) -> dict[str, Any]:
-    from ipfacediff.catalog import get_catalog
-    from ipfacediff.params import validate_params
-    from ipfacediff.registry import PipelineSettings, load_registry
-    from ipfacediff.runtime.progress import progress_bar
+class PropagateJob(ClipJob):
+    """One ``propagate`` run, its state in one object: the request checked (nothing built or written
+    before the keyframes pass), the components built from the pipeline's slots, the face track
+    (cached as ``edit`` caches it), the carry, the report."""
 
-    t0 = time.perf_counter()
-    if req.max_frames is not None and req.max_frames < 1:
-        raise ParameterError(f"--max-frames {req.max_frames}: must be at least 1")
-    reg = load_registry(req.registry_file)
-    default = reg.pipeline("ip-facediff")
-    allowed = {"propagator", "face_processor", "settings"}
-    unknown = sorted(set(req.sets) - allowed)
-    if unknown:
-        raise ParameterError(f"--set {unknown[0]}...: propagate takes propagator.*, face_processor.* and settings.landmark_smoothing")
-    source = open_frames(req.input)
-    try:
-        info = source.info
-        n = info.n_frames if req.max_frames is None else min(info.n_frames, req.max_frames)
-        keys = read_keyframes(req.keyframes, n, (info.width, info.height))
-        sequence = req.sequence if req.sequence is not None else is_sequence_output(req.output)
-        if not sequence and req.output.suffix.lower() in IMAGE_EXTS:
+    job = "propagate"
+
+    def __init__(self, req: PropagateRequest):
+        from ipfacediff.registry import load_registry
+
+        self.req = req
+        pipeline = load_registry(req.registry_file).pipeline(req.pipeline)
+        super().__init__(
+            pipeline,
+            req.sets,
+            input=req.input,
+            max_frames=req.max_frames,
+            cache=req.cache,
+            show_progress=req.show_progress,
+        )
+
+    def check(self) -> None:
+        """``--set``, the settings, the input, the keyframes and the output."""
+        req = self.req
+        unknown = sorted(set(req.sets) - {"propagator", "face_processor", "settings"})
+        if unknown:
+            raise ParameterError(
+                f"--set {unknown[0]}...: propagate takes propagator.*, face_processor.* and "
+                "settings.landmark_smoothing"
+            )
+        for slot in ("propagator", "face_processor"):
+            if slot not in self.pipeline.components and getattr(req, slot) is None:
+                raise ParameterError(
+                    f"pipeline {self.pipeline.name!r} has no {slot}; name one with --{slot.replace('_', '-')}"
+                )
+        self.check_request(extra_slots=("settings", "propagator", "face_processor"))
+        info = self.open_source().info
+        self.keys = read_keyframes(req.keyframes, self.n, (info.width, info.height))
+        self.sequence = req.sequence if req.sequence is not None else is_sequence_output(req.output)
+        if not self.sequence and req.output.suffix.lower() in IMAGE_EXTS:
             raise InputError(f"{req.output}: give a video (.mp4) or a folder ending with / for PNG frames")
         check_output(req.output, req.overwrite, [req.input, req.keyframes])
-        catalog = get_catalog()
-        prop_name = req.propagator or default.components["propagator"].name
-        prop_params = (default.components["propagator"].raw_params() if req.propagator is None else {}) | req.sets.get("propagator", {})
-        propagator = catalog.build("propagator", prop_name, prop_params, "--propagator")
-        if propagator.space != "pixels":
-            raise ParameterError(f"--propagator {prop_name}: it propagates {propagator.space}; propagate carries pixels "
-                                 f"(pixel-space propagators: {', '.join(sorted(x for x in catalog.names('propagator') if catalog.get('propagator', x).cls.space == 'pixels'))})")
-        fp_name = req.face_processor or default.components["face_processor"].name
-        fp_params = (default.components["face_processor"].raw_params() if req.face_processor is None else {}) | req.sets.get("face_processor", {})
-        processor = catalog.build("face_processor", fp_name, fp_params, "--face-processor")
-        settings = validate_params(PipelineSettings, {**asdict(default.settings), **req.sets.get("settings", {})}, "--set settings")
-        full_frame = fp_name == "full-frame"
-        track = detect_track(processor, source, n, settings.landmark_smoothing, req.show_progress)
+
+    def build(self) -> None:
+        """The propagator (pixel space only) and the face processor: the pipeline's, or the ones named
+        on the command line with ``--set`` parameters only."""
+        from ipfacediff.catalog import get_catalog
+
+        req, replace = self.req, {}
+        if req.propagator:
+            replace["propagator"] = ("propagator", req.propagator, "--propagator")
+        if req.face_processor:
+            replace["face_processor"] = ("face_processor", req.face_processor, "--face-processor")
+        with self.timer("load_models"):
+            self.build_components(["propagator", "face_processor"], replace)
+        self.propagator, self.processor = self.components["propagator"], self.components["face_processor"]
+        if self.propagator.space != "pixels":
+            catalog = get_catalog()
+            pixel = [x for x in catalog.names("propagator") if catalog.get("propagator", x).cls.space == "pixels"]
+            raise ParameterError(
+                f"--propagator {self.propagator.name}: it propagates {self.propagator.space}; propagate carries "
+                f"pixels (pixel-space propagators: {', '.join(pixel)})"
+            )
+        self.full_frame = self.processor.name == "full-frame"
+
+    def detect(self) -> None:
+        super().detect(self.processor, require_face=False, passed="as the source")
+
+    def carry(self) -> None:
+        """Every frame written, keyframe interval by keyframe interval (:func:`carry_edits`)."""
+        req, info = self.req, self.source.info
         audio = info.path if info.kind == "video" and info.has_audio else None
-        with open_writer(req.output, info, n, overwrite=req.overwrite, audio_from=audio, inputs=[req.input, req.keyframes], sequence=sequence) as writer, \
-                progress_bar("propagate", n, req.show_progress) as bar:
+        inputs = [req.input, req.keyframes]
+        with (
+            open_writer(
+                req.output,
+                info,
+                self.n,
+                overwrite=req.overwrite,
+                audio_from=audio,
+                inputs=inputs,
+                sequence=self.sequence,
+            ) as writer,
+            progress_bar("propagate", self.n, self.show_progress) as bar,
+            self.timer("propagate"),
+        ):
+
             def write(first: int, frames: np.ndarray) -> None:
                 writer.write(frames)
                 bar.advance(len(frames))
 
-            found = carry_edits(lambda idx: source.get(idx), n, keys, track, processor, propagator, full_frame, write)
-    finally:
-        source.close()
-    warnings = []
-    for i, share in found["outside_region"].items():
-        if share > OUTSIDE_WARN:
-            warnings.append(f"keyframe {i}: {100 * share:.1f}% of the frame was edited outside the face region; that part is not carried "
-                            "to other frames (--face-processor full-frame carries whole frames)")
-    if found["frames_without_face"]:
-        warnings.append(f"{len(found['frames_without_face'])} frames have no face and are left as the source: {found['frames_without_face'][:10]}")
-    return {"input": str(req.input), "keyframes_dir": str(req.keyframes), "output": str(req.output), "output_kind": "frames" if sequence else "video",
-            "frames": n, "keyframes": list(keys), "propagator": prop_name, "face_processor": fp_name,
-            "landmark_model": propagator.landmark_model, "outside_region": {str(k): round(v, 5) for k, v in found["outside_region"].items()},
-            "frames_without_face": found["frames_without_face"], "warnings": warnings, "seconds": round(time.perf_counter() - t0, 3)}
+            self.found = carry_edits(
+                self.source.get, self.n, self.keys, self.track, self.processor, self.propagator, self.full_frame, write
+            )
+
+    def write_report(self) -> dict[str, Any]:
+        """The report: what was carried, the warnings, timings and the rest every job reports; written
+        as JSON beside the output (or to ``req.report``)."""
+        req, found = self.req, self.found
+        for i, share in found["outside_region"].items():
+            if share > OUTSIDE_WARN:
+                self.warnings.append(
+                    f"keyframe {i}: {100 * share:.1f}% of the frame was edited outside the face region; that part "
+                    "is not carried to other frames (--face-processor full-frame carries whole frames)"
+                )
+        no_face = found["frames_without_face"]
+        if no_face:
+            self.warnings.append(f"{len(no_face)} frames have no face and are left as the source: {no_face[:10]}")
+        out = req.output
+        path = req.report or out.with_name(out.stem + ".json")
+        report = {
+            "job": "propagate",
+            "input": str(req.input),
+            "keyframes_dir": str(req.keyframes),
+            "output": str(out),
+            "output_kind": "frames" if self.sequence else "video",
+            "frames": self.n,
+            "keyframes": list(self.keys),
+            "propagator": self.propagator.name,
+            "face_processor": self.processor.name,
+            "landmark_model": self.propagator.landmark_model,
+            "outside_region": {str(k): round(v, 5) for k, v in found["outside_region"].items()},
+            "frames_without_face": no_face,
+            **self.report_fields(),
+            "report": str(path),
+        }
+        report["seconds"] = report["timings_s"]["total"]
+        write_atomic(path, json.dumps(report, indent=2, default=str))
+        return report
+
+
+def run_propagate(req: PropagateRequest) -> dict[str, Any]:
+    """Carry the keyframes in ``req.keyframes`` to every frame of ``req.input``: check, build, detect,
+    carry, report."""
+    with PropagateJob(req) as job, job.collecting():
+        job.check()
+        job.build()
+        job.detect()
+        job.carry()
+    return job.write_report()

@@ -10,8 +10,9 @@ nearest-neighbour propagation live in its strategy, ``plugins/strategies/tokenfl
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,16 @@ class ControlledSelfAttention:
     def __init__(self, name: str, ctrl: FeatureController):
         self.name, self.ctrl = name, ctrl
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -78,8 +87,16 @@ class ControlledSelfAttention:
         if ctrl.anchors and ctrl.group_size > ctrl.anchors:
             g, a = ctrl.group_size, ctrl.anchors
             bsz, n, _ = k.shape
-            kk, vv = [torch.cat([t.view(bsz // g, g, n, -1), t.view(bsz // g, g, n, -1)[:, :a].reshape(bsz // g, 1, a * n, -1).expand(-1, g, -1, -1)],
-                                dim=2).reshape(bsz, (a + 1) * n, -1) for t in (k, v)]
+            kk, vv = [
+                torch.cat(
+                    [
+                        t.view(bsz // g, g, n, -1),
+                        t.view(bsz // g, g, n, -1)[:, :a].reshape(bsz // g, 1, a * n, -1).expand(-1, g, -1, -1),
+                    ],
+                    dim=2,
+                ).reshape(bsz, (a + 1) * n, -1)
+                for t in (k, v)
+            ]
             out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(kk, heads), split_heads(vv, heads))
             out = out.transpose(1, 2).reshape(bsz, n, -1)
         elif ctrl.extended and ctrl.group_size > 1:
@@ -154,11 +171,15 @@ def residual_hook(name: str, ctrl: FeatureController):
 
 
 @contextlib.contextmanager
-def controlled_unet(unet: torch.nn.Module, ctrl: FeatureController, residual_layers: Sequence[str] | None = None) -> Iterator[FeatureController]:
+def controlled_unet(
+    unet: torch.nn.Module, ctrl: FeatureController, residual_layers: Sequence[str] | None = None
+) -> Iterator[FeatureController]:
     """Install :class:`ControlledSelfAttention` on every ``attn1`` layer and capture/inject hooks on
     ``residual_layers``; restore the original processors and remove the hooks on exit."""
     original = dict(unet.attn_processors)
-    procs = {name: (ControlledSelfAttention(name, ctrl) if ".attn1." in name else proc) for name, proc in original.items()}
+    procs = {
+        name: (ControlledSelfAttention(name, ctrl) if ".attn1." in name else proc) for name, proc in original.items()
+    }
     residual_layers = list(residual_layers if residual_layers is not None else pnp_residual_layers(unet))
     ctrl.res_layers = set(residual_layers)
     modules = dict(unet.named_modules())

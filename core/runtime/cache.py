@@ -27,9 +27,10 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,18 @@ CATEGORIES: dict[str, str] = {
     "configs": "Stable Diffusion configs for single-file checkpoints",
 }
 EVICTABLE = ("tracks", "latents", "inversions", "keyframe-edits", "finetune-data")
-_UNITS = {"": 1, "B": 1, "K": 2 ** 10, "KB": 2 ** 10, "M": 2 ** 20, "MB": 2 ** 20, "G": 2 ** 30, "GB": 2 ** 30, "T": 2 ** 40, "TB": 2 ** 40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 2**10,
+    "KB": 2**10,
+    "M": 2**20,
+    "MB": 2**20,
+    "G": 2**30,
+    "GB": 2**30,
+    "T": 2**40,
+    "TB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -221,8 +233,17 @@ def usage(root: Path | None = None) -> dict[str, dict[str, Any]]:
     """Per category: entries, bytes, oldest and newest last use (epoch seconds)."""
     out: dict[str, dict[str, Any]] = {}
     for e in entries(root):
-        u = out.setdefault(e.category, {"entries": 0, "bytes": 0, "oldest": e.last_used, "newest": e.last_used,
-                                        "evictable": e.category in EVICTABLE, "description": CATEGORIES[e.category]})
+        u = out.setdefault(
+            e.category,
+            {
+                "entries": 0,
+                "bytes": 0,
+                "oldest": e.last_used,
+                "newest": e.last_used,
+                "evictable": e.category in EVICTABLE,
+                "description": CATEGORIES[e.category],
+            },
+        )
         u["entries"] += 1
         u["bytes"] += e.bytes
         u["oldest"], u["newest"] = min(u["oldest"], e.last_used), max(u["newest"], e.last_used)
@@ -236,7 +257,9 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def prune(limit: int | None = None, protect: set[Path] | frozenset = frozenset(), root: Path | None = None) -> dict[str, Any]:
+def prune(
+    limit: int | None = None, protect: set[Path] | frozenset = frozenset(), root: Path | None = None
+) -> dict[str, Any]:
     """Evict the least recently used evictable entries until they total at most ``limit`` bytes
     (entries in ``protect``, e.g. the current run's, are kept). Returns what it did."""
     limit = cache_limit() if limit is None else limit
@@ -255,7 +278,9 @@ def prune(limit: int | None = None, protect: set[Path] | frozenset = frozenset()
     return {"bytes": total, "limit": limit, "evicted": evicted, "freed": freed}
 
 
-def clear(categories: tuple[str, ...], older_than_days: float | None = None, root: Path | None = None) -> dict[str, Any]:
+def clear(
+    categories: tuple[str, ...], older_than_days: float | None = None, root: Path | None = None
+) -> dict[str, Any]:
     """Remove the entries of ``categories`` (only those unused for ``older_than_days``), and
     temporary files of killed runs older than a day."""
     root = root or cache_dir()

@@ -4,22 +4,29 @@ per call on one UNet."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from ipfacediff.errors import InputError, ModelNotFoundError
+from ipfacediff.interfaces import Backbone
 from ipfacediff.runtime import models
 from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
 from ipfacediff.runtime.files import write_atomic
-from ipfacediff.errors import InputError, ModelNotFoundError
-from ipfacediff.interfaces import Backbone
 
 RANDOM_BACKBONE_NOTE = "random-weight backbone: shows the mechanics, not a real edit"
 
 SD_SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
     "prediction_type": "epsilon",
 }
 
@@ -85,9 +92,12 @@ class DiffusersBackbone(Backbone):
         out = []
         for p in prompts:
             if p not in self._prompt_cache:
-                length = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
-                ids = self.tokenizer([p], padding="max_length", max_length=length, truncation=True,
-                                     return_tensors="pt").input_ids.to(self.device)
+                length = min(
+                    int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings)
+                )
+                ids = self.tokenizer(
+                    [p], padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+                ).input_ids.to(self.device)
                 with torch.no_grad():
                     self._prompt_cache[p] = self.text_encoder(ids)[0].float()
             out.append(self._prompt_cache[p])
@@ -109,16 +119,28 @@ class DiffusersBackbone(Backbone):
         """Load a LoRA adapter saved in the diffusers format (``pytorch_lora_weights.safetensors``)."""
         p = Path(path).expanduser()
         if not p.exists():
-            raise ModelNotFoundError(f"LoRA adapter {name!r}: {p} does not exist (make one with `ipfacediff finetune`)")
+            raise ModelNotFoundError(
+                f"LoRA adapter {name!r}: {p} does not exist (make one with `ipfacediff finetune`)"
+            )
         try:
             if p.is_file():
                 self.unet.load_lora_adapter(str(p.parent), weight_name=p.name, prefix="unet", adapter_name=name)
             else:
                 st = sorted(p.glob("*.safetensors"))
-                kw = {"weight_name": "pytorch_lora_weights.safetensors" if (p / "pytorch_lora_weights.safetensors").is_file() else st[0].name} if st else {}
+                kw = (
+                    {
+                        "weight_name": "pytorch_lora_weights.safetensors"
+                        if (p / "pytorch_lora_weights.safetensors").is_file()
+                        else st[0].name
+                    }
+                    if st
+                    else {}
+                )
                 self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name=name, **kw)
         except Exception as exc:  # noqa: BLE001 - a bad adapter folder is a user error
-            raise InputError(f"LoRA adapter {name!r} at {p} cannot be loaded: {str(exc).splitlines()[0][:200]}") from exc
+            raise InputError(
+                f"LoRA adapter {name!r} at {p} cannot be loaded: {str(exc).splitlines()[0][:200]}"
+            ) from exc
         self._adapters.append(name)
         # what the weights are, not where: an adapter retrained into the same folder must not hit cached stages
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
@@ -175,32 +197,87 @@ def sd_config_dir(family: str = "sd1", prediction_type: str = "epsilon") -> Path
 
     from ipfacediff.runtime.models import cache_dir
 
-    folder = cache_dir() / "configs" / (f"{family}-{prediction_type}" if (family, prediction_type) != ("sd1", "epsilon") else "sd15")
+    folder = (
+        cache_dir()
+        / "configs"
+        / (f"{family}-{prediction_type}" if (family, prediction_type) != ("sd1", "epsilon") else "sd15")
+    )
     if (folder / "model_index.json").is_file():
         return folder
     sd2 = family == "sd2"
-    unet = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20] if sd2 else 8,
-            "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 1024 if sd2 else 768,
-            "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0,
-            "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
-            "sample_size": 96 if sd2 else 64, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-            "use_linear_projection": sd2, "upcast_attention": sd2}
-    vae = {"_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
-           "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
-           "norm_num_groups": 32, "out_channels": 3, "sample_size": 768 if sd2 else 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
-           "scaling_factor": 0.18215}
+    unet = {
+        "_class_name": "UNet2DConditionModel",
+        "act_fn": "silu",
+        "attention_head_dim": [5, 10, 20, 20] if sd2 else 8,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": 1024 if sd2 else 768,
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "sample_size": 96 if sd2 else 64,
+        "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+        "use_linear_projection": sd2,
+        "upcast_attention": sd2,
+    }
+    vae = {
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 768 if sd2 else 512,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "scaling_factor": 0.18215,
+    }
     width = 1024 if sd2 else 768
-    text = {"architectures": ["CLIPTextModel"], "hidden_act": "gelu" if sd2 else "quick_gelu", "hidden_size": width,
-            "intermediate_size": 4 * width, "max_position_embeddings": 77, "model_type": "clip_text_model",
-            "num_attention_heads": 16 if sd2 else 12, "num_hidden_layers": 23 if sd2 else 12, "projection_dim": 512 if sd2 else 768,
-            "vocab_size": 49408, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "layer_norm_eps": 1e-05}
-    index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
-             "requires_safety_checker": False,
-             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
-    for sub, cfg, name in (("unet", unet, "config.json"), ("vae", vae, "config.json"), ("text_encoder", text, "config.json"),
-                           ("scheduler", {**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}, "scheduler_config.json")):
+    text = {
+        "architectures": ["CLIPTextModel"],
+        "hidden_act": "gelu" if sd2 else "quick_gelu",
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "max_position_embeddings": 77,
+        "model_type": "clip_text_model",
+        "num_attention_heads": 16 if sd2 else 12,
+        "num_hidden_layers": 23 if sd2 else 12,
+        "projection_dim": 512 if sd2 else 768,
+        "vocab_size": 49408,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "pad_token_id": 1,
+        "layer_norm_eps": 1e-05,
+    }
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "feature_extractor": [None, None],
+        "safety_checker": [None, None],
+        "requires_safety_checker": False,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    for sub, cfg, name in (
+        ("unet", unet, "config.json"),
+        ("vae", vae, "config.json"),
+        ("text_encoder", text, "config.json"),
+        ("scheduler", {**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type}, "scheduler_config.json"),
+    ):
         write_atomic(folder / sub / name, json.dumps(cfg))
-    clip_tokenizer(77, pad_token="!" if sd2 else "<|endoftext|>").save_pretrained(folder / "tokenizer")  # (identical files if two runs race)
+    clip_tokenizer(77, pad_token="!" if sd2 else "<|endoftext|>").save_pretrained(
+        folder / "tokenizer"
+    )  # (identical files if two runs race)
     write_atomic(folder / "model_index.json", json.dumps(index))  # last: marks the folder complete
     return folder

@@ -1,6 +1,6 @@
 """Diffusion helpers shared by backbones, inverters, editors and strategies: the sampler's
-timesteps and the inverse DDIM update onto them, classifier-free guidance, eps1's token features, weight digests and the CLIP tokenizer
-built offline from open_clip's vocabulary."""
+timesteps and the inverse DDIM update onto them, classifier-free guidance, eps1's token features,
+weight digests and the CLIP tokenizer built offline from open_clip's vocabulary."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def inverse_steps(scheduler_config, steps: int):
     def step(out: torch.Tensor, k: int, x: torch.Tensor) -> torch.Tensor:
         a_prev = ac[ts[k - 1]] if k > 0 else torch.as_tensor(s.final_alpha_cumprod)
         a_t = ac[ts[k]]
-        if v_pred:  # the model predicts v = sqrt(a) eps - sqrt(1 - a) x0 (x at its current level, as DDIMInverseScheduler reads it)
+        # v-prediction: the model predicts v = sqrt(a) eps - sqrt(1 - a) x0 (x at its current level, as
+        # DDIMInverseScheduler reads it)
+        if v_pred:
             x0, eps = a_prev.sqrt() * x - (1 - a_prev).sqrt() * out, a_prev.sqrt() * out + (1 - a_prev).sqrt() * x
         else:
             x0, eps = (x - (1 - a_prev).sqrt() * out) / a_prev.sqrt(), out
@@ -56,10 +58,12 @@ def clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>")
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
     if not (vocab_file.is_file() and merges_file.is_file()):
         folder.mkdir(parents=True, exist_ok=True)
-        merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+        merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
         merges = [tuple(m.split()) for m in merges]
         vocab = list(bytes_to_unicode().values())
-        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+        vocab = (
+            vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+        )
         # unique temporary names: two processes may build it at once (each writes the same content)
         write_atomic(vocab_file, json.dumps({v: i for i, v in enumerate(vocab)}))
         write_atomic(merges_file, "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
@@ -80,8 +84,15 @@ def file_digest(path: str | Path) -> str:
     return sha256_of(Path(path))
 
 
-def decoder_token_features(backbone, latents: torch.Tensor, timestep: int, prompt_embeds: torch.Tensor, seed: int,
-                           batch_size: int = 8, stage: str = "propagation") -> torch.Tensor:
+def decoder_token_features(
+    backbone,
+    latents: torch.Tensor,
+    timestep: int,
+    prompt_embeds: torch.Tensor,
+    seed: int,
+    batch_size: int = 8,
+    stage: str = "propagation",
+) -> torch.Tensor:
     """The UNet's last decoder block output (full latent resolution, ``[T, C, h, w]``) for clean
     ``latents`` noised to ``timestep`` with one seeded noise shared by all frames (so features differ
     by content only): the token features eps1 gives the propagator (one UNet evaluation per frame,
@@ -97,7 +108,9 @@ def decoder_token_features(backbone, latents: torch.Tensor, timestep: int, promp
     try:
         out = []
         for s in range(0, latents.shape[0], batch_size):
-            x = sched.add_noise(latents[s:s + batch_size].float(), noise.expand(min(batch_size, latents.shape[0] - s), -1, -1, -1), t)
+            x = sched.add_noise(
+                latents[s : s + batch_size].float(), noise.expand(min(batch_size, latents.shape[0] - s), -1, -1, -1), t
+            )
             captured.clear()
             backbone.predict_noise(x, int(timestep), prompt_embeds, stage)
             out.append(captured[-1].half())

@@ -3,7 +3,7 @@ keyframes, editing frames in batches, and the low-noise refinement of propagated
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ def keyframe_groups(keys: list[int], size: int) -> list[list[int]]:
         return [list(keys)]
     groups, i = [list(keys[:size])], size
     while i < len(keys):
-        groups.append([keys[i - 1], *keys[i:i + size - 1]])
+        groups.append([keys[i - 1], *keys[i : i + size - 1]])
         i += size - 1
     return groups
 
@@ -50,7 +50,9 @@ def edit_in_batches(run: EditRun, inv: Inversion, timer: str) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def refine(run: EditRun, x0: torch.Tensor, rows: Sequence[int], anchors: dict[int, torch.Tensor], start: str = "inversion") -> torch.Tensor:
+def refine(
+    run: EditRun, x0: torch.Tensor, rows: Sequence[int], anchors: dict[int, torch.Tensor], start: str = "inversion"
+) -> torch.Tensor:
     """A few low-noise denoising steps (eps2, target prompt, the editor's guidance) on propagated
     latents ``x0`` of face rows ``rows``, with the edited keyframes ``anchors`` (row -> edited latents:
     the keyframes before and after these frames) as context.
@@ -70,7 +72,7 @@ def refine(run: EditRun, x0: torch.Tensor, rows: Sequence[int], anchors: dict[in
     backbone, settings, e = run.backbone, run.settings, run.embeds
     total = max(settings.refine_steps, round(settings.refine_steps / max(settings.refine_strength, 1e-3)))
     ts_up, inv_step = inverse_steps(backbone.scheduler_config, total)
-    ts_up = ts_up[:settings.refine_steps]
+    ts_up = ts_up[: settings.refine_steps]
     keys, a = list(anchors), len(anchors)
     src0 = torch.cat([run.rows(keys), run.rows(list(rows))]).float() if keys else run.rows(list(rows)).float()
     tgt0 = torch.cat([torch.stack([anchors[k] for k in keys]).float(), x0.float()]) if keys else x0.float()
@@ -84,7 +86,9 @@ def refine(run: EditRun, x0: torch.Tensor, rows: Sequence[int], anchors: dict[in
     sched.set_timesteps(total)
     a_t = sched.alphas_cumprod[ts_up[-1]].sqrt()
     if start == "independent":
-        noise = torch.stack([torch.randn(r.shape, generator=torch.Generator().manual_seed(run.seed + i)) for i, r in enumerate(tgt0)])
+        noise = torch.stack(
+            [torch.randn(r.shape, generator=torch.Generator().manual_seed(run.seed + i)) for i, r in enumerate(tgt0)]
+        )
         x = sched.add_noise(tgt0, noise, torch.tensor([ts_up[-1]])).to(backbone.device)
     else:
         x = z[ts_up[-1]] + a_t * (tgt0 - src0).to(backbone.device)

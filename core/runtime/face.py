@@ -8,14 +8,15 @@ editing crops (hair and chin inside the crop, as FFHQ-style crops do).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ipfacediff.interfaces import AlignedFace, FaceDetection, FaceProcessor
+from ipfacediff.interfaces import FaceDetection, FaceProcessor
 from ipfacediff.runtime.progress import progress_bar
 
 ARCFACE_TEMPLATE = np.array(
@@ -37,7 +38,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[1, 1] = -1
     r = u @ sign @ vt
-    var_s = (s ** 2).sum() / len(src)
+    var_s = (s**2).sum() / len(src)
     scale = float(np.trace(np.diag(sig) @ sign) / var_s) if var_s > 0 else 1.0
     t = mu_d - scale * r @ mu_s
     return np.hstack([scale * r, t[:, None]])
@@ -67,7 +68,9 @@ def invert_affine(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(m, np.float64))
 
 
-def align_to_template(frame: np.ndarray, landmarks: np.ndarray, template: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def align_to_template(
+    frame: np.ndarray, landmarks: np.ndarray, template: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Warp ``frame`` so that ``landmarks`` land on ``template``; returns ``(crop, matrix)``."""
     m = similarity_transform(landmarks, template)
     crop = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
@@ -85,8 +88,11 @@ def arcface_crop_tensor(images: torch.Tensor, matrices: torch.Tensor) -> torch.T
     b, _, h, w = images.shape
     inv = torch.linalg.inv(torch.cat([matrices, matrices.new_tensor([0, 0, 1]).expand(b, 1, 3)], 1))[:, :2]
     # crop pixel centre (x + 0.5) in normalised [-1, 1] coordinates -> frame normalised coordinates
-    ys, xs = torch.meshgrid(torch.arange(112, dtype=images.dtype, device=images.device),
-                            torch.arange(112, dtype=images.dtype, device=images.device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(112, dtype=images.dtype, device=images.device),
+        torch.arange(112, dtype=images.dtype, device=images.device),
+        indexing="ij",
+    )
     pts = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # crop pixel coords
     src = torch.einsum("bij,nj->bni", inv.to(images.dtype), pts)  # frame pixel coords
     grid = torch.stack([(src[..., 0] + 0.5) / w * 2 - 1, (src[..., 1] + 0.5) / h * 2 - 1], -1).reshape(b, 112, 112, 2)
@@ -112,31 +118,14 @@ def paste_crop(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, feather:
     size = crop.shape[0]
     inv = invert_affine(matrix)
     warped = cv2.warpAffine(crop, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mask = cv2.warpAffine(feather_mask(size, feather), inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mask = cv2.warpAffine(
+        feather_mask(size, feather), inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     mask = mask[..., None]
-    blended = np.clip(np.rint(mask * warped.astype(np.float32) + (1 - mask) * frame.astype(np.float32)), 0, 255).astype(np.uint8)
+    blended = np.clip(
+        np.rint(mask * warped.astype(np.float32) + (1 - mask) * frame.astype(np.float32)), 0, 255
+    ).astype(np.uint8)
     return np.where(mask > 0, blended, frame)
-
-
-class LandmarkFaceProcessor(FaceProcessor):
-    """Base of detectors that give five landmarks: alignment and paste-back are shared.
-
-    Subclasses implement :meth:`detect`. Params used here (declare them in the subclass's Params
-    to make them configurable): ``zoom`` (face size in the crop), ``feather``.
-    """
-
-    zoom: float = 0.45
-    feather: float = 0.1
-
-    def align(self, frame: np.ndarray, detection: FaceDetection, size: int = 512) -> AlignedFace:
-        if detection.landmarks is None:
-            raise ValueError(f"{self.name}: the detection has no landmarks to align with")
-        zoom = getattr(self.params, "zoom", self.zoom)
-        crop, m = align_to_template(frame, detection.landmarks, crop_template(size, zoom), size)
-        return AlignedFace(crop, m, detection)
-
-    def paste_back(self, frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        return paste_crop(frame, crop, matrix, getattr(self.params, "feather", self.feather))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -189,7 +178,9 @@ def smooth_track(dets: Sequence[FaceDetection | None], window: int) -> list[Face
     return out
 
 
-def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_progress: bool) -> list[FaceDetection | None]:
+def detect_track(
+    processor: FaceProcessor, source, n: int, smoothing: int, show_progress: bool
+) -> list[FaceDetection | None]:
     """Pass 1: the primary face of each of the first ``n`` frames, landmarks smoothed over time."""
     raw: list[FaceDetection | None] = []
     previous = None
@@ -203,8 +194,15 @@ def detect_track(processor: FaceProcessor, source, n: int, smoothing: int, show_
     return smooth_track(raw, smoothing)
 
 
-def aligned_faces(processor: FaceProcessor, source, n: int, track: list[FaceDetection | None], face_frames: list[int], resolution: int,
-                  show: bool) -> Iterator[tuple[int, Any]]:
+def aligned_faces(
+    processor: FaceProcessor,
+    source,
+    n: int,
+    track: list[FaceDetection | None],
+    face_frames: list[int],
+    resolution: int,
+    show: bool,
+) -> Iterator[tuple[int, Any]]:
     """(row into ``face_frames``, aligned face) for each face frame among the first ``n``, streamed
     (frames read in batches), with an ``align`` progress bar over the frames."""
     pos = {f: k for k, f in enumerate(face_frames)}
@@ -227,9 +225,25 @@ def track_to_arrays(track: list[FaceDetection | None]) -> dict[str, np.ndarray]:
             if d.landmarks is not None:
                 lms[i] = d.landmarks
     sources = np.array([d.source if d is not None else "" for d in track], dtype=str)
-    return {"found": found, "has_landmarks": has_lm, "boxes": boxes, "scores": scores, "landmarks": lms, "sources": sources}
+    return {
+        "found": found,
+        "has_landmarks": has_lm,
+        "boxes": boxes,
+        "scores": scores,
+        "landmarks": lms,
+        "sources": sources,
+    }
 
 
 def track_from_arrays(a: dict[str, np.ndarray]) -> list[FaceDetection | None]:
-    return [FaceDetection(a["boxes"][i].copy(), float(a["scores"][i]), a["landmarks"][i].copy() if a["has_landmarks"][i] else None, str(a["sources"][i]))
-            if a["found"][i] else None for i in range(len(a["found"]))]
+    return [
+        FaceDetection(
+            a["boxes"][i].copy(),
+            float(a["scores"][i]),
+            a["landmarks"][i].copy() if a["has_landmarks"][i] else None,
+            str(a["sources"][i]),
+        )
+        if a["found"][i]
+        else None
+        for i in range(len(a["found"]))
+    ]

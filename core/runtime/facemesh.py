@@ -11,7 +11,7 @@ synthetic edit with the face.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -29,8 +29,9 @@ class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
         self.stride, self.pad_channels = stride, cout - cin
-        self.convs = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 0 if stride == 2 else 1, groups=cin),
-                                   nn.Conv2d(cin, cout, 1))
+        self.convs = nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 0 if stride == 2 else 1, groups=cin), nn.Conv2d(cin, cout, 1)
+        )
         self.act = nn.PReLU(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,12 +49,35 @@ class FaceMesh(nn.Module):
 
     def __init__(self):
         super().__init__()
-        widths = [(16, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 64, 1),
-                  (64, 128, 2), (128, 128, 1), (128, 128, 1), (128, 128, 2), (128, 128, 1), (128, 128, 1)]
+        widths = [
+            (16, 16, 1),
+            (16, 16, 1),
+            (16, 32, 2),
+            (32, 32, 1),
+            (32, 32, 1),
+            (32, 64, 2),
+            (64, 64, 1),
+            (64, 64, 1),
+            (64, 128, 2),
+            (128, 128, 1),
+            (128, 128, 1),
+            (128, 128, 2),
+            (128, 128, 1),
+            (128, 128, 1),
+        ]
         self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, 2), nn.PReLU(16), *[_Block(a, b, s) for a, b, s in widths])
-        self.coord_head = nn.Sequential(_Block(128, 128, 2), _Block(128, 128), _Block(128, 128), nn.Conv2d(128, 32, 1), nn.PReLU(32),
-                                        _Block(32, 32), nn.Conv2d(32, 1404, 3))
-        self.conf_head = nn.Sequential(_Block(128, 128, 2), nn.Conv2d(128, 32, 1), nn.PReLU(32), _Block(32, 32), nn.Conv2d(32, 1, 3))
+        self.coord_head = nn.Sequential(
+            _Block(128, 128, 2),
+            _Block(128, 128),
+            _Block(128, 128),
+            nn.Conv2d(128, 32, 1),
+            nn.PReLU(32),
+            _Block(32, 32),
+            nn.Conv2d(32, 1404, 3),
+        )
+        self.conf_head = nn.Sequential(
+            _Block(128, 128, 2), nn.Conv2d(128, 32, 1), nn.PReLU(32), _Block(32, 32), nn.Conv2d(32, 1, 3)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.backbone(F.pad(x, (1, 0, 1, 0), mode="reflect"))
@@ -95,7 +119,9 @@ def _run(net: FaceMesh, frame: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, f
     return np.concatenate([xy, z[:, None]], 1), float(torch.sigmoid(logit[0]))
 
 
-def face_mesh(net: FaceMesh, frame: np.ndarray, box: np.ndarray, eyes: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def face_mesh(
+    net: FaceMesh, frame: np.ndarray, box: np.ndarray, eyes: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """``[468, 3]`` landmarks in frame pixels (z in the same scale) and the face score, for the
     face in ``box`` (x0 y0 x1 y1); ``eyes`` (left, right) turn the crop upright."""
     box = np.asarray(box, np.float64)
@@ -121,8 +147,9 @@ def triangulate(points: np.ndarray) -> np.ndarray:
     return Delaunay(np.asarray(points, np.float64)[:, :2]).simplices.astype(np.int32)
 
 
-def piecewise_affine_map(dst: np.ndarray, src: np.ndarray, triangles: np.ndarray, shape: Sequence[int],
-                         depth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def piecewise_affine_map(
+    dst: np.ndarray, src: np.ndarray, triangles: np.ndarray, shape: Sequence[int], depth: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For each pixel of an ``shape`` (h, w) image, where it comes from: the triangle of ``dst``
     it lies in carried affinely onto the same triangle of ``src``. Returns ``(map_xy [h, w, 2]
     float32, inside [h, w] bool)``; triangles are drawn far to near by ``depth`` (per point, larger

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -33,4 +33,3 @@ def write_atomic(target: str | Path, data: bytes | str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(target)
-

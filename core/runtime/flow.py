@@ -3,7 +3,7 @@ forward-backward consistency test that marks occluded pixels."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -34,9 +34,11 @@ def valid_mask(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
     h, w = fwd.shape[:2]
     bwd_w = warp_back(bwd, fwd)
     diff = np.sum((fwd + bwd_w) ** 2, -1)
-    bound = 0.01 * (np.sum(fwd ** 2, -1) + np.sum(bwd_w ** 2, -1)) + 0.5
+    bound = 0.01 * (np.sum(fwd**2, -1) + np.sum(bwd_w**2, -1)) + 0.5
     xs, ys = np.meshgrid(np.arange(w), np.arange(h))
-    inside = (xs + fwd[..., 0] >= 0) & (xs + fwd[..., 0] <= w - 1) & (ys + fwd[..., 1] >= 0) & (ys + fwd[..., 1] <= h - 1)
+    inside = (
+        (xs + fwd[..., 0] >= 0) & (xs + fwd[..., 0] <= w - 1) & (ys + fwd[..., 1] >= 0) & (ys + fwd[..., 1] <= h - 1)
+    )
     return (diff < bound) & inside
 
 
@@ -58,23 +60,35 @@ def photometric_error(frame: np.ndarray, other: np.ndarray, flow: np.ndarray, bl
 FlowPair = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 
 
-def carry_keyframes(source: np.ndarray, edited: np.ndarray, reconstructed: np.ndarray | None, key_rows: Sequence[int], frames: Sequence[int],
-                    flows: FlowPair, mode: str = "two-nearest", occluded_weight: float = 0.05, carry: str = "residual") -> np.ndarray:
+def carry_keyframes(
+    source: np.ndarray,
+    edited: np.ndarray,
+    reconstructed: np.ndarray | None,
+    key_rows: Sequence[int],
+    frames: Sequence[int],
+    flows: FlowPair,
+    mode: str = "two-nearest",
+    occluded_weight: float = 0.05,
+    carry: str = "residual",
+) -> np.ndarray:
     """Every non-key row of ``source`` (``uint8 [T, H, W, 3]``) with the keyframes' edit carried to it.
 
     ``flows(i, j)`` gives ``(forward, backward)``: the flow from row ``i`` to key row ``key_rows[j]``
     and back. ``carry="residual"`` warps ``edited - reconstructed`` and adds it to the row's own
-    pixels (where nothing was edited the row is unchanged; ``reconstructed=None``: the source key rows); ``"pixels"`` warps the edited keyframe
-    itself. The keyframes on both sides (``mode="two-nearest"``) are blended by temporal distance
-    times a forward-backward confidence (``occluded_weight`` where the test fails). Key rows get
-    ``edited`` as it is.
+    pixels (where nothing was edited the row is unchanged; ``reconstructed=None``: the source key
+    rows); ``"pixels"`` warps the edited keyframe itself. The keyframes on both sides
+    (``mode="two-nearest"``) are blended by temporal distance times a forward-backward confidence
+    (``occluded_weight`` where the test fails). Key rows get ``edited`` as it is.
     """
     from ipfacediff.runtime.tokens import neighbour_keys
 
     keys, at = list(key_rows), list(frames)
     reconstructed = source[keys] if reconstructed is None else np.asarray(reconstructed)
     if edited.shape != (len(keys), *source.shape[1:]) or reconstructed.shape != edited.shape:
-        raise ValueError(f"edited {edited.shape} / reconstructed {reconstructed.shape} keyframes do not fit source {source.shape} at rows {keys}")
+        raise ValueError(
+            f"edited {edited.shape} / reconstructed {reconstructed.shape} keyframes do not fit source {source.shape} "
+            f"at rows {keys}"
+        )
     residual = edited.astype(np.float32) - reconstructed.astype(np.float32)
     out = source.copy()
     out[keys] = edited

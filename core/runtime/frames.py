@@ -3,7 +3,7 @@ the per-frame fidelity measures (PSNR, SSIM) that jobs, metrics and benchmarks s
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -64,7 +64,10 @@ def make_strip(rows: list[list[np.ndarray]], height: int = 160) -> np.ndarray:
     """Tile rows of images (each resized to ``height``) into one picture."""
     out_rows = []
     for row in rows:
-        tiles = [cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height), interpolation=cv2.INTER_AREA) for im in row]
+        tiles = [
+            cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height), interpolation=cv2.INTER_AREA)
+            for im in row
+        ]
         out_rows.append(np.concatenate(tiles, 1))
     width = max(r.shape[1] for r in out_rows)
     out_rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in out_rows]
@@ -74,7 +77,9 @@ def make_strip(rows: list[list[np.ndarray]], height: int = 160) -> np.ndarray:
 def caption(image: np.ndarray, lines: list[str], colour: tuple[int, int, int] = (150, 0, 0)) -> np.ndarray:
     """``image`` with a white band below holding ``lines`` of text (wrapped to its width)."""
     scale, thick, step = 0.5, 1, 20
-    per_line = max(20, int(image.shape[1] / (cv2.getTextSize("x", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] + 0.5)))
+    per_line = max(
+        20, int(image.shape[1] / (cv2.getTextSize("x", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] + 0.5))
+    )
     wrapped: list[str] = []
     for line in lines:
         words, cur = line.split(), ""
@@ -95,6 +100,12 @@ def fade_outside(crop: np.ndarray, matrix: np.ndarray, frame_shape: tuple[int, .
     """A copy of an aligned ``crop`` (``matrix``: frame -> crop) with the pixels that lie outside the
     frame faded towards white: pictures of crops that reach past the frame (a frame-filling face)
     show where the frame ends instead of the reflected border the crop was padded with."""
-    inside = cv2.warpAffine(np.ones(frame_shape[:2], np.float32), np.asarray(matrix, np.float64), crop.shape[1::-1],
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+    inside = cv2.warpAffine(
+        np.ones(frame_shape[:2], np.float32),
+        np.asarray(matrix, np.float64),
+        crop.shape[1::-1],
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )[..., None]
     return (crop * (0.25 + 0.75 * inside) + 255 * 0.75 * (1 - inside)).round().astype(np.uint8)

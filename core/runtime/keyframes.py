@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -11,15 +11,22 @@ from ipfacediff.errors import ParameterError
 from ipfacediff.interfaces import FaceDetection
 
 
-def select_keyframes(n_frames: int, method: str, interval: int = 8, count: int = 5,
-                     detections: Sequence[FaceDetection | None] | None = None) -> list[int]:
+def select_keyframes(
+    n_frames: int,
+    method: str,
+    interval: int = 8,
+    count: int = 5,
+    detections: Sequence[FaceDetection | None] | None = None,
+) -> list[int]:
     """Sorted keyframe indices into ``range(n_frames)``."""
     if n_frames < 1:
         raise ParameterError("no frames to select keyframes from")
     if method == "uniform":
         if interval > n_frames:
-            raise ParameterError(f"keyframe interval {interval} is larger than the video ({n_frames} frames); "
-                                 f"use --set settings.keyframe_interval={n_frames} or less")
+            raise ParameterError(
+                f"keyframe interval {interval} is larger than the video ({n_frames} frames); "
+                f"use --set settings.keyframe_interval={n_frames} or less"
+            )
         return list(range(0, n_frames, interval))
     if count > n_frames:
         raise ParameterError(f"keyframe count {count} is larger than the video ({n_frames} frames)")

@@ -32,28 +32,51 @@ class ModelFile:
     licence: str
 
 
-MODEL_FILES: dict[str, ModelFile] = {m.name: m for m in [
-    ModelFile("taesd-encoder", "taesd/taesd_encoder.safetensors",
-              "a6b8c0fda4aad50784e543389e0239c72c5e31e9775c9e612ea8333bf3a77dcb",
-              "https://github.com/madebyollin/taesd/raw/main/taesd_encoder.safetensors",
-              "TAESD encoder (Stable Diffusion 1.x/2.x latent space)", "MIT"),
-    ModelFile("taesd-decoder", "taesd/taesd_decoder.safetensors",
-              "d903e7cc3ae58f21d985a3498a841fa8b230edccff7ac5d27607b0c557945c6f",
-              "https://github.com/madebyollin/taesd/raw/main/taesd_decoder.safetensors",
-              "TAESD decoder (Stable Diffusion 1.x/2.x latent space)", "MIT"),
-    ModelFile("mobilefacenet", "mobilefacenet/mobilefacenet.pt",
-              "90a00ba1d8b0b688af3deb731ed53dca582e6106805d1bc3cfdef55f570493f4",
-              "https://github.com/foamliu/MobileFaceNet/raw/master/weights/mobilefacenet.pt",
-              "MobileFaceNet identity network (ArcFace loss, 128-d)", "Apache-2.0"),
-    ModelFile("retinaface", "retinaface/mobilenet0.25_Final.pth",
-              "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
-              "https://github.com/foamliu/MobileFaceNet/raw/master/retinaface/weights/mobilenet0.25_Final.pth",
-              "RetinaFace MobileNet-0.25 face detector (boxes + 5 landmarks)", "MIT"),
-    ModelFile("facemesh", "facemesh/facemesh.pth",
-              "a8395f8a89b15cabdd2e97df1c66280de4697a5484ebe03936c2e36e90a0a25a",
-              "https://github.com/thepowerfuldeez/facemesh.pytorch/raw/master/facemesh.pth",
-              "MediaPipe FaceMesh (468 landmarks) ported to PyTorch", "Apache-2.0"),
-]}
+MODEL_FILES: dict[str, ModelFile] = {
+    m.name: m
+    for m in [
+        ModelFile(
+            "taesd-encoder",
+            "taesd/taesd_encoder.safetensors",
+            "a6b8c0fda4aad50784e543389e0239c72c5e31e9775c9e612ea8333bf3a77dcb",
+            "https://github.com/madebyollin/taesd/raw/main/taesd_encoder.safetensors",
+            "TAESD encoder (Stable Diffusion 1.x/2.x latent space)",
+            "MIT",
+        ),
+        ModelFile(
+            "taesd-decoder",
+            "taesd/taesd_decoder.safetensors",
+            "d903e7cc3ae58f21d985a3498a841fa8b230edccff7ac5d27607b0c557945c6f",
+            "https://github.com/madebyollin/taesd/raw/main/taesd_decoder.safetensors",
+            "TAESD decoder (Stable Diffusion 1.x/2.x latent space)",
+            "MIT",
+        ),
+        ModelFile(
+            "mobilefacenet",
+            "mobilefacenet/mobilefacenet.pt",
+            "90a00ba1d8b0b688af3deb731ed53dca582e6106805d1bc3cfdef55f570493f4",
+            "https://github.com/foamliu/MobileFaceNet/raw/master/weights/mobilefacenet.pt",
+            "MobileFaceNet identity network (ArcFace loss, 128-d)",
+            "Apache-2.0",
+        ),
+        ModelFile(
+            "retinaface",
+            "retinaface/mobilenet0.25_Final.pth",
+            "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
+            "https://github.com/foamliu/MobileFaceNet/raw/master/retinaface/weights/mobilenet0.25_Final.pth",
+            "RetinaFace MobileNet-0.25 face detector (boxes + 5 landmarks)",
+            "MIT",
+        ),
+        ModelFile(
+            "facemesh",
+            "facemesh/facemesh.pth",
+            "a8395f8a89b15cabdd2e97df1c66280de4697a5484ebe03936c2e36e90a0a25a",
+            "https://github.com/thepowerfuldeez/facemesh.pytorch/raw/master/facemesh.pth",
+            "MediaPipe FaceMesh (468 landmarks) ported to PyTorch",
+            "Apache-2.0",
+        ),
+    ]
+}
 
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
@@ -79,8 +102,10 @@ def sha256_of(path: Path) -> str:
 
 
 def _how_to_get(m: ModelFile) -> str:
-    return (f"download {m.url} (sha256 {m.sha256[:12]}...) to {cache_dir() / 'models' / m.relpath}, "
-            f"or set {MODELS_ENV} to a folder holding {m.relpath}")
+    return (
+        f"download {m.url} (sha256 {m.sha256[:12]}...) to {cache_dir() / 'models' / m.relpath}, "
+        f"or set {MODELS_ENV} to a folder holding {m.relpath}"
+    )
 
 
 def _check(m: ModelFile, path: Path) -> Path:
@@ -88,7 +113,8 @@ def _check(m: ModelFile, path: Path) -> Path:
     if digest != m.sha256:
         raise ModelChecksumError(
             f"{path} is not the expected {m.name} weights (sha256 {digest[:12]}..., expected {m.sha256[:12]}...; "
-            f"truncated or a different file): {_how_to_get(m)}")
+            f"truncated or a different file): {_how_to_get(m)}"
+        )
     return path
 
 
@@ -128,7 +154,8 @@ def resolve(name: str, path: str | Path | None = None) -> Path:
     if offline():
         raise ModelNotFoundError(
             f"{m.name} weights ({m.relpath}) not found in {', '.join(str(c) for c in looked)} and downloads are off "
-            f"(offline); {_how_to_get(m)}")
+            f"(offline); {_how_to_get(m)}"
+        )
     return _download(m, target, looked)
 
 
@@ -148,7 +175,8 @@ def _download(m: ModelFile, target: Path, looked: list[Path]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise ModelNotFoundError(
             f"{m.name} weights ({m.relpath}) not found in {', '.join(str(c) for c in looked)} and the download from "
-            f"{m.url} failed ({exc}); {_how_to_get(m)}") from exc
+            f"{m.url} failed ({exc}); {_how_to_get(m)}"
+        ) from exc
     return target
 
 
@@ -160,8 +188,16 @@ def status() -> list[dict[str, object]]:
         ok = None
         if p is not None:
             ok = sha256_of(p) == m.sha256
-        rows.append({"name": m.name, "file": m.relpath, "found": str(p) if p else None, "sha256_ok": ok,
-                     "description": m.description, "how_to_get": None if ok else _how_to_get(m)})
+        rows.append(
+            {
+                "name": m.name,
+                "file": m.relpath,
+                "found": str(p) if p else None,
+                "sha256_ok": ok,
+                "description": m.description,
+                "how_to_get": None if ok else _how_to_get(m),
+            }
+        )
     return rows
 
 
@@ -187,9 +223,13 @@ def resolve_sd_checkpoint(ref: str | Path) -> tuple[str, Path | str]:
             return "hub", Path(local)
         except Exception as exc:  # noqa: BLE001 - any failure means: not cached
             raise ModelNotFoundError(
-                f"Stable Diffusion {ref!r} is not in the local Hugging Face cache and ipfacediff never downloads at run "
-                f"time; run `huggingface-cli download {ref}` once online, or pass a local folder or .safetensors file") from exc
-    raise ModelNotFoundError(f"Stable Diffusion checkpoint {ref!r}: no such folder or file, and not a hub id (owner/name)")
+                f"Stable Diffusion {ref!r} is not in the local Hugging Face cache and ipfacediff never downloads at "
+                "run "
+                f"time; run `huggingface-cli download {ref}` once online, or pass a local folder or .safetensors file"
+            ) from exc
+    raise ModelNotFoundError(
+        f"Stable Diffusion checkpoint {ref!r}: no such folder or file, and not a hub id (owner/name)"
+    )
 
 
 ARCFACE_ENV = "IPFACEDIFF_ARCFACE"

@@ -4,7 +4,7 @@ and progress listeners (the web app's per-stage progress: :func:`listening`)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -63,7 +63,15 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     if not enabled or not console.is_terminal:  # no bars in logs and pipes
         yield _Told(_NullBar(), description, total) if _listeners else _NullBar()
         return
-    with Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as p:
+    with Progress(
+        TextColumn("[bold]{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as p:
         bar = _Bar(p, p.add_task(description, total=total))
         yield _Told(bar, description, total) if _listeners else bar

@@ -30,7 +30,9 @@ def frame_matrix(t: int, n_frames: int, size: int) -> np.ndarray:
     dx, dy = 10.0 * math.sin(ph + 0.7), 6.0 * math.sin(2 * ph)
     rot = np.vstack([cv2.getRotationMatrix2D((cx, cy - 30), angle, 1.0), [0, 0, 1]])  # rotate about the face
     s = size / (WINDOW / scale)
-    crop = np.array([[s, 0, -(cx + dx - WINDOW / scale / 2) * s], [0, s, -(cy + dy - WINDOW / scale / 2) * s], [0, 0, 1]])
+    crop = np.array(
+        [[s, 0, -(cx + dx - WINDOW / scale / 2) * s], [0, s, -(cy + dy - WINDOW / scale / 2) * s], [0, 0, 1]]
+    )
     return (crop @ rot)[:2]
 
 
@@ -52,7 +54,9 @@ def _tone(n_frames: int, fps: int, rate: int = 44100) -> np.ndarray:
     return (0.05 * np.sin(2 * np.pi * 220 * t) * np.minimum(1, t * 4)).astype(np.float32)
 
 
-def write_sample_clip(path: str | Path, n_frames: int = 48, size: int = 256, fps: int = 24, audio: bool = True) -> Path:
+def write_sample_clip(
+    path: str | Path, n_frames: int = 48, size: int = 256, fps: int = 24, audio: bool = True
+) -> Path:
     """Write the sample clip to ``path`` (H.264 + AAC MP4), atomically."""
     import av
 
@@ -79,7 +83,7 @@ def write_sample_clip(path: str | Path, n_frames: int = 48, size: int = 256, fps
         if as_ is not None:
             samples = _tone(n_frames, fps)
             for i in range(0, len(samples), 1024):
-                chunk = samples[i:i + 1024]
+                chunk = samples[i : i + 1024]
                 af = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
                 af.sample_rate = 44100
                 af.pts = i

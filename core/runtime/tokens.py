@@ -9,8 +9,9 @@ term that keeps matches local.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 from ipfacediff.interfaces import PropagationInput, Propagator
 
 
-def token_features(source: torch.Tensor, patch: int, pos_weight: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def token_features(
+    source: torch.Tensor, patch: int, pos_weight: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``[T, C, h, w]`` -> ``[T, h*w, D]``: per-token neighbourhood patches (standardised per channel
     by ``stats`` = (mean, std) ``[C]``, or by ``source``'s own) plus ``pos_weight`` x normalised (x, y)."""
     t, c, h, w = source.shape
@@ -62,10 +65,16 @@ class NearestTokenPropagator(Propagator):
 
     @dataclass
     class Params:
-        features: Literal["patch", "raw"] = field(default="patch", metadata={"help": "token features: 3x3 patches or raw channels"})
+        features: Literal["patch", "raw"] = field(
+            default="patch", metadata={"help": "token features: 3x3 patches or raw channels"}
+        )
         patch: int = field(default=3, metadata={"range": (1, 9)})
-        pos_weight: float = field(default=0.3, metadata={"range": (0.0, 10.0), "help": "weight of the token position in matching"})
-        keyframes: Literal["two-nearest", "nearest"] = field(default="two-nearest", metadata={"help": "blend the keyframes on both sides, or copy from the nearest"})
+        pos_weight: float = field(
+            default=0.3, metadata={"range": (0.0, 10.0), "help": "weight of the token position in matching"}
+        )
+        keyframes: Literal["two-nearest", "nearest"] = field(
+            default="two-nearest", metadata={"help": "blend the keyframes on both sides, or copy from the nearest"}
+        )
 
     def _features(self, source: torch.Tensor, stats=None) -> torch.Tensor:
         p = self.params
@@ -83,8 +92,11 @@ class NearestTokenPropagator(Propagator):
         t = source.shape[0]
         k, c2, h, w = edited_keys.shape
         if source.shape[-2:] != (h, w) or source.shape[0] <= max(keys, default=-1):
-            raise ValueError(f"{self.name}: source features {tuple(source.shape)} do not fit edited keyframes {tuple(edited_keys.shape)} "
-                             f"at frames {keys}")
+            raise ValueError(
+                f"{self.name}: source features {tuple(source.shape)} do not fit edited keyframes "
+                f"{tuple(edited_keys.shape)} "
+                f"at frames {keys}"
+            )
         feats = self._features(source, stats)
         self._prepare(feats, keys)
         values = edited_keys.flatten(2).transpose(1, 2)  # [K, hw, C2]
@@ -105,7 +117,12 @@ class NearestTokenPropagator(Propagator):
         keys = list(key_indices)
         feats = self._features(source)
         self._prepare(feats, keys)
-        return {(i, j): self.match(feats[i], j) for i in range(source.shape[0]) if i not in keys for j, _ in neighbour_keys(i, keys, "two-nearest")}
+        return {
+            (i, j): self.match(feats[i], j)
+            for i in range(source.shape[0])
+            if i not in keys
+            for j, _ in neighbour_keys(i, keys, "two-nearest")
+        }
 
     def _prepare(self, feats: torch.Tensor, keys: list[int]) -> None:
         self._keys_feats = [feats[k] for k in keys]

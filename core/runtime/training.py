@@ -16,10 +16,21 @@ from ipfacediff.interfaces import Backbone, Objective, TrainingBatch
 from ipfacediff.runtime.face import ARCFACE_TEMPLATE, arcface_crop_tensor, similarity_transform
 from ipfacediff.runtime.frames import to_tensor
 
-DEFAULT_PROMPTS = ["blonde hair | hair", "black hair | hair", "eyeglasses | eyes", "beard | lower", "smiling | lower", "older | face"]
+DEFAULT_PROMPTS = [
+    "blonde hair | hair",
+    "black hair | hair",
+    "eyeglasses | eyes",
+    "beard | lower",
+    "smiling | lower",
+    "older | face",
+]
 PARTS = ("eyes", "lower", "hair", "face", "all")
-PART_WORDS = {"eyes": ("eyeglass", "glasses", "sunglass", "eye"), "lower": ("beard", "mustache", "moustache", "smil", "mouth", "lip", "teeth"),
-              "hair": ("hair", "bald", "bangs"), "face": ("old", "young", "age", "makeup", "tan", "skin")}
+PART_WORDS = {
+    "eyes": ("eyeglass", "glasses", "sunglass", "eye"),
+    "lower": ("beard", "mustache", "moustache", "smil", "mouth", "lip", "teeth"),
+    "hair": ("hair", "bald", "bangs"),
+    "face": ("old", "young", "age", "makeup", "tan", "skin"),
+}
 
 
 class TrainingFaces:
@@ -28,16 +39,26 @@ class TrainingFaces:
     reference images), pixel matrices crop -> ArcFace 112 crop ``m112``, and the reference identity
     embeddings ``ref_id`` when an identity encoder is given."""
 
-    def __init__(self, backbone: Backbone, crops: np.ndarray, landmarks: np.ndarray, device: torch.device, identity_encoder=None):
+    def __init__(
+        self, backbone: Backbone, crops: np.ndarray, landmarks: np.ndarray, device: torch.device, identity_encoder=None
+    ):
         from diffusers import DDIMScheduler
 
         self.crops, self.landmarks, self.size = crops, landmarks, crops.shape[1]
         self.alphas = DDIMScheduler.from_config(backbone.scheduler_config).alphas_cumprod.to(device, torch.float32)
         images = to_tensor(crops)
         with torch.no_grad():
-            self.z0 = torch.cat([backbone.encode_images(images[i:i + 8]) for i in range(0, len(images), 8)]).to(device)
-            self.rt = torch.cat([backbone.decode_latents(self.z0[i:i + 8]) for i in range(0, len(images), 8)]).to(device)
-        self.m112 = torch.from_numpy(np.stack([similarity_transform(lm, ARCFACE_TEMPLATE) for lm in landmarks])).float().to(device)
+            self.z0 = torch.cat([backbone.encode_images(images[i : i + 8]) for i in range(0, len(images), 8)]).to(
+                device
+            )
+            self.rt = torch.cat([backbone.decode_latents(self.z0[i : i + 8]) for i in range(0, len(images), 8)]).to(
+                device
+            )
+        self.m112 = (
+            torch.from_numpy(np.stack([similarity_transform(lm, ARCFACE_TEMPLATE) for lm in landmarks]))
+            .float()
+            .to(device)
+        )
         self.ref_id = None
         if identity_encoder is not None:
             with torch.no_grad():
@@ -79,10 +100,16 @@ class DiffusionObjective(Objective):
         dtype = next(unet.parameters()).dtype
         eps = unet(xt.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample.float()
         out: dict[str, torch.Tensor] = {}
-        v_pred = (self.backbone.scheduler_config or {}).get("prediction_type", "epsilon") == "v_prediction"  # SD 2.x at 768
+        v_pred = (self.backbone.scheduler_config or {}).get(
+            "prediction_type", "epsilon"
+        ) == "v_prediction"  # SD 2.x at 768
         if w.get("noise", 0) > 0:
             prior = self.noise_embeddings(batch)
-            eps_n = eps if prior is None else unet(xt.to(dtype), t, encoder_hidden_states=prior.to(dev, dtype)).sample.float()
+            eps_n = (
+                eps
+                if prior is None
+                else unet(xt.to(dtype), t, encoder_hidden_states=prior.to(dev, dtype)).sample.float()
+            )
             target = a.sqrt() * noise - (1 - a).sqrt() * faces.z0[idx] if v_pred else noise
             out["noise"] = F.mse_loss(eps_n, target)
         if not any(w.get(k, 0) > 0 for k in self.image_term_names):
@@ -110,7 +137,9 @@ def load_prompts(path: str) -> list[tuple[str, str]]:
         lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(errors="replace").splitlines()]
         lines = [ln for ln in lines if ln]
         if not lines:
-            raise InputError(f"prompts file {p} is empty: give one edit per line, e.g. 'eyeglasses' or 'blonde hair | hair'")
+            raise InputError(
+                f"prompts file {p} is empty: give one edit per line, e.g. 'eyeglasses' or 'blonde hair | hair'"
+            )
     else:
         lines = DEFAULT_PROMPTS
     out = []

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class FrameSource:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "FrameSource":
+    def __enter__(self) -> FrameSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -103,7 +103,10 @@ class _DecordSource(FrameSource):
         try:
             return self._vr.get_batch(list(indices)).asnumpy()
         except Exception as exc:
-            raise InputError(f"{self.info.path}: cannot decode frames {indices[0]}..{indices[-1]} ({str(exc).splitlines()[0][:200]})") from exc
+            raise InputError(
+                f"{self.info.path}: cannot decode frames {indices[0]}..{indices[-1]} "
+                f"({str(exc).splitlines()[0][:200]})"
+            ) from exc
 
     def close(self) -> None:
         self._vr = None
@@ -119,7 +122,10 @@ class _ImageSource(FrameSource):
         h, w = frames[0].shape[:2]
         for i, f in zip(indices, frames):
             if f.shape[:2] != (h, w):
-                raise InputError(f"{self.files[i]}: size {f.shape[1]}x{f.shape[0]} differs from {w}x{h}; all frames of a folder must have one size")
+                raise InputError(
+                    f"{self.files[i]}: size {f.shape[1]}x{f.shape[0]} differs from {w}x{h}; all frames of a folder "
+                    "must have one size"
+                )
         return np.stack(frames)
 
 
@@ -189,12 +195,26 @@ def _probe(p: Path) -> VideoInfo:
                 break
             if rotation in (90, 270):
                 width, height = height, width  # decord returns frames upright (rotated as displayed)
-            return VideoInfo(str(p), "video", n, float(rate), width, height, bool(container.streams.audio), Fraction(rate).limit_denominator(100000),
-                             rotation, vfr, [int(t) for t in pts] if vfr else None, vs.time_base)
+            return VideoInfo(
+                str(p),
+                "video",
+                n,
+                float(rate),
+                width,
+                height,
+                bool(container.streams.audio),
+                Fraction(rate).limit_denominator(100000),
+                rotation,
+                vfr,
+                [int(t) for t in pts] if vfr else None,
+                vs.time_base,
+            )
     except InputError:
         raise
     except av.error.EOFError as exc:
-        raise InputError(f"{p}: no video frames could be read (the file ends before its first frame: an empty or cut-short video)") from exc
+        raise InputError(
+            f"{p}: no video frames could be read (the file ends before its first frame: an empty or cut-short video)"
+        ) from exc
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise InputError(f"{p}: not a readable video or image ({str(exc).splitlines()[0][:200]})") from exc
 
@@ -202,8 +222,11 @@ def _probe(p: Path) -> VideoInfo:
 def check_size(info: VideoInfo, max_side: int) -> None:
     """Refuse frames larger than ``max_side`` on their longest side (memory per frame), naming the limit."""
     if max(info.width, info.height) > max_side:
-        raise InputError(f"{info.path}: frames are {info.width}x{info.height}, larger than the {max_side} px limit on the longest side "
-                         f"(--set settings.max_input_side=N raises it; or downscale first, e.g. ffmpeg -i IN -vf scale=-2:2160 OUT)")
+        raise InputError(
+            f"{info.path}: frames are {info.width}x{info.height}, larger than the {max_side} px limit on the longest "
+            "side "
+            f"(--set settings.max_input_side=N raises it; or downscale first, e.g. ffmpeg -i IN -vf scale=-2:2160 OUT)"
+        )
 
 
 def open_frames(path: str | Path) -> FrameSource:
@@ -228,7 +251,11 @@ def check_output(path: str | Path, overwrite: bool, inputs: Sequence[str | Path]
     folder for an image sequence is not in the way)."""
     out = Path(path)
     for i in inputs:
-        if Path(i).exists() and out.exists() and (os.path.samefile(out, i) or (out.is_dir() and Path(i).resolve().is_relative_to(out.resolve()))):
+        if (
+            Path(i).exists()
+            and out.exists()
+            and (os.path.samefile(out, i) or (out.is_dir() and Path(i).resolve().is_relative_to(out.resolve())))
+        ):
             raise OutputExistsError(f"{out}: the output would overwrite the input; choose another -o")
     if out.is_dir() and not any(out.iterdir()):
         return out
@@ -250,7 +277,9 @@ class _Writer:
         if frames.ndim == 3:
             frames = frames[None]
         if frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}")
+            raise ValueError(
+                f"frames must be uint8 [*, {self.height}, {self.width}, 3], got {frames.dtype} {list(frames.shape)}"
+            )
         return frames
 
     def close(self) -> Path: ...
@@ -275,19 +304,33 @@ class VideoWriter(_Writer):
     removed and nothing appears under ``path``.
     """
 
-    def __init__(self, path: str | Path, fps: float | Fraction, width: int, height: int, audio_from: str | Path | None = None,
-                 codec: str = "libx264", crf: int = 18, overwrite: bool = False, timestamps: list[int] | None = None,
-                 time_base: Fraction | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float | Fraction,
+        width: int,
+        height: int,
+        audio_from: str | Path | None = None,
+        codec: str = "libx264",
+        crf: int = 18,
+        overwrite: bool = False,
+        timestamps: list[int] | None = None,
+        time_base: Fraction | None = None,
+    ):
         import av
 
         self.path = check_output(path, overwrite, [audio_from] if audio_from else [])
         self.audio_from = Path(audio_from) if audio_from else None
         self.width, self.height = int(width), int(height)
         self.rate = Fraction(fps).limit_denominator(100000)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".video" + (self.path.suffix or ".mp4"))
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".video" + (self.path.suffix or ".mp4")
+        )
         os.close(fd)
         self._tmp = Path(tmp)
-        self._container = av.open(str(self._tmp), mode="w", format="mp4" if self.path.suffix.lower() in (".mp4", "") else None)
+        self._container = av.open(
+            str(self._tmp), mode="w", format="mp4" if self.path.suffix.lower() in (".mp4", "") else None
+        )
         self._stream = self._container.add_stream(codec, rate=self.rate)
         self._stream.width, self._stream.height = self.width, self.height
         even = self.width % 2 == 0 and self.height % 2 == 0
@@ -342,14 +385,15 @@ class VideoWriter(_Writer):
         self._tmp.unlink(missing_ok=True)
 
 
-
 class FrameSequenceWriter(_Writer):
     """Write frames as numbered PNGs ``00000.png, 00001.png, ...`` into the folder ``path``,
     atomically: they go to a hidden folder beside it, which replaces ``path`` only when
     :meth:`close` is reached (an interrupted run leaves nothing under ``path``). Same interface as
     :class:`VideoWriter`; there is no audio in an image sequence."""
 
-    def __init__(self, path: str | Path, width: int, height: int, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
+    def __init__(
+        self, path: str | Path, width: int, height: int, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+    ):
         self.path = check_output(Path(path), overwrite, inputs)
         self.width, self.height = int(width), int(height)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -388,17 +432,31 @@ class FrameSequenceWriter(_Writer):
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-
-def open_writer(path: str | Path, info: VideoInfo, n: int, overwrite: bool = False, audio_from: str | Path | None = None,
-                inputs: Sequence[str | Path] = (), sequence: bool | None = None) -> "VideoWriter | FrameSequenceWriter":
+def open_writer(
+    path: str | Path,
+    info: VideoInfo,
+    n: int,
+    overwrite: bool = False,
+    audio_from: str | Path | None = None,
+    inputs: Sequence[str | Path] = (),
+    sequence: bool | None = None,
+) -> VideoWriter | FrameSequenceWriter:
     """A writer for ``n`` frames like ``info``'s: numbered PNGs when ``path`` is a folder
     (:func:`is_sequence_output`), else a video at the input's fps (and its frame times, for a
     variable-frame-rate input) with ``audio_from``'s audio."""
     if is_sequence_output(path) if sequence is None else sequence:
         return FrameSequenceWriter(path, info.width, info.height, overwrite, inputs)
     vfr = info.variable_frame_rate and info.timestamps is not None
-    return VideoWriter(path, info.fps_fraction, info.width, info.height, audio_from=audio_from, overwrite=overwrite,
-                       timestamps=info.timestamps[:n] if vfr else None, time_base=info.time_base)
+    return VideoWriter(
+        path,
+        info.fps_fraction,
+        info.width,
+        info.height,
+        audio_from=audio_from,
+        overwrite=overwrite,
+        timestamps=info.timestamps[:n] if vfr else None,
+        time_base=info.time_base,
+    )
 
 
 def _has_audio(path: Path) -> bool:
@@ -415,7 +473,11 @@ def _mux_audio(video_path: Path, audio_src: Path, out_path: Path) -> None:
     """Remux the video stream of ``video_path`` and the first audio stream of ``audio_src``."""
     import av
 
-    with av.open(str(video_path)) as vin, av.open(str(audio_src)) as ain, av.open(str(out_path), mode="w", format="mp4") as out:
+    with (
+        av.open(str(video_path)) as vin,
+        av.open(str(audio_src)) as ain,
+        av.open(str(out_path), mode="w", format="mp4") as out,
+    ):
         v_in = vin.streams.video[0]
         a_in = ain.streams.audio[0]
         v_out = out.add_stream_from_template(v_in)

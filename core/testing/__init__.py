@@ -23,14 +23,21 @@ def make_tiny_arcface_onnx(path: str, dim: int = 16, seed: int = 0) -> str:
     w2 = numpy_helper.from_array(rng.normal(0, 0.3, (dim, 8)).astype(np.float32), "w2")
     b2 = numpy_helper.from_array(np.zeros(dim, np.float32), "b2")
     nodes = [
-        helper.make_node("Conv", ["input.1", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["input.1", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("GlobalAveragePool", ["r1"], ["p1"]),
         helper.make_node("Flatten", ["p1"], ["f1"], axis=1),
         helper.make_node("Gemm", ["f1", "w2", "b2"], ["683"], transB=1),
     ]
-    graph = helper.make_graph(nodes, "tiny_arcface", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
-                              [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", dim])], [w1, b1, w2, b2])
+    graph = helper.make_graph(
+        nodes,
+        "tiny_arcface",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", dim])],
+        [w1, b1, w2, b2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -77,21 +84,62 @@ def make_tiny_sd_folder(path: str, seed: int = 0) -> str:
 
     root = Path(path)
     torch.manual_seed(seed)
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                         cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32).save_pretrained(root / "unet")
-    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                                 max_position_embeddings=77, projection_dim=32)).save_pretrained(root / "text_encoder")
-    AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
-                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(root / "vae")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                  steps_offset=1).save_pretrained(root / "scheduler")
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        norm_num_groups=32,
+    ).save_pretrained(root / "unet")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+        )
+    ).save_pretrained(root / "text_encoder")
+    AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    ).save_pretrained(root / "vae")
+    DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(root / "scheduler")
     clip_tokenizer(77).save_pretrained(root / "tokenizer")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                                                      "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-                                                      "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
-                                                      "safety_checker": [None, None], "feature_extractor": [None, None],
-                                                      "requires_safety_checker": False}))
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
+        )
+    )
     return str(root)
 
 
@@ -111,33 +159,59 @@ def make_sd15_folder(path: str) -> str:
         return str(root)
     cfg = sd15_config_dir()
     torch.manual_seed(0)
-    UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text())).save_pretrained(root / "unet")
+    UNet2DConditionModel.from_config(json.loads((cfg / "unet" / "config.json").read_text())).save_pretrained(
+        root / "unet"
+    )
     AutoencoderKL.from_config(json.loads((cfg / "vae" / "config.json").read_text())).save_pretrained(root / "vae")
-    text = {k: v for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items() if k not in ("architectures", "model_type")}
+    text = {
+        k: v
+        for k, v in json.loads((cfg / "text_encoder" / "config.json").read_text()).items()
+        if k not in ("architectures", "model_type")
+    }
     CLIPTextModel(CLIPTextConfig(**text)).save_pretrained(root / "text_encoder")
-    DDIMScheduler.from_config(json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(root / "scheduler")
+    DDIMScheduler.from_config(json.loads((cfg / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(
+        root / "scheduler"
+    )
     (root / "model_index.json").write_text((cfg / "model_index.json").read_text())  # last: marks the folder complete
     return str(root)
 
 
-def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.Tensor], text_sd: dict[str, torch.Tensor],
-                     layers_per_block: int, n_blocks: int, open_clip_text: bool = False) -> dict[str, torch.Tensor]:
+def diffusers_to_ldm(
+    unet_sd: dict[str, torch.Tensor],
+    vae_sd: dict[str, torch.Tensor],
+    text_sd: dict[str, torch.Tensor],
+    layers_per_block: int,
+    n_blocks: int,
+    open_clip_text: bool = False,
+) -> dict[str, torch.Tensor]:
     """State dicts of a diffusers SD UNet / AutoencoderKL / CLIPTextModel -> one checkpoint in the
-    original (LDM) key layout that ``from_single_file`` reads (``open_clip_text``: SD 2.x's text encoder layout). For tests of the single-file path:
-    real SD weights are not available offline, so random ones of the real sizes are saved this way."""
+    original (LDM) key layout that ``from_single_file`` reads (``open_clip_text``: SD 2.x's text
+    encoder layout). For tests of the single-file path: real SD weights are not available offline,
+    so random ones of the real sizes are saved this way."""
     import re
 
     out: dict[str, torch.Tensor] = {}
-    resnet = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
-              ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
-    top = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2", "conv_in": "input_blocks.0.0",
-           "conv_norm_out": "out.0", "conv_out": "out.2"}
+    resnet = [
+        ("norm1", "in_layers.0"),
+        ("conv1", "in_layers.2"),
+        ("norm2", "out_layers.0"),
+        ("conv2", "out_layers.3"),
+        ("time_emb_proj", "emb_layers.1"),
+        ("conv_shortcut", "skip_connection"),
+    ]
+    top = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
     per = layers_per_block + 1
     for key, value in unet_sd.items():
         new = None
         for a, b in top.items():
             if key.startswith(a + "."):
-                new = b + key[len(a):]
+                new = b + key[len(a) :]
         if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
             i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             new = f"input_blocks.{per * i + j + 1}.{0 if kind == 'resnets' else 1}.{rest}"
@@ -156,7 +230,9 @@ def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.T
             new = f"output_blocks.{per * i + per - 1}.{2 if has_attn else 1}.conv.{m[2]}"
         if new is None:
             raise KeyError(f"no LDM name for UNet key {key}")
-        if re.match(r"(input_blocks\.\d+\.0|output_blocks\.\d+\.0|middle_block\.[02])\.", new) and not new.startswith("input_blocks.0."):
+        if re.match(r"(input_blocks\.\d+\.0|output_blocks\.\d+\.0|middle_block\.[02])\.", new) and not new.startswith(
+            "input_blocks.0."
+        ):
             for a, b in resnet:
                 new = new.replace(f".{a}.", f".{b}.")
         out["model.diffusion_model." + new] = value
@@ -183,8 +259,13 @@ def diffusers_to_ldm(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.T
     if open_clip_text:
         out.update(_open_clip_text(text_sd))
     else:
-        for key, value in text_sd.items():  # original checkpoints nest the text model (transformers >= 5.6 flattens it)
-            out["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = value
+        for (
+            key,
+            value,
+        ) in text_sd.items():  # original checkpoints nest the text model (transformers >= 5.6 flattens it)
+            out["cond_stage_model.transformer." + ("" if key.startswith("text_model.") else "text_model.") + key] = (
+                value
+            )
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -193,8 +274,12 @@ def _open_clip_text(text_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     fused q/k/v ``in_proj``, ``ln_1/ln_2``, ``mlp.c_fc/c_proj``; real files hold a 24th block, which SD
     2.x skips, and a projection: written too, a copy of the 23rd and random)."""
     sd = {k.removeprefix("text_model."): v for k, v in text_sd.items()}
-    out = {"token_embedding.weight": sd["embeddings.token_embedding.weight"], "positional_embedding": sd["embeddings.position_embedding.weight"],
-           "ln_final.weight": sd["final_layer_norm.weight"], "ln_final.bias": sd["final_layer_norm.bias"]}
+    out = {
+        "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+        "positional_embedding": sd["embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["final_layer_norm.weight"],
+        "ln_final.bias": sd["final_layer_norm.bias"],
+    }
     n = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers."))
     width = out["ln_final.weight"].shape[0]
     for i in range(n + 1):
@@ -202,10 +287,14 @@ def _open_clip_text(text_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         dst = f"transformer.resblocks.{i}."
         for part in ("weight", "bias"):
             out[dst + f"attn.in_proj_{part}"] = torch.cat([sd[src + f"self_attn.{x}_proj.{part}"] for x in "qkv"])
-            for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                         ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+            for a, b in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
                 out[dst + f"{b}.{part}"] = sd[src + f"{a}.{part}"].clone()
     out["text_projection"] = torch.randn(width, width, generator=torch.Generator().manual_seed(0))
     out["logit_scale"] = torch.tensor(4.6052)
     return {"cond_stage_model.model." + k: v for k, v in out.items()}
-

@@ -10,14 +10,37 @@ import dataclasses
 import hashlib
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ipfacediff.interfaces import (AlignedFace, Component, EditRun, FaceDetection, Inversion, PropagationInput, TrainingBatch)
+from ipfacediff.interfaces import (
+    KINDS,
+    AlignedFace,
+    Component,
+    EditRun,
+    FaceDetection,
+    Inversion,
+    PropagationInput,
+    TrainingBatch,
+)
 from ipfacediff.testing import synthetic_face_frame, tiny_backbone
+
+CHECKS: dict[str, dict[str, Callable[[Component], None]]] = {kind: {} for kind in KINDS}
+"""Component kind -> contract name -> check (filled by :func:`contract`)."""
+
+
+def contract(kind: str, name: str) -> Callable[[Callable[[Component], None]], Callable[[Component], None]]:
+    """Declare the decorated function as the contract ``name`` of every component of ``kind``."""
+
+    def add(check: Callable[[Component], None]) -> Callable[[Component], None]:
+        CHECKS[kind][name] = check
+        return check
+
+    return add
 
 
 def _finite(x: Any) -> bool:
@@ -48,12 +71,14 @@ def _latents(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ face processors
+@contract("face_processor", "detect_returns_detections")
 def face_detect_returns_detections(c) -> None:
     frame, _ = synthetic_face_frame()
     dets = _unchanged(lambda: c.detect(frame), frame)
     assert isinstance(dets, list) and all(isinstance(d, FaceDetection) for d in dets)
 
 
+@contract("face_processor", "paste_back_keeps_pixels_outside_the_crop")
 def face_paste_back_keeps_pixels_outside_the_crop(c) -> None:
     import cv2
 
@@ -67,11 +92,14 @@ def face_paste_back_keeps_pixels_outside_the_crop(c) -> None:
     inv = cv2.invertAffineTransform(aligned.matrix)
     footprint = cv2.warpAffine(np.ones((64, 64), np.uint8), inv, frame.shape[1::-1], flags=cv2.INTER_NEAREST)
     footprint = cv2.dilate(footprint, np.ones((5, 5), np.uint8)) > 0
-    assert np.array_equal(back[~footprint], frame[~footprint]), "paste_back changed pixels outside the crop's footprint"
+    assert np.array_equal(back[~footprint], frame[~footprint]), (
+        "paste_back changed pixels outside the crop's footprint"
+    )
     assert not np.array_equal(back[footprint], frame[footprint]), "paste_back did not paste the crop"
 
 
 # ----------------------------------------------------------------------------- identity encoders
+@contract("identity_encoder", "unit_norm_embeddings_with_gradient")
 def encoder_unit_norm_embeddings_with_gradient(c) -> None:
     x = torch.rand(2, 3, c.input_size, c.input_size, generator=torch.Generator().manual_seed(0), requires_grad=True)
     e = c.embed(x)
@@ -87,6 +115,7 @@ def _metric(c, src: np.ndarray, ed: np.ndarray) -> dict[str, Any]:
     return _unchanged(lambda: c.compute_with_context(src, ed, ctx), src, ed)
 
 
+@contract("metric", "one_value_per_frame")
 def metric_one_value_per_frame(c) -> None:
     rng = np.random.default_rng(0)
     src = rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
@@ -97,9 +126,12 @@ def metric_one_value_per_frame(c) -> None:
         assert res.get("note"), "a metric that gives nan says why in 'note'"
     if res.get("per_frame") is not None:
         want = len(src) - 1 if c.temporal else len(src)
-        assert len(res["per_frame"]) == want, f"per_frame has {len(res['per_frame'])} values for {len(src)} frames (expected {want})"
+        assert len(res["per_frame"]) == want, (
+            f"per_frame has {len(res['per_frame'])} values for {len(src)} frames (expected {want})"
+        )
 
 
+@contract("metric", "identical_videos_score_best")
 def metric_identical_videos_score_best(c) -> None:
     frame, _ = synthetic_face_frame(64)
     src = np.stack([frame, np.roll(frame, 2, axis=1), np.roll(frame, 4, axis=1)])
@@ -111,12 +143,15 @@ def metric_identical_videos_score_best(c) -> None:
 
 
 # ----------------------------------------------------------------------------------- diffusion
+@contract("backbone", "latent_round_trip")
 def backbone_latent_round_trip(c) -> None:
     x = torch.rand(1, 3, 64, 64)
     z = _unchanged(lambda: c.encode_images(x), x)
     assert z.shape[:2] == (1, 4) and _finite(z)
     y = c.decode_latents(z)
-    assert y.shape == x.shape and _finite(y) and float(y.min()) >= 0 and float(y.max()) <= 1, "decode(encode(x)) has x's shape, in [0, 1]"
+    assert y.shape == x.shape and _finite(y) and float(y.min()) >= 0 and float(y.max()) <= 1, (
+        "decode(encode(x)) has x's shape, in [0, 1]"
+    )
     e = c.encode_prompt(["a face"])
     assert e.ndim == 3 and e.shape[0] == 1 and _finite(e)
     before = sum(c.unet_evals.values())
@@ -124,6 +159,7 @@ def backbone_latent_round_trip(c) -> None:
     assert sum(c.unet_evals.values()) == before + 2, "predict_noise counts one evaluation per latent"
 
 
+@contract("inverter", "trajectory_starts_at_the_latents")
 def inverter_trajectory_starts_at_the_latents(c) -> None:
     bb = tiny_backbone()
     z = _latents(2)
@@ -131,10 +167,15 @@ def inverter_trajectory_starts_at_the_latents(c) -> None:
     assert torch.equal(inv.trajectory[0], z.float()), "trajectory[0] is the given latents"
     assert len(inv.trajectory) == len(inv.timesteps) + 1 and inv.timesteps == sorted(inv.timesteps)
     assert all(x.shape == z.shape and _finite(x) for x in inv.trajectory)
-    assert inv.steps == 3 and inv.denoise_timesteps == sorted(inv.denoise_timesteps, reverse=True) and inv.denoise_timesteps
+    assert (
+        inv.steps == 3
+        and inv.denoise_timesteps == sorted(inv.denoise_timesteps, reverse=True)
+        and inv.denoise_timesteps
+    )
     assert inv.latent_at(inv.denoise_timesteps[0]) is not None, "the editor starts at a level the trajectory has"
 
 
+@contract("editor", "edits_to_the_latent_shape")
 def editor_edits_to_the_latent_shape(c) -> None:
     bb = tiny_backbone()
     z = _latents(2)
@@ -150,9 +191,12 @@ def _moving_crops(n: int, size: int = 32) -> np.ndarray:
     """``uint8 [n, size, size, 3]``: a smooth texture sliding one pixel per frame."""
     import cv2
 
-    base = cv2.resize(np.random.default_rng(0).integers(30, 220, (12, 12, 3)).astype(np.float32), (size + n + 8, size + n + 8),
-                      interpolation=cv2.INTER_CUBIC)
-    return np.stack([base[4:4 + size, 4 + t:4 + t + size] for t in range(n)]).clip(0, 255).astype(np.uint8)
+    base = cv2.resize(
+        np.random.default_rng(0).integers(30, 220, (12, 12, 3)).astype(np.float32),
+        (size + n + 8, size + n + 8),
+        interpolation=cv2.INTER_CUBIC,
+    )
+    return np.stack([base[4 : 4 + size, 4 + t : 4 + t + size] for t in range(n)]).clip(0, 255).astype(np.uint8)
 
 
 def _prop_input(n: int, keys: list[int], rows: list[int] | None = None, seed: int = 0) -> PropagationInput:
@@ -165,10 +209,20 @@ def _prop_input(n: int, keys: list[int], rows: list[int] | None = None, seed: in
     edited_px = np.clip(px[key_rows].astype(int) + np.array([40, -30, 20]), 0, 255).astype(np.uint8)
     all_z = _latents(n, size=6)
     stats = (all_z[keys].mean(dim=(0, 2, 3)), all_z[keys].std(dim=(0, 2, 3)))
-    return PropagationInput(key_rows=key_rows, frames=rows, features=z, stats=stats, source_latents=z, source_pixels=px,
-                            edited_latents=edited_z, edited_pixels=edited_px, reconstructed_pixels=px[key_rows].copy())
+    return PropagationInput(
+        key_rows=key_rows,
+        frames=rows,
+        features=z,
+        stats=stats,
+        source_latents=z,
+        source_pixels=px,
+        edited_latents=edited_z,
+        edited_pixels=edited_px,
+        reconstructed_pixels=px[key_rows].copy(),
+    )
 
 
+@contract("propagator", "keyframes_keep_their_edit")
 def propagator_keyframes_keep_their_edit(c) -> None:
     inp = _prop_input(5, [0, 4])
     out = _unchanged(lambda: c.propagate(inp), inp.features, inp.source_pixels, inp.edited_latents, inp.edited_pixels)
@@ -181,6 +235,7 @@ def propagator_keyframes_keep_their_edit(c) -> None:
         assert np.array_equal(out[inp.key_rows], inp.edited_pixels), "keyframes keep their edited pixels"
 
 
+@contract("propagator", "chunked_equals_whole_clip")
 def propagator_chunked_equals_whole_clip(c) -> None:
     from ipfacediff.runtime.editing import chunk_with_borders
 
@@ -191,11 +246,12 @@ def propagator_chunked_equals_whole_clip(c) -> None:
             rows = list(range(a, min(n, a + size)))
             sub, sub_keys, first = chunk_with_borders(rows, keys)
             part = c.propagate(_prop_input(n, keys, sub))
-            got, want = part[first:first + len(rows)], whole[rows]
+            got, want = part[first : first + len(rows)], whole[rows]
             same = torch.allclose(got, want, atol=1e-6) if isinstance(got, torch.Tensor) else np.array_equal(got, want)
             assert same, f"chunk {rows} (size {size}) differs from the whole clip"
 
 
+@contract("localization_loss", "differentiable_scalar")
 def loss_is_a_differentiable_scalar(c) -> None:
     g = torch.Generator().manual_seed(0)
     gen = torch.rand(1, 3, 64, 64, generator=g, requires_grad=True)
@@ -207,25 +263,55 @@ def loss_is_a_differentiable_scalar(c) -> None:
 
 
 # ------------------------------------------------------------------------ strategies, objectives
+class TinyRun(EditRun):
+    """A small in-memory :class:`EditRun`: latents in an array, no cache, the inversion computed."""
+
+    def __init__(self, backbone, components, settings, latents, keys, embeds, steps, scratch: Path):
+        from ipfacediff.jobs.common import Timings
+
+        self.backbone, self.components, self.settings, self.latents = backbone, components, settings, latents
+        self.keys, self.face_frames, self.embeds = keys, list(range(len(latents))), embeds
+        self.steps, self.seed, self.show_progress, self.scratch = steps, 0, False, scratch
+        self.report, self.reused, self.timings = {}, [], Timings()
+
+    def crops(self, rows):
+        raise NotImplementedError("the tiny run has latents only (no frames to crop)")
+
+    def invert(self, latents):
+        return self.components["inverter"].invert(self.backbone, latents, self.embeds["empty"], self.steps)
+
+    def cached(self, category, parts, compute):
+        return compute()
+
+    def timer(self, name):
+        return self.timings(name)
+
+
 def tiny_edit_run(c, scratch: Path, rows: int = 7, keys: tuple[int, ...] = (0, 3, 6)) -> EditRun:
     """A small in-memory :class:`EditRun`: the tiny backbone, ``ddim``, ``identity-injection``, ``exact-nn``."""
-    from ipfacediff.jobs.common import Timings
     from ipfacediff.registry import PipelineSettings
 
     bb = tiny_backbone()
-    comps = {"inverter": c.component("inverter", "ddim"), "editor": c.component("editor", "identity-injection"),
-             "propagator": c.component("propagator", "exact-nn")}
-    embeds = {"empty": bb.encode_prompt([""]), "target": bb.encode_prompt(["a face, eyeglasses"]), "uncond": bb.encode_prompt([""])}
-    latents = _latents(rows).numpy()
-    return EditRun(bb, comps, PipelineSettings(), latents, list(keys), list(range(rows)), embeds, 2, 0, False,
-                   invert=lambda lat: comps["inverter"].invert(bb, lat, embeds["empty"], 2), cached=lambda _c, _p, compute: compute(),
-                   timer=Timings(), scratch=scratch)
+    comps = {
+        "inverter": c.component("inverter", "ddim"),
+        "editor": c.component("editor", "identity-injection"),
+        "propagator": c.component("propagator", "exact-nn"),
+    }
+    embeds = {
+        "empty": bb.encode_prompt([""]),
+        "target": bb.encode_prompt(["a face, eyeglasses"]),
+        "uncond": bb.encode_prompt([""]),
+    }
+    return TinyRun(bb, comps, PipelineSettings(), _latents(rows).numpy(), list(keys), embeds, 2, scratch)
 
 
+@contract("strategy", "renders_every_row")
 def strategy_renders_every_row(c) -> None:
     from ipfacediff.registry import PIPELINE_SLOTS
 
-    assert set(c.requires) <= set(PIPELINE_SLOTS), f"requires {c.requires}: unknown slots (slots: {', '.join(PIPELINE_SLOTS)})"
+    assert set(c.requires) <= set(PIPELINE_SLOTS), (
+        f"requires {c.requires}: unknown slots (slots: {', '.join(PIPELINE_SLOTS)})"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run = tiny_edit_run(c, Path(tmp))
         before = _digest(run.latents)
@@ -238,6 +324,7 @@ def strategy_renders_every_row(c) -> None:
         assert _digest(run.latents) == before, "the strategy modified the source latents"
 
 
+@contract("objective", "losses_are_differentiable_scalars")
 def objective_losses_are_differentiable_scalars(c) -> None:
     from ipfacediff.registry import RECIPE_SLOTS, RecipeSettings
     from ipfacediff.runtime.training import TrainingFaces
@@ -246,10 +333,17 @@ def objective_losses_are_differentiable_scalars(c) -> None:
     assert c.terms and set(c.default_weights) <= set(c.terms)
     bb = tiny_backbone()
     frames = [synthetic_face_frame(64, seed=i) for i in range(2)]
-    comps = {"identity_encoder": c.component("identity_encoder", "mobilefacenet"),
-             "localization_loss": c.component("localization_loss", "clip-directional", {"model": "tiny"})}
-    faces = TrainingFaces(bb, np.stack([f for f, _ in frames]), np.stack([lm for _, lm in frames]).astype(np.float32), torch.device("cpu"),
-                          comps["identity_encoder"])
+    comps = {
+        "identity_encoder": c.component("identity_encoder", "mobilefacenet"),
+        "localization_loss": c.component("localization_loss", "clip-directional", {"model": "tiny"}),
+    }
+    faces = TrainingFaces(
+        bb,
+        np.stack([f for f, _ in frames]),
+        np.stack([lm for _, lm in frames]).astype(np.float32),
+        torch.device("cpu"),
+        comps["identity_encoder"],
+    )
     weights = {t: 1.0 for t in c.terms}
     c.setup(bb, faces, comps, RecipeSettings(identity_max_timestep=999), weights)
     unet = bb.unet
@@ -268,23 +362,6 @@ def objective_losses_are_differentiable_scalars(c) -> None:
         for p in params:
             p.requires_grad_(False)
             p.grad = None
-
-
-CHECKS: dict[str, dict[str, Callable[[Component], None]]] = {
-    "face_processor": {"detect_returns_detections": face_detect_returns_detections,
-                       "paste_back_keeps_pixels_outside_the_crop": face_paste_back_keeps_pixels_outside_the_crop},
-    "identity_encoder": {"unit_norm_embeddings_with_gradient": encoder_unit_norm_embeddings_with_gradient},
-    "metric": {"one_value_per_frame": metric_one_value_per_frame, "identical_videos_score_best": metric_identical_videos_score_best},
-    "backbone": {"latent_round_trip": backbone_latent_round_trip},
-    "inverter": {"trajectory_starts_at_the_latents": inverter_trajectory_starts_at_the_latents},
-    "editor": {"edits_to_the_latent_shape": editor_edits_to_the_latent_shape},
-    "propagator": {"keyframes_keep_their_edit": propagator_keyframes_keep_their_edit,
-                   "chunked_equals_whole_clip": propagator_chunked_equals_whole_clip},
-    "localization_loss": {"differentiable_scalar": loss_is_a_differentiable_scalar},
-    "strategy": {"renders_every_row": strategy_renders_every_row},
-    "objective": {"losses_are_differentiable_scalars": objective_losses_are_differentiable_scalars},
-}
-"""Component kind -> contract name -> check."""
 
 
 def build_for_check(catalog, kind: str, name: str, workdir: str) -> Component:

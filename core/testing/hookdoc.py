@@ -10,7 +10,9 @@ import inspect
 import sys
 from pathlib import Path
 
-MARKER = "<!-- generated from the hookspecs and interfaces: python -m ipfacediff.testing.hookdoc docs/plugin-hooks.md -->"
+MARKER = (
+    "<!-- generated from the hookspecs and interfaces: python -m ipfacediff.testing.hookdoc docs/plugin-hooks.md -->"
+)
 TYPES = ("FaceDetection", "AlignedFace", "Inversion", "PropagationInput", "EditRun", "TrainingBatch")
 
 
@@ -26,7 +28,11 @@ def _methods(cls) -> list[str]:
         if name.startswith("_") or not callable(fn) and not isinstance(fn, property):
             continue
         if isinstance(fn, property):
-            out.append(f"- `{name}` (property): {(_doc(fn.fget) or '').splitlines()[0] if fn.fget.__doc__ else ''}".rstrip(": "))
+            out.append(
+                f"- `{name}` (property): {(_doc(fn.fget) or '').splitlines()[0] if fn.fget.__doc__ else ''}".rstrip(
+                    ": "
+                )
+            )
             continue
         sig = str(inspect.signature(fn)).replace("(self, ", "(").replace("(self)", "()").replace("'", "")
         first = _doc(fn).split("\n\n")[0].replace("\n", " ")
@@ -39,9 +45,14 @@ def _attributes(cls) -> list[str]:
 
     out = []
     for name, value in vars(cls).items():
-        if name.startswith("_") or callable(value) or isinstance(value, (property, classmethod, staticmethod)) or name in vars(Component):
+        if (
+            name.startswith("_")
+            or callable(value)
+            or isinstance(value, (property, classmethod, staticmethod))
+            or name in vars(Component)
+        ):
             continue
-        if name in ("kind",):
+        if name in ("kind", "plural"):
             continue
         out.append(f"`{name} = {value!r}`")
     return out
@@ -56,22 +67,54 @@ def render() -> str:
     for kind, plural in interfaces.KINDS.items():
         hook = getattr(hookspecs, f"register_{plural}")
         cls = interfaces.INTERFACES[kind]
-        builtins = [n for n in get_catalog().names(kind) if get_catalog().get(kind, n).plugin.startswith("ipfacediff.")]
-        lines = [f"## register_{plural}(register)", "", _doc(hook), "", f"Interface `ipfacediff.interfaces.{cls.__name__}`:", "",
-                 _doc(cls), ""]
+        builtins = [
+            n for n in get_catalog().names(kind) if get_catalog().get(kind, n).plugin.startswith("ipfacediff.")
+        ]
+        lines = [
+            f"## register_{plural}(register)",
+            "",
+            _doc(hook),
+            "",
+            f"Interface `ipfacediff.interfaces.{cls.__name__}`:",
+            "",
+            _doc(cls),
+            "",
+        ]
         attrs = _attributes(cls)
         if attrs:
             lines += ["Class attributes (defaults): " + ", ".join(attrs) + ".", ""]
         lines += _methods(cls) + [""]
-        lines += [f"Built-ins: {', '.join(f'`{n}`' for n in builtins)} (`plugins/{plural}/<name>.py`).", "",
-                  "```python", "@ipfacediff.hookimpl", f"def register_{plural}(register):",
-                  f"    register(My{cls.__name__}, name=\"my-{kind.replace('_', '-')}\")", "```", ""]
+        lines += [
+            f"Built-ins: {', '.join(f'`{n}`' for n in builtins)} (`plugins/{plural}/<name>.py`).",
+            "",
+            "```python",
+            "@ipfacediff.hookimpl",
+            f"def register_{plural}(register):",
+            f'    register(My{cls.__name__}, name="my-{kind.replace("_", "-")}")',
+            "```",
+            "",
+        ]
         parts.append("\n".join(lines))
     types = ["## Data passed to components", ""]
     for name in TYPES:
         cls = getattr(interfaces, name)
-        fields = ", ".join(f"`{f.name}: {f.type}`" for f in dataclasses.fields(cls))
-        types += [f"### {name}", "", _doc(cls), "", f"Fields: {fields}.", ""]
+        if dataclasses.is_dataclass(cls):
+            fields = ", ".join(f"`{f.name}: {f.type}`" for f in dataclasses.fields(cls))
+            types += [f"### {name}", "", _doc(cls), "", f"Fields: {fields}.", ""]
+        else:  # an abstract class of state and methods (EditRun)
+            attrs = ", ".join(f"`{k}: {v}`" for k, v in cls.__annotations__.items())
+            types += [
+                f"### {name}",
+                "",
+                _doc(cls),
+                "",
+                f"Attributes: {attrs}.",
+                "",
+                "Methods:",
+                "",
+                *_methods(cls),
+                "",
+            ]
     return "\n".join(parts) + "\n".join(types)
 
 

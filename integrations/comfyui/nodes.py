@@ -6,6 +6,7 @@ there, and the nodes say so in their summary string)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +49,9 @@ def to_image(frames: np.ndarray) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ state
 @dataclass
 class Model:
-    """IPFD_MODEL: the backbone (both adapters on one UNet) and the inverter."""
+    """IPFD_MODEL: the backbone (both adapters on one UNet) and its device."""
 
     backbone: Any
-    inverter: Any
     device: torch.device
 
 
@@ -68,17 +68,26 @@ class Faces:
 
     def align(self, frames: TensorFrames, rows: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
         imgs = frames.get([self.face_frames[r] for r in rows])
-        aligned = [self.processor.align(f, self.track[self.face_frames[r]], self.resolution) for f, r in zip(imgs, rows)]
+        aligned = [
+            self.processor.align(f, self.track[self.face_frames[r]], self.resolution) for f, r in zip(imgs, rows)
+        ]
         return np.stack([a.crop for a in aligned]), [a.matrix for a in aligned]
 
 
 @dataclass
 class Edits:
-    """IPFD_EDITS: the keyframes (rows into the face frames), their source and edited crops."""
+    """IPFD_EDITS: the edit run (:class:`ipfacediff.jobs.edit.EditJob` over the IMAGE batch, its
+    keyframes edited by the pipeline's strategy), kept open for the propagation; closed (its
+    temporary files removed) when ComfyUI drops this output."""
 
-    keys: list[int]
-    source: np.ndarray
-    edited: np.ndarray
+    job: Any
+
+    def __post_init__(self):
+        weakref.finalize(self, self.job.close)
+
+    @property
+    def keys(self) -> list[int]:
+        return self.job.keys
 
 
 @dataclass
@@ -86,6 +95,9 @@ class Crops:
     """IPFD_CROPS: an edited aligned crop for every face frame (``uint8``)."""
 
     crops: np.ndarray
+
+
+PIPELINE = "ip-facediff"  # the registry pipeline whose strategy, editor, inverter and settings the nodes run
 
 
 def _registry():
@@ -100,13 +112,30 @@ class LoadBackbone:
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = ["auto", "tiny", "stable-diffusion", *[n for n in _registry().backbones if n not in ("tiny", "stable-diffusion")]]
-        return {"required": {"backbone": (names, {"default": "auto"}),
-                             "device": (["auto", "cpu", "cuda"], {"default": "auto"})},
-                "optional": {"checkpoint": ("STRING", {"default": "", "tooltip": "Stable Diffusion folder or .safetensors (stable-diffusion)"}),
-                             "identity_adapter": ("STRING", {"default": "", "tooltip": "folder of the identity LoRA (eps1)"}),
-                             "edit_adapter": ("STRING", {"default": "", "tooltip": "folder of the edit LoRA (eps2)"}),
-                             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "0: the backbone's"})}}
+        names = [
+            "auto",
+            "tiny",
+            "stable-diffusion",
+            *[n for n in _registry().backbones if n not in ("tiny", "stable-diffusion")],
+        ]
+        return {
+            "required": {
+                "backbone": (names, {"default": "auto"}),
+                "device": (["auto", "cpu", "cuda"], {"default": "auto"}),
+            },
+            "optional": {
+                "checkpoint": (
+                    "STRING",
+                    {"default": "", "tooltip": "Stable Diffusion folder or .safetensors (stable-diffusion)"},
+                ),
+                "identity_adapter": ("STRING", {"default": "", "tooltip": "folder of the identity LoRA (eps1)"}),
+                "edit_adapter": ("STRING", {"default": "", "tooltip": "folder of the edit LoRA (eps2)"}),
+                "resolution": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "0: the backbone's"},
+                ),
+            },
+        }
 
     RETURN_TYPES = ("IPFD_MODEL", "STRING")
     RETURN_NAMES = ("model", "summary")
@@ -114,7 +143,6 @@ class LoadBackbone:
     CATEGORY = CATEGORY
 
     def load(self, backbone, device, checkpoint="", identity_adapter="", edit_adapter="", resolution=0):
-        from ipfacediff.catalog import get_catalog
         from ipfacediff.jobs.common import resolve_backbone
 
         sets: dict[str, Any] = {}
@@ -125,13 +153,18 @@ class LoadBackbone:
             sets["adapters"] = adapters
         if resolution:
             sets["resolution"] = int(resolution)
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        dev = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
         bb, warnings = resolve_backbone(backbone, {"backbone": sets} if sets else {}, _registry())
         bb.to(dev)
-        model = Model(bb, get_catalog().build("inverter", "ddim"), dev)
+        model = Model(bb, dev)
         random = " (random weights: shows the mechanics, not a real edit)" if bb.is_random else ""
         said = "".join(f"; warning: {w}" for w in warnings)
-        return model, f"{bb.name} at {bb.resolution} px on {dev}{random}; adapters: {', '.join(bb.adapters) or 'none'}{said}"
+        return (
+            model,
+            f"{bb.name} at {bb.resolution} px on {dev}{random}; adapters: {', '.join(bb.adapters) or 'none'}{said}",
+        )
 
 
 class DetectAlignFaces:
@@ -139,10 +172,21 @@ class DetectAlignFaces:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "model": ("IPFD_MODEL",),
-                             "face_processor": (["retinaface", "mtcnn", "full-frame"], {"default": "retinaface"}),
-                             "max_frames": ("INT", {"default": 240, "min": 1, "max": 100000, "tooltip": "frames past the cap are dropped"}),
-                             "smoothing": ("INT", {"default": 5, "min": 1, "max": 61, "tooltip": "frames in the landmark smoothing window"})}}
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "model": ("IPFD_MODEL",),
+                "face_processor": (["retinaface", "mtcnn", "full-frame"], {"default": "retinaface"}),
+                "max_frames": (
+                    "INT",
+                    {"default": 240, "min": 1, "max": 100000, "tooltip": "frames past the cap are dropped"},
+                ),
+                "smoothing": (
+                    "INT",
+                    {"default": 5, "min": 1, "max": 61, "tooltip": "frames in the landmark smoothing window"},
+                ),
+            }
+        }
 
     RETURN_TYPES = ("IPFD_FACES", "STRING")
     RETURN_NAMES = ("faces", "summary")
@@ -151,18 +195,21 @@ class DetectAlignFaces:
 
     def detect(self, images, model, face_processor, max_frames, smoothing):
         from ipfacediff.catalog import get_catalog
-        from ipfacediff.runtime.face import detect_track
+        from ipfacediff.jobs.clip import ClipJob
 
         frames = TensorFrames(images, max_frames)
+        sets = {"settings": {"landmark_smoothing": int(smoothing)}}
+        job = ClipJob(_registry().pipeline(PIPELINE), sets, frames=frames, device=model.device, show_progress=False)
+        job.check_request()
+        job.open_source()
         proc = get_catalog().build("face_processor", face_processor).to(model.device)
-        track = detect_track(proc, frames, len(frames), int(smoothing), False)
-        face_frames = [i for i, d in enumerate(track) if d is not None]
-        if not face_frames:
-            raise ValueError(f"no face found in {len(frames)} frames (face processor {face_processor})")
+        face_frames = job.detect(proc)  # the CLI's detection and its checks (a face in enough frames)
         zoom = float(getattr(proc.params, "zoom", 0.45))
-        cut = f"; cut at {len(frames)} of {images.shape[0]} frames (max_frames)" if len(frames) < images.shape[0] else ""
-        return Faces(proc, track, face_frames, len(frames), model.backbone.resolution, zoom), \
-            f"a face in {len(face_frames)} of {len(frames)} frames{cut}"
+        cut = (
+            f"; cut at {len(frames)} of {images.shape[0]} frames (max_frames)" if len(frames) < images.shape[0] else ""
+        )
+        faces = Faces(proc, job.track, face_frames, len(frames), model.backbone.resolution, zoom)
+        return faces, f"a face in {len(face_frames)} of {len(frames)} frames{cut}"
 
 
 class PickKeyframes:
@@ -170,9 +217,14 @@ class PickKeyframes:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"faces": ("IPFD_FACES",), "method": (["uniform", "count", "pose"], {"default": "uniform"}),
-                             "interval": ("INT", {"default": 8, "min": 1, "max": 256}),
-                             "count": ("INT", {"default": 5, "min": 1, "max": 256})}}
+        return {
+            "required": {
+                "faces": ("IPFD_FACES",),
+                "method": (["uniform", "count", "pose"], {"default": "uniform"}),
+                "interval": ("INT", {"default": 8, "min": 1, "max": 256}),
+                "count": ("INT", {"default": 5, "min": 1, "max": 256}),
+            }
+        }
 
     RETURN_TYPES = ("IPFD_KEYFRAMES", "STRING")
     RETURN_NAMES = ("keyframes", "summary")
@@ -183,62 +235,97 @@ class PickKeyframes:
         from ipfacediff.runtime.keyframes import select_keyframes
 
         n = len(faces.face_frames)
-        keys = select_keyframes(n, method, min(int(interval), n), min(int(count), n), [faces.track[i] for i in faces.face_frames])
+        keys = select_keyframes(
+            n, method, min(int(interval), n), min(int(count), n), [faces.track[i] for i in faces.face_frames]
+        )
         return keys, "keyframes (frame indices): " + ", ".join(str(faces.face_frames[k]) for k in keys)
 
 
 class EditKeyframes:
-    """IP-FaceDiff's keyframe edit: DDIM inversion (eps1), then eps2 with the target prompt while eps1's
-    decoder features are injected; the keyframes are edited jointly (extended attention)."""
+    """IP-FaceDiff's keyframe edit, by the ``ip-facediff`` pipeline's own strategy (what ``ipfacediff
+    edit`` runs): DDIM inversion (eps1), then eps2 with the target prompt while eps1's decoder
+    features are injected; keyframes edited jointly in groups of at most ``keyframe_group``, the
+    missing-adapter check said in the summary."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("IPFD_MODEL",), "images": ("IMAGE",), "faces": ("IPFD_FACES",), "keyframes": ("IPFD_KEYFRAMES",),
-                             "prompt": ("STRING", {"default": "eyeglasses", "multiline": False}),
-                             "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
-                             "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
-                             "source_prompt": ("STRING", {"default": "a photo of a face"})}}
+        return {
+            "required": {
+                "model": ("IPFD_MODEL",),
+                "images": ("IMAGE",),
+                "faces": ("IPFD_FACES",),
+                "keyframes": ("IPFD_KEYFRAMES",),
+                "prompt": ("STRING", {"default": "eyeglasses", "multiline": False}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
+                "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "source_prompt": ("STRING", {"default": "a photo of a face"}),
+            }
+        }
 
-    RETURN_TYPES = ("IPFD_EDITS", "IMAGE")
-    RETURN_NAMES = ("edits", "keyframes_before_after")
+    RETURN_TYPES = ("IPFD_EDITS", "IMAGE", "STRING")
+    RETURN_NAMES = ("edits", "keyframes_before_after", "summary")
     FUNCTION = "edit"
     CATEGORY = CATEGORY
 
     def edit(self, model, images, faces, keyframes, prompt, steps, guidance, seed, source_prompt):
-        from ipfacediff.jobs.edit import parse_prompt
-        from ipfacediff.runtime.frames import fade_outside, to_tensor, to_uint8
+        from ipfacediff.jobs.edit import EditJob, EditRequest, plan_stages
+        from ipfacediff.runtime.frames import fade_outside
 
-        bb, frames = model.backbone, TensorFrames(images, faces.n)
-        _, target = parse_prompt(prompt, source_prompt)
-        from ipfacediff.catalog import get_catalog
-
-        editor = get_catalog().build("editor", "identity-injection", {"guidance_scale": float(guidance)})
-        torch.manual_seed(int(seed))
-        src, mats = faces.align(frames, list(keyframes))
-        lat = bb.encode_images(to_tensor(src).to(bb.device)).float()
-        empty, uncond, tgt = bb.encode_prompt([""]), bb.encode_prompt([""]), bb.encode_prompt([target])
-        bb.set_adapter("identity")
-        inv = model.inverter.invert(bb, lat, empty, int(steps), int(seed))
-        edited = editor.edit(bb, inv, tgt, uncond, empty)
-        bb.set_adapter(None)
-        edit_px = to_uint8(bb.decode_latents(edited)).astype(np.int16)
-        recon_px = to_uint8(bb.decode_latents(lat)).astype(np.int16)
-        out = np.clip(src.astype(np.int16) + edit_px - recon_px, 0, 255).astype(np.uint8)  # the VAE's own error is not the edit
+        reg = _registry()
+        sets = {"editor": {"guidance_scale": float(guidance)}, "settings": {"source_prompt": source_prompt}}
+        req = EditRequest(
+            input=None,
+            prompt=prompt,
+            pipeline=reg.pipeline(PIPELINE),
+            registry=reg,
+            steps=int(steps),
+            sets=sets,
+            seed=int(seed),
+            device=str(model.device),
+            show_progress=False,
+            cache=False,
+        )
+        frames = TensorFrames(images, faces.n)
+        job = EditJob(req, plan_stages(req, frames=len(frames)), frames=frames)
+        try:
+            with job.collecting():
+                job.build(model.backbone, {"face_processor": faces.processor})
+                job.detect(track=faces.track, keys=list(keyframes))
+                job.encode()
+                job.prepare()
+                edited = job.edited_crops(job.keys)  # the keyframes as they go out
+        except BaseException:
+            job.close()
+            raise
         shape = (*images.shape[1:3], 3)  # crop pixels from outside the frame shown faded (not the reflected padding)
-        pairs = np.stack([np.concatenate([fade_outside(a, m, shape), fade_outside(b, m, shape)], axis=1) for a, b, m in zip(src, out, mats)])
-        return Edits(list(keyframes), src, out), to_image(pairs)
+        pairs = []
+        for k in job.keys:
+            m = job.matrices[k]
+            pairs.append(
+                np.concatenate([fade_outside(job.crops([k])[0], m, shape), fade_outside(edited[k], m, shape)], axis=1)
+            )
+        said = "; ".join(f"warning: {w}" for w in job.warnings)
+        summary = f"{len(job.keys)} keyframes edited by {job.strategy.name}" + (f"; {said}" if said else "")
+        return Edits(job), to_image(np.stack(pairs)), summary
 
 
 class Propagate:
-    """Carry the keyframes' edit to every face frame (pixel space: ``mesh-flow`` or ``flow-residual``),
-    ``chunk`` frames at a time with the keyframes on both sides of each chunk."""
+    """Carry the keyframes' edit to every face frame by the pipeline's strategy (pixel space:
+    ``mesh-flow`` or ``flow-residual``), ``chunk`` frames at a time with the keyframes on both sides of
+    each chunk: what ``ipfacediff edit`` does."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "faces": ("IPFD_FACES",), "edits": ("IPFD_EDITS",),
-                             "propagator": (["mesh-flow", "flow-residual"], {"default": "mesh-flow"}),
-                             "chunk": ("INT", {"default": 32, "min": 2, "max": 1024})}}
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "faces": ("IPFD_FACES",),
+                "edits": ("IPFD_EDITS",),
+                "propagator": (["mesh-flow", "flow-residual"], {"default": "mesh-flow"}),
+                "chunk": ("INT", {"default": 32, "min": 2, "max": 1024}),
+            }
+        }
 
     RETURN_TYPES = ("IPFD_CROPS", "STRING")
     RETURN_NAMES = ("crops", "summary")
@@ -247,26 +334,17 @@ class Propagate:
 
     def propagate(self, images, faces, edits, propagator, chunk):
         from ipfacediff.catalog import get_catalog
-        from ipfacediff.interfaces import PropagationInput
-        from ipfacediff.runtime.editing import chunk_with_borders
-        from ipfacediff.runtime.face import template_face
 
-        prop = get_catalog().build("propagator", propagator)
-        frames, n = TensorFrames(images, faces.n), len(faces.face_frames)
-        key_pos = {k: i for i, k in enumerate(edits.keys)}
+        job = edits.job
+        job.components["propagator"] = get_catalog().build("propagator", propagator).to(job.device)
+        n = len(job.face_frames)
         out = np.empty((n, faces.resolution, faces.resolution, 3), np.uint8)
-        for s in range(0, n, int(chunk)):
-            rows = list(range(s, min(n, s + int(chunk))))
-            sub, sub_keys, first = chunk_with_borders(rows, edits.keys)
-            src, _ = faces.align(frames, sub)
-            keyed = [key_pos[sub[p]] for p in sub_keys]
-            inp = PropagationInput(key_rows=sub_keys, frames=[faces.face_frames[r] for r in sub], source_pixels=src,
-                                   faces=[template_face(src.shape[1], faces.zoom)] * len(sub),
-                                   edited_pixels=edits.edited[keyed], reconstructed_pixels=edits.source[keyed])
-            out[rows] = np.asarray(prop.propagate(inp))[first:first + len(rows)]
-        for k, i in key_pos.items():
-            out[k] = edits.edited[i]  # keyframes go out as edited
-        return Crops(out), f"{n} face frames propagated with {propagator} from {len(edits.keys)} keyframes"
+        with job.collecting():
+            for s in range(0, n, int(chunk)):
+                rows = list(range(s, min(n, s + int(chunk))))
+                for row, crop in job.edited_crops(rows).items():
+                    out[row] = crop
+        return Crops(out), f"{n} face frames propagated with {propagator} from {len(job.keys)} keyframes"
 
 
 class PasteBack:
@@ -274,8 +352,14 @@ class PasteBack:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "faces": ("IPFD_FACES",), "crops": ("IPFD_CROPS",),
-                             "chunk": ("INT", {"default": 32, "min": 1, "max": 1024})}}
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "faces": ("IPFD_FACES",),
+                "crops": ("IPFD_CROPS",),
+                "chunk": ("INT", {"default": 32, "min": 1, "max": 1024}),
+            }
+        }
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
@@ -293,7 +377,7 @@ class PasteBack:
                 if r is not None:  # the frame is in hand: only its matrix is needed
                     m = faces.processor.align(f, faces.track[s + j], faces.resolution).matrix
                     done[j] = faces.processor.paste_back(f, crops.crops[r], m)
-            result[s:s + len(part)] = to_image(done)
+            result[s : s + len(part)] = to_image(done)
         return (result,)
 
 
@@ -302,8 +386,12 @@ class LoadVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"path": ("STRING", {"default": ""}),
-                             "max_frames": ("INT", {"default": 240, "min": 1, "max": 100000})}}
+        return {
+            "required": {
+                "path": ("STRING", {"default": ""}),
+                "max_frames": ("INT", {"default": 240, "min": 1, "max": 100000}),
+            }
+        }
 
     RETURN_TYPES = ("IMAGE", "FLOAT")
     RETURN_NAMES = ("images", "fps")
@@ -321,7 +409,7 @@ class LoadVideo:
             n = min(len(src), int(max_frames))
             out = torch.empty((n, src.info.height, src.info.width, 3), dtype=torch.float32)
             for s, chunk in src.iter_chunks(src.batch, n):
-                out[s:s + len(chunk)] = to_image(chunk)
+                out[s : s + len(chunk)] = to_image(chunk)
             return out, float(src.info.fps or 24.0)
 
 

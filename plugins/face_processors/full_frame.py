@@ -21,11 +21,13 @@ class FullFrame(FaceProcessor):
 
     @dataclass
     class Params:
-        landmarks: Literal["retinaface", "mtcnn", "none"] = field(default="retinaface", metadata={"help": "detector for landmarks"})
+        landmarks: Literal["retinaface", "mtcnn", "none"] = field(
+            default="retinaface", metadata={"help": "detector for landmarks"}
+        )
 
     test_params = {"landmarks": "none"}
 
-    def __init__(self, params: "FullFrame.Params | None" = None) -> None:
+    def __init__(self, params: FullFrame.Params | None = None) -> None:
         super().__init__(params)
         self._detector = None
 

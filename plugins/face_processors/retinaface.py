@@ -19,13 +19,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ipfacediff
-from ipfacediff.runtime import models
-from ipfacediff.runtime.face import LandmarkFaceProcessor, box_iou
 from ipfacediff.interfaces import FaceDetection
+from ipfacediff.plugins.face_processors._landmarks import LandmarkFaceProcessor
+from ipfacediff.runtime import models
+from ipfacediff.runtime.face import box_iou
 
 
 def _conv_bn(inp: int, oup: int, stride: int = 1, leaky: float = 0.0) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(leaky, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(leaky, inplace=True)
+    )
 
 
 def _conv_bn_no_relu(inp: int, oup: int) -> nn.Sequential:
@@ -33,21 +36,33 @@ def _conv_bn_no_relu(inp: int, oup: int) -> nn.Sequential:
 
 
 def _conv_bn1x1(inp: int, oup: int, leaky: float = 0.0) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(leaky, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(leaky, inplace=True)
+    )
 
 
 def _conv_dw(inp: int, oup: int, stride: int, leaky: float = 0.1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp), nn.LeakyReLU(leaky, inplace=True),
-        nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.LeakyReLU(leaky, inplace=True),
+        nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+        nn.BatchNorm2d(inp),
+        nn.LeakyReLU(leaky, inplace=True),
+        nn.Conv2d(inp, oup, 1, 1, 0, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.LeakyReLU(leaky, inplace=True),
     )
 
 
 class _MobileNetV1(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stage1 = nn.Sequential(_conv_bn(3, 8, 2, leaky=0.1), _conv_dw(8, 16, 1), _conv_dw(16, 32, 2), _conv_dw(32, 32, 1),
-                                    _conv_dw(32, 64, 2), _conv_dw(64, 64, 1))
+        self.stage1 = nn.Sequential(
+            _conv_bn(3, 8, 2, leaky=0.1),
+            _conv_dw(8, 16, 1),
+            _conv_dw(16, 32, 2),
+            _conv_dw(32, 32, 1),
+            _conv_dw(32, 64, 2),
+            _conv_dw(64, 64, 1),
+        )
         self.stage2 = nn.Sequential(_conv_dw(64, 128, 2), *[_conv_dw(128, 128, 1) for _ in range(5)])
         self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
 
@@ -152,16 +167,25 @@ class RetinaFace(LandmarkFaceProcessor):
     class Params:
         threshold: float = field(default=0.9, metadata={"range": (0.0, 1.0), "help": "minimum RetinaFace score"})
         nms_threshold: float = field(default=0.4, metadata={"range": (0.0, 1.0)})
-        max_side: int = field(default=640, metadata={"range": (64, 4096), "help": "frames are downscaled to this longest side for detection"})
-        verify: Literal["mtcnn", "none"] = field(default="mtcnn", metadata={"help": "confirm each face with MTCNN (rejects animals and cartoons)"})
-        verify_threshold: float = field(default=0.99, metadata={"range": (0.0, 1.0), "help": "minimum MTCNN probability when verifying"})
+        max_side: int = field(
+            default=640,
+            metadata={"range": (64, 4096), "help": "frames are downscaled to this longest side for detection"},
+        )
+        verify: Literal["mtcnn", "none"] = field(
+            default="mtcnn", metadata={"help": "confirm each face with MTCNN (rejects animals and cartoons)"}
+        )
+        verify_threshold: float = field(
+            default=0.99, metadata={"range": (0.0, 1.0), "help": "minimum MTCNN probability when verifying"}
+        )
         zoom: float = field(default=0.45, metadata={"range": (0.1, 1.0), "help": "face size in the editing crop"})
-        feather: float = field(default=0.1, metadata={"range": (0.0, 0.5), "help": "paste-back border feather, fraction of the crop"})
+        feather: float = field(
+            default=0.1, metadata={"range": (0.0, 0.5), "help": "paste-back border feather, fraction of the crop"}
+        )
         weights: str | None = field(default=None, metadata={"help": "explicit path of mobilenet0.25_Final.pth"})
 
     test_params = {"verify": "none"}
 
-    def __init__(self, params: "RetinaFace.Params | None" = None) -> None:
+    def __init__(self, params: RetinaFace.Params | None = None) -> None:
         super().__init__(params)
         self.net = RetinaFaceNet()
         sd = torch.load(models.resolve("retinaface", self.params.weights), map_location="cpu", weights_only=True)
@@ -178,9 +202,13 @@ class RetinaFace(LandmarkFaceProcessor):
         if scale < 1.0:
             import cv2
 
-            img = cv2.resize(frame, (max(1, round(w0 * scale)), max(1, round(h0 * scale))), interpolation=cv2.INTER_AREA)
+            img = cv2.resize(
+                frame, (max(1, round(w0 * scale)), max(1, round(h0 * scale))), interpolation=cv2.INTER_AREA
+            )
         h, w = img.shape[:2]
-        x = torch.from_numpy(img[..., ::-1].astype(np.float32) - np.array([104, 117, 123], np.float32)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(img[..., ::-1].astype(np.float32) - np.array([104, 117, 123], np.float32)).permute(
+            2, 0, 1
+        )[None]
         x = x.to(self.device)
         with torch.inference_mode():
             loc, conf, lms = self.net(x)
@@ -205,7 +233,9 @@ class RetinaFace(LandmarkFaceProcessor):
         if not dets or self.params.verify == "none":
             return dets
         if self._verifier is None:
-            self._verifier = self.component("face_processor", self.params.verify, {"threshold": self.params.verify_threshold})
+            self._verifier = self.component(
+                "face_processor", self.params.verify, {"threshold": self.params.verify_threshold}
+            )
             self._verifier.to(self.device)
         confirmed = self._verifier.detect(frame)
         return [d for d in dets if any(box_iou(d.box, c.box) > 0.3 for c in confirmed)]

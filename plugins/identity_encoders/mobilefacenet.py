@@ -13,13 +13,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ipfacediff
+from ipfacediff.plugins.identity_encoders._embed import CropEncoder
 from ipfacediff.runtime import models
-from ipfacediff.interfaces import IdentityEncoder
 
 
 class _ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
 
 
 class _DepthwiseSeparable(nn.Module):
@@ -49,7 +53,11 @@ class _InvertedResidual(nn.Module):
         hidden = cin * expand
         self.residual = stride == 1 and cin == cout
         layers: list[nn.Module] = [] if expand == 1 else [_ConvBNReLU(cin, hidden, k=1)]
-        layers += [_ConvBNReLU(hidden, hidden, stride=stride, groups=hidden), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            _ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +91,7 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-class MobileFaceNet(IdentityEncoder):
+class MobileFaceNet(CropEncoder):
     """MobileFaceNet (ArcFace loss, refined MS-Celeb-1M), 128-d embeddings."""
 
     description = "MobileFaceNet (ArcFace-trained, 128-d) on 112x112 aligned crops; differentiable"
@@ -95,7 +103,7 @@ class MobileFaceNet(IdentityEncoder):
         flip: bool = field(default=True, metadata={"help": "add the embedding of the mirrored crop"})
         weights: str | None = field(default=None, metadata={"help": "explicit path of mobilefacenet.pt"})
 
-    def __init__(self, params: "MobileFaceNet.Params | None" = None) -> None:
+    def __init__(self, params: MobileFaceNet.Params | None = None) -> None:
         super().__init__(params)
         self.net = MobileFaceNetNet()
         sd = torch.load(models.resolve("mobilefacenet", self.params.weights), map_location="cpu", weights_only=True)
@@ -104,15 +112,8 @@ class MobileFaceNet(IdentityEncoder):
         self.mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(_STD).view(1, 3, 1, 1)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        if x.shape[-2:] != (112, 112):
-            x = F.interpolate(x, size=(112, 112), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        f = self.net(x)
-        if self.params.flip:
-            f = f + self.net(torch.flip(x, dims=[3]))
-        return F.normalize(f, dim=-1)
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
 @ipfacediff.hookimpl

@@ -24,7 +24,9 @@ class DDIMInversion(Inverter):
     class Params:
         batch_size: int = field(default=8, metadata={"range": (1, 1024), "help": "frames per UNet call"})
 
-    def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0) -> Inversion:
+    def invert(
+        self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0
+    ) -> Inversion:
         from diffusers import DDIMInverseScheduler
 
         try:
@@ -40,8 +42,8 @@ class DDIMInversion(Inverter):
         chunks = []
         bs = self.params.batch_size
         for start in range(0, latents.shape[0], bs):
-            x = latents[start:start + bs].to(backbone.device, torch.float32)
-            emb = prompt_embeds if prompt_embeds.shape[0] == 1 else prompt_embeds[start:start + bs]
+            x = latents[start : start + bs].to(backbone.device, torch.float32)
+            emb = prompt_embeds if prompt_embeds.shape[0] == 1 else prompt_embeds[start : start + bs]
             traj = []
             for k, t in enumerate(ts):
                 eps = backbone.predict_noise(x, t, emb, "inversion")

@@ -19,14 +19,18 @@ class DDPMNoise(Inverter):
 
     @dataclass
     class Params:
-        strength: float = field(default=0.6, metadata={"range": (0.01, 1.0), "help": "fraction of the schedule to noise to"})
+        strength: float = field(
+            default=0.6, metadata={"range": (0.01, 1.0), "help": "fraction of the schedule to noise to"}
+        )
 
-    def invert(self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0) -> Inversion:
+    def invert(
+        self, backbone: Backbone, latents: torch.Tensor, prompt_embeds: torch.Tensor, steps: int, seed: int = 0
+    ) -> Inversion:
         from diffusers import DDIMScheduler
 
         ts = sampling_timesteps(backbone.scheduler_config, steps)
         n = max(1, min(len(ts), round(self.params.strength * len(ts))))
-        run = ts[len(ts) - n:]
+        run = ts[len(ts) - n :]
         sched = DDIMScheduler.from_config(backbone.scheduler_config)
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
         xt = sched.add_noise(latents.float().cpu(), noise, torch.tensor([run[0]]))

@@ -9,9 +9,9 @@ tests (its numbers mean nothing; ``is_random`` says so).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,11 @@ def tiny_open_clip(seed: int = 0, image_size: int = 64):
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(seed)
-    return CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=image_size),
-                text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    return CLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=image_size),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    )
 
 
 def open_clip_tokenizer(model: str):
@@ -41,26 +44,36 @@ def open_clip_tokenizer(model: str):
     try:
         return open_clip.get_tokenizer(model)
     except Exception as exc:  # noqa: BLE001 - offline, not cached
-        raise ModelNotFoundError(f"clip-directional: the tokenizer of {model!r} is not available offline ({str(exc).splitlines()[0][:120]}); "
-                                 f"put it in the Hugging Face cache, or use a model with CLIP's own vocabulary (ViT-B-32, ViT-L-14, ...)") from exc
+        raise ModelNotFoundError(
+            f"clip-directional: the tokenizer of {model!r} is not available offline "
+            f"({str(exc).splitlines()[0][:120]}); "
+            f"put it in the Hugging Face cache, or use a model with CLIP's own vocabulary (ViT-B-32, ViT-L-14, ...)"
+        ) from exc
 
 
 class ClipDirectional(LocalizationLoss):
     """1 - cos(image direction, text direction) in an open_clip embedding space."""
 
-    description = "directional CLIP loss 1 - cos(E_I(gen) - E_I(ref), E_T(target) - E_T(ref)) with open_clip (any model, local weights)"
+    description = (
+        "directional CLIP loss 1 - cos(E_I(gen) - E_I(ref), E_T(target) - E_T(ref)) with open_clip (any model, local "
+        "weights)"
+    )
 
     @dataclass
     class Params:
-        model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture name, or 'tiny' (random, for tests)"})
-        weights: str = field(default="", metadata={"help": "local open_clip weights file (.bin/.pt/.safetensors) for the model"})
+        model: str = field(
+            default="ViT-B-32", metadata={"help": "open_clip architecture name, or 'tiny' (random, for tests)"}
+        )
+        weights: str = field(
+            default="", metadata={"help": "local open_clip weights file (.bin/.pt/.safetensors) for the model"}
+        )
         seed: int = field(default=0, metadata={"help": "tiny model only"})
 
     @classmethod
-    def build_for_test(cls, workdir: str) -> "ClipDirectional":
+    def build_for_test(cls, workdir: str) -> ClipDirectional:
         return cls(cls.Params(model="tiny"))
 
-    def __init__(self, params: "ClipDirectional.Params | None" = None) -> None:
+    def __init__(self, params: ClipDirectional.Params | None = None) -> None:
         super().__init__(params)
         import open_clip
 
@@ -70,10 +83,14 @@ class ClipDirectional(LocalizationLoss):
             self.model = tiny_open_clip(p.seed)
         else:
             if p.model not in open_clip.list_models():
-                raise InputError(f"clip-directional: unknown open_clip model {p.model!r} (see open_clip.list_models())")
+                raise InputError(
+                    f"clip-directional: unknown open_clip model {p.model!r} (see open_clip.list_models())"
+                )
             if not p.weights:
-                raise ModelNotFoundError(f"clip-directional: model {p.model!r} needs local weights "
-                                         f"(--set localization_loss.weights=PATH); CLIP weights are never downloaded at run time")
+                raise ModelNotFoundError(
+                    f"clip-directional: model {p.model!r} needs local weights "
+                    f"(--set localization_loss.weights=PATH); CLIP weights are never downloaded at run time"
+                )
             if not Path(p.weights).expanduser().is_file():
                 raise ModelNotFoundError(f"clip-directional: weights file {p.weights} does not exist")
             self.tokenizer = open_clip_tokenizer(p.model)
@@ -93,8 +110,13 @@ class ClipDirectional(LocalizationLoss):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm image embeddings of ``[B, 3, H, W]`` in [0, 1] (differentiable)."""
-        x = F.interpolate(images.to(self.device, torch.float32), size=(self.image_size, self.image_size), mode="bilinear",
-                          align_corners=False, antialias=False)
+        x = F.interpolate(
+            images.to(self.device, torch.float32),
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )
         mean = x.new_tensor(OPENAI_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(OPENAI_STD).view(1, 3, 1, 1)
         return F.normalize(self.model.encode_image((x - mean) / std), dim=-1)
@@ -108,10 +130,18 @@ class ClipDirectional(LocalizationLoss):
             self._text.update(zip(missing, emb))
         return torch.stack([self._text[p] for p in prompts])
 
-    def forward(self, generated: torch.Tensor, reference: torch.Tensor, target_prompts: Sequence[str],
-                reference_prompts: Sequence[str]) -> torch.Tensor:
+    def forward(
+        self,
+        generated: torch.Tensor,
+        reference: torch.Tensor,
+        target_prompts: Sequence[str],
+        reference_prompts: Sequence[str],
+    ) -> torch.Tensor:
         if len(target_prompts) != generated.shape[0] or len(reference_prompts) != generated.shape[0]:
-            raise ValueError(f"clip-directional: {generated.shape[0]} images but {len(target_prompts)} / {len(reference_prompts)} prompts")
+            raise ValueError(
+                f"clip-directional: {generated.shape[0]} images but {len(target_prompts)} / {len(reference_prompts)} "
+                "prompts"
+            )
         with torch.no_grad():
             ref = self.encode_images(reference)
         d_img = self.encode_images(generated) - ref

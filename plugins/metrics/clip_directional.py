@@ -7,14 +7,16 @@ from typing import Any
 import torch
 
 import ipfacediff
+from ipfacediff.plugins.metrics._bases import ClipMetric
 from ipfacediff.runtime.frames import as_frames
-from ipfacediff.runtime.metric_bases import ClipMetric
 
 
 class ClipDirectionalMetric(ClipMetric):
     """InstructPix2Pix-style direction similarity: cos(E_I(edited) - E_I(source), E_T(target) - E_T(source prompt))."""
 
-    description = "CLIP direction similarity of (edited - source) images to (target - source) prompts (n/a without CLIP weights)"
+    description = (
+        "CLIP direction similarity of (edited - source) images to (target - source) prompts (n/a without CLIP weights)"
+    )
 
     def compute_with_context(self, source, edited, context) -> dict[str, Any]:
         na = self.not_available()

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 import ipfacediff
+from ipfacediff.plugins.metrics._bases import ClipMetric
 from ipfacediff.runtime.frames import as_frames
-from ipfacediff.runtime.metric_bases import ClipMetric
 
 
 class ClipText(ClipMetric):

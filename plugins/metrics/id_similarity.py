@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 import ipfacediff
+from ipfacediff.plugins.metrics._bases import IdentityMetric
 from ipfacediff.runtime.frames import as_frames, check_same_shape
-from ipfacediff.runtime.metric_bases import IdentityMetric
 
 
 class IdSimilarity(IdentityMetric):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import ipfacediff
-from ipfacediff.runtime.metric_bases import FidelityMetric
+from ipfacediff.plugins.metrics._bases import FidelityMetric
 
 
 class Propagation(FidelityMetric):
     """PSNR (value) and SSIM of face crops rebuilt by propagating the keyframes' own latents,
     against the source crops' VAE round trip: what the propagator loses, independent of any edit."""
 
-    description = "PSNR/SSIM of non-key face crops rebuilt from the keyframes' own latents by the pipeline's propagator"
+    description = (
+        "PSNR/SSIM of non-key face crops rebuilt from the keyframes' own latents by the pipeline's propagator"
+    )
     inputs = "propagation"
 
 

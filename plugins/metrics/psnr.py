@@ -20,7 +20,9 @@ class PSNR(Metric):
 
     @dataclass
     class Params:
-        cap: float = field(default=100.0, metadata={"range": (1.0, None), "help": "value reported for identical frames"})
+        cap: float = field(
+            default=100.0, metadata={"range": (1.0, None), "help": "value reported for identical frames"}
+        )
 
     def compute(self, source, edited) -> dict[str, Any]:
         src, ed = as_frames(source), as_frames(edited)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipfacediff
-from ipfacediff.runtime.metric_bases import FidelityMetric
+from ipfacediff.plugins.metrics._bases import FidelityMetric
 
 
 class Reconstruction(FidelityMetric):

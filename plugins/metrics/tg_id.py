@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipfacediff
-from ipfacediff.runtime.metric_bases import IdentityOverTime
+from ipfacediff.plugins.metrics._bases import IdentityOverTime
 
 
 class TGID(IdentityOverTime):
     """STIT's TG-ID: identity similarity over all pairs of edited frames over that of the source."""
 
-    description = "temporally global identity consistency (STIT): all-pairs identity cosine, edited / source; 1.0 is ideal"
+    description = (
+        "temporally global identity consistency (STIT): all-pairs identity cosine, edited / source; 1.0 is ideal"
+    )
     pairs = "all"
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipfacediff
-from ipfacediff.runtime.metric_bases import IdentityOverTime
+from ipfacediff.plugins.metrics._bases import IdentityOverTime
 
 
 class TLID(IdentityOverTime):
     """STIT's TL-ID: identity similarity of adjacent edited frames over that of the source (1.0 ideal)."""
 
-    description = "temporally local identity consistency (STIT): adjacent-frame identity cosine, edited / source; 1.0 is ideal"
+    description = (
+        "temporally local identity consistency (STIT): adjacent-frame identity cosine, edited / source; 1.0 is ideal"
+    )
     pairs = "adjacent"
     temporal = True
 

@@ -17,13 +17,18 @@ class WarpError(Metric):
     """Mean squared difference between each edited frame and the next edited frame warped back by the
     optical flow of the *source* (occluded pixels masked), in [0, 1]^2 units. Lower is better."""
 
-    description = "flow warping error of the edited video (flow from the source, OpenCV DIS/Farneback, occlusions masked); lower is better"
+    description = (
+        "flow warping error of the edited video (flow from the source, OpenCV DIS/Farneback, occlusions masked); "
+        "lower is better"
+    )
     higher_is_better = False
     temporal = True
 
     @dataclass
     class Params:
-        flow: Literal["dis", "farneback"] = field(default="dis", metadata={"help": "OpenCV optical flow (no weights needed)"})
+        flow: Literal["dis", "farneback"] = field(
+            default="dis", metadata={"help": "OpenCV optical flow (no weights needed)"}
+        )
 
     def compute(self, source, edited) -> dict[str, Any]:
         src, ed = as_frames(source), as_frames(edited)
@@ -44,8 +49,12 @@ class WarpError(Metric):
                 acc.append(float(err[m].mean()))
         if not per:
             return {"value": float("nan"), "note": "no pixel passed the occlusion test"}
-        return {"value": float(np.mean(per)), "per_frame": per, "source_value": float(np.mean(base)),
-                "valid_fraction": float(np.mean(valid_frac))}
+        return {
+            "value": float(np.mean(per)),
+            "per_frame": per,
+            "source_value": float(np.mean(base)),
+            "valid_fraction": float(np.mean(valid_frac)),
+        }
 
 
 @ipfacediff.hookimpl

@@ -24,7 +24,9 @@ from ipfacediff.runtime.training import DiffusionObjective, load_prompts, part_m
 class EditObjective(DiffusionObjective):
     """eps2: localized, prompt-following face edits."""
 
-    description = "eps2: target prompts; directional CLIP loss + locality outside the prompt's face part + identity regulariser"
+    description = (
+        "eps2: target prompts; directional CLIP loss + locality outside the prompt's face part + identity regulariser"
+    )
     requires = ("face_processor",)
     term_requires = {"identity": "identity_encoder", "directional": "localization_loss"}
     terms = ("noise", "identity", "directional", "locality")
@@ -35,8 +37,10 @@ class EditObjective(DiffusionObjective):
         super().setup(backbone, faces, components, settings, weights)
         self.prompts = load_prompts(settings.prompts)
         dev = faces.z0.device
-        self.masks = {part: torch.from_numpy(np.stack([part_mask(lm, faces.size, part) for lm in faces.landmarks])).to(dev)
-                      for part in {p for _, p in self.prompts}}
+        self.masks = {
+            part: torch.from_numpy(np.stack([part_mask(lm, faces.size, part) for lm in faces.landmarks])).to(dev)
+            for part in {p for _, p in self.prompts}
+        }
 
     def _targets(self, batch: TrainingBatch) -> list[str]:
         ref = self.settings.reference_prompt
@@ -58,7 +62,9 @@ class EditObjective(DiffusionObjective):
         prompts, idx = [batch.prompts[i] for i in rows], batch.idx[keep.cpu()].tolist()
         if self.weights.get("directional", 0) > 0:
             tar = [t for i, t in enumerate(self._targets(batch)) if i in rows]
-            out["directional"] = self.components["localization_loss"].forward(img, src, tar, [self.settings.reference_prompt or "a face"] * len(tar))
+            out["directional"] = self.components["localization_loss"].forward(
+                img, src, tar, [self.settings.reference_prompt or "a face"] * len(tar)
+            )
         if self.weights.get("locality", 0) > 0:
             outside = torch.stack([1 - self.masks[part][i] for (_, part), i in zip(prompts, idx)])[:, None]
             out["locality"] = (((img - src) ** 2) * outside).sum() / (outside.sum() * 3 + 1e-6)

@@ -18,22 +18,25 @@ import numpy as np
 
 import ipfacediff
 from ipfacediff.interfaces import PropagationInput, Propagator
+from ipfacediff.plugins.propagators._flow_params import FlowParams
 from ipfacediff.runtime.flow import carry_keyframes, optical_flow
 
 
 class FlowResidual(Propagator):
     """Warp each keyframe's edit residual by the source's optical flow; blend the two keyframes."""
 
-    description = "edit residual of the two nearest keyframes warped by the source's optical flow (DIS), occlusions down-weighted"
+    description = (
+        "edit residual of the two nearest keyframes warped by the source's optical flow (DIS), occlusions "
+        "down-weighted"
+    )
     space = "pixels"
     needs = ("source_pixels", "edited_pixels", "reconstructed_pixels")
 
     @dataclass
-    class Params:
-        flow: Literal["dis", "farneback"] = field(default="dis", metadata={"help": "OpenCV optical flow on the source frames"})
-        keyframes: Literal["two-nearest", "nearest"] = field(default="two-nearest", metadata={"help": "blend the keyframes on both sides, or the nearest"})
-        occluded_weight: float = field(default=0.05, metadata={"range": (0.0, 1.0), "help": "weight of a keyframe where its flow fails the forward-backward test"})
-        carry: Literal["residual", "pixels"] = field(default="residual", metadata={"help": "carry the edit residual, or the edited keyframe's pixels"})
+    class Params(FlowParams):
+        carry: Literal["residual", "pixels"] = field(
+            default="residual", metadata={"help": "carry the edit residual, or the edited keyframe's pixels"}
+        )
 
     def propagate(self, inp: PropagationInput) -> np.ndarray:
         src, edited = np.asarray(inp.source_pixels), np.asarray(inp.edited_pixels)
@@ -44,7 +47,17 @@ class FlowResidual(Propagator):
             return optical_flow(src[i], src[keys[j]], method), optical_flow(src[keys[j]], src[i], method)
 
         try:
-            return carry_keyframes(src, edited, recon, keys, inp.frames, flows, self.params.keyframes, self.params.occluded_weight, self.params.carry)
+            return carry_keyframes(
+                src,
+                edited,
+                recon,
+                keys,
+                inp.frames,
+                flows,
+                self.params.keyframes,
+                self.params.occluded_weight,
+                self.params.carry,
+            )
         except ValueError as exc:
             raise ValueError(f"{self.name}: {exc}") from None
 

@@ -12,15 +12,13 @@ needs every frame's latents (a VAE encode and decode of every frame).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import cv2
 import numpy as np
 import torch
 
 import ipfacediff
 from ipfacediff.interfaces import PropagationInput, Propagator
+from ipfacediff.plugins.propagators._flow_params import FlowParams
 from ipfacediff.runtime.flow import optical_flow, valid_mask, warp_back
 from ipfacediff.runtime.tokens import neighbour_keys
 
@@ -35,29 +33,36 @@ def to_grid(flow: np.ndarray, conf: np.ndarray, h: int, w: int) -> tuple[np.ndar
 
 def warp_channels(values: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """:func:`warp_back` for any number of channels ``[h, w, C]`` (OpenCV remaps at most 4 at once)."""
-    return np.concatenate([warp_back(np.ascontiguousarray(values[..., c:c + 4]), flow).reshape(*values.shape[:2], -1)
-                           for c in range(0, values.shape[-1], 4)], -1)
+    return np.concatenate(
+        [
+            warp_back(np.ascontiguousarray(values[..., c : c + 4]), flow).reshape(*values.shape[:2], -1)
+            for c in range(0, values.shape[-1], 4)
+        ],
+        -1,
+    )
 
 
 class LatentFlow(Propagator):
-    """Warp each keyframe's latent edit residual by the source's optical flow (on the latent grid); blend the two keyframes."""
+    """Warp each keyframe's latent edit residual by the source's optical flow (on the latent grid);
+    blend the two keyframes."""
 
-    description = "latent edit residual of the two nearest keyframes warped by the source's optical flow averaged to the latent grid"
+    description = (
+        "latent edit residual of the two nearest keyframes warped by the source's optical flow averaged to the latent "
+        "grid"
+    )
     space = "latents"
     needs = ("source_pixels", "source_latents", "edited_latents")
 
-    @dataclass
-    class Params:
-        flow: Literal["dis", "farneback"] = field(default="dis", metadata={"help": "OpenCV optical flow on the source frames"})
-        keyframes: Literal["two-nearest", "nearest"] = field(default="two-nearest", metadata={"help": "blend the keyframes on both sides, or the nearest"})
-        occluded_weight: float = field(default=0.05, metadata={"range": (0.0, 1.0), "help": "weight of a keyframe where its flow fails the forward-backward test"})
+    Params = FlowParams
 
     def propagate(self, inp: PropagationInput) -> torch.Tensor:
         src, lat, edited = np.asarray(inp.source_pixels), inp.source_latents.float(), inp.edited_latents.float()
         keys, (t, _, h, w) = list(inp.key_rows), lat.shape
         if src.shape[0] != t or edited.shape != (len(keys), *lat.shape[1:]):
-            raise ValueError(f"{self.name}: source pixels {src.shape} / edited latents {tuple(edited.shape)} do not fit "
-                             f"source latents {tuple(lat.shape)} at rows {keys}")
+            raise ValueError(
+                f"{self.name}: source pixels {src.shape} / edited latents {tuple(edited.shape)} do not fit "
+                f"source latents {tuple(lat.shape)} at rows {keys}"
+            )
         residual = (edited - lat[keys]).permute(0, 2, 3, 1).numpy()
         out = lat.clone()
         out[keys] = edited

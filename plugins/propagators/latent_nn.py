@@ -29,7 +29,9 @@ class LatentNN(NearestTokenPropagator):
         for k in keys:
             data = feats[k].numpy()
             index = hnswlib.Index(space="l2", dim=data.shape[1])
-            index.init_index(max_elements=len(data), ef_construction=max(100, self.params.ef), M=self.params.m, random_seed=0)
+            index.init_index(
+                max_elements=len(data), ef_construction=max(100, self.params.ef), M=self.params.m, random_seed=0
+            )
             index.set_num_threads(self.params.threads)
             index.add_items(data, list(range(len(data))))
             index.set_ef(self.params.ef)

@@ -16,31 +16,36 @@ same landmarks) marks its rows: it grades itself there. Frames without a tracked
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import cv2
 import numpy as np
 
 import ipfacediff
 from ipfacediff.interfaces import PropagationInput, Propagator
+from ipfacediff.plugins.propagators._flow_params import FlowParams
 from ipfacediff.runtime.flow import carry_keyframes, grid, optical_flow, photometric_error
 
 
 class MeshFlow(Propagator):
     """Face-model (FaceMesh) motion where it fits the pixels, optical flow elsewhere; edit residuals carried by it."""
 
-    description = "edit residual carried by the face's FaceMesh motion where it fits the pixels, DIS optical flow elsewhere"
+    description = (
+        "edit residual carried by the face's FaceMesh motion where it fits the pixels, DIS optical flow elsewhere"
+    )
     space = "pixels"
     needs = ("source_pixels", "edited_pixels", "reconstructed_pixels", "faces")
     landmark_model = "facemesh"
 
     @dataclass
-    class Params:
-        tolerance: float = field(default=2.0, metadata={"range": (0.0, 255.0),
-                                                        "help": "grey levels of photometric error the face-model motion may exceed the flow's by and still be used"})
-        flow: Literal["dis", "farneback"] = field(default="dis", metadata={"help": "OpenCV optical flow on the source frames"})
-        keyframes: Literal["two-nearest", "nearest"] = field(default="two-nearest", metadata={"help": "blend the keyframes on both sides, or the nearest"})
-        occluded_weight: float = field(default=0.05, metadata={"range": (0.0, 1.0), "help": "weight of a keyframe where its motion fails the forward-backward test"})
+    class Params(FlowParams):
+        tolerance: float = field(
+            default=2.0,
+            metadata={
+                "range": (0.0, 255.0),
+                "help": "grey levels of photometric error the face-model motion may exceed the flow's by "
+                "and still be used",
+            },
+        )
         weights: str | None = field(default=None, metadata={"help": "facemesh.pth (default: the model resolver's)"})
 
     def _landmarks(self, src: np.ndarray, faces) -> list[np.ndarray | None]:
@@ -83,7 +88,9 @@ class MeshFlow(Propagator):
             return self._motion(src[i], src[k], lms[i], lms[k]), self._motion(src[k], src[i], lms[k], lms[i])
 
         try:
-            return carry_keyframes(src, edited, recon, keys, inp.frames, flows, self.params.keyframes, self.params.occluded_weight)
+            return carry_keyframes(
+                src, edited, recon, keys, inp.frames, flows, self.params.keyframes, self.params.occluded_weight
+            )
         except ValueError as exc:
             raise ValueError(f"{self.name}: {exc}") from None
 

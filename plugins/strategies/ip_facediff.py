@@ -22,25 +22,31 @@ import torch
 import ipfacediff
 from ipfacediff.errors import ParameterError
 from ipfacediff.interfaces import EditRun, PropagationInput, Strategy
-from ipfacediff.runtime.face import template_face
 from ipfacediff.runtime.cache import hash_tensor
 from ipfacediff.runtime.diffusion import decoder_token_features
 from ipfacediff.runtime.editing import chunk_with_borders, keyframe_groups, refine
+from ipfacediff.runtime.face import template_face
 from ipfacediff.runtime.progress import progress_bar
 
 
 class IPFaceDiff(Strategy):
     """Invert and edit the keyframes (identity injection), propagate the edit to the other frames."""
 
-    description = "IP-FaceDiff: keyframes inverted and edited jointly (eps1 features injected into eps2), the edit propagated to every frame"
+    description = (
+        "IP-FaceDiff: keyframes inverted and edited jointly (eps1 features injected into eps2), the edit propagated "
+        "to every frame"
+    )
     requires = ("face_processor", "inverter", "editor", "propagator")
 
     def prepare(self, run: EditRun) -> None:
         editor, inverter, e = run.components["editor"], run.components["inverter"], run.embeds
         prop = run.components["propagator"]
         if prop.space == "pixels" and run.settings.refine_steps > 0:
-            raise ParameterError(f"settings.refine_steps {run.settings.refine_steps}: refinement denoises latents, and the propagator "
-                                 f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-flow, latent-nn, exact-nn)")
+            raise ParameterError(
+                f"settings.refine_steps {run.settings.refine_steps}: refinement denoises latents, and the propagator "
+                f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-flow, latent-nn, "
+                "exact-nn)"
+            )
         groups = keyframe_groups(run.keys, run.settings.keyframe_group)
         self.key_pos = {key: i for i, key in enumerate(run.keys)}  # keyframe row -> position among the keyframes
         run.report["keyframe_groups"] = len(groups)
@@ -56,9 +62,13 @@ class IPFaceDiff(Strategy):
         with progress_bar("keyframes", len(run.keys), run.show_progress) as bar:
             for g in groups:
                 lat = run.rows(g)
-                parts = {"latents": hash_tensor(lat), "embeds": {k: hash_tensor(v) for k, v in e.items()},
-                         "editor": [editor.name, asdict(editor.params)], "inverter": [inverter.name, asdict(inverter.params)]}
-                edited = run.cached("keyframe-edits", parts, lambda: edit_group(lat))
+                parts = {
+                    "latents": hash_tensor(lat),
+                    "embeds": {k: hash_tensor(v) for k, v in e.items()},
+                    "editor": [editor.name, asdict(editor.params)],
+                    "inverter": [inverter.name, asdict(inverter.params)],
+                }
+                edited = run.cached("keyframe-edits", parts, lambda lat=lat: edit_group(lat))
                 for row, value in zip(g, edited):
                     self.edited.setdefault(row, value)  # an anchor keeps its first group's edit
                 bar.advance(len(g) if g is groups[0] else len(g) - 1)
@@ -78,23 +88,35 @@ class IPFaceDiff(Strategy):
         from ipfacediff.runtime.frames import to_uint8
 
         k, r, bs = len(run.keys), run.backbone.resolution, run.settings.batch_size
-        self.key_src = np.lib.format.open_memmap(run.scratch / "key-source.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3))
-        self.key_out = np.lib.format.open_memmap(run.scratch / "key-edited.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3))
+        self.key_src = np.lib.format.open_memmap(
+            run.scratch / "key-source.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3)
+        )
+        self.key_out = np.lib.format.open_memmap(
+            run.scratch / "key-edited.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3)
+        )
         with run.timer("decode_keyframes"):
             for s in range(0, k, bs):
-                rows = run.keys[s:s + bs]
+                rows = run.keys[s : s + bs]
                 src = run.crops(rows)
-                edit = to_uint8(run.backbone.decode_latents(torch.stack([self.edited[row] for row in rows]))).astype(np.int16)
+                edit = to_uint8(run.backbone.decode_latents(torch.stack([self.edited[row] for row in rows]))).astype(
+                    np.int16
+                )
                 recon = to_uint8(run.backbone.decode_latents(run.rows(rows))).astype(np.int16)
-                self.key_src[s:s + len(rows)] = src
-                self.key_out[s:s + len(rows)] = np.clip(src.astype(np.int16) + edit - recon, 0, 255).astype(np.uint8)
+                self.key_src[s : s + len(rows)] = src
+                self.key_out[s : s + len(rows)] = np.clip(src.astype(np.int16) + edit - recon, 0, 255).astype(np.uint8)
 
     # ----------------------------------------------------------------------- matching features
     def _eps1(self, run: EditRun, rows: list[int]) -> torch.Tensor:
         run.backbone.set_adapter("identity")
         try:
-            return decoder_token_features(run.backbone, run.rows(rows), run.settings.propagation_timestep, run.embeds["empty"], run.seed,
-                                          run.settings.batch_size)
+            return decoder_token_features(
+                run.backbone,
+                run.rows(rows),
+                run.settings.propagation_timestep,
+                run.embeds["empty"],
+                run.seed,
+                run.settings.batch_size,
+            )
         finally:
             run.backbone.set_adapter(None)
 
@@ -105,7 +127,12 @@ class IPFaceDiff(Strategy):
             return run.rows(rows)
         others = [r for r in rows if r not in self.key_pos]
         computed = dict(zip(others, self._eps1(run, others))) if others else {}
-        return torch.stack([torch.from_numpy(np.array(self.key_features[self.key_pos[r]])) if r in self.key_pos else computed[r] for r in rows])
+        return torch.stack(
+            [
+                torch.from_numpy(np.array(self.key_features[self.key_pos[r]])) if r in self.key_pos else computed[r]
+                for r in rows
+            ]
+        )
 
     def _key_stats(self, run: EditRun) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std of the keyframes' token features: one normalisation for every
@@ -114,12 +141,16 @@ class IPFaceDiff(Strategy):
         bs, eps1 = run.settings.batch_size, run.settings.propagation_source == "eps1"
         self.key_features = None
         for s in range(0, len(run.keys), bs):
-            f = self._eps1(run, run.keys[s:s + bs]) if eps1 else run.rows(run.keys[s:s + bs])
+            f = self._eps1(run, run.keys[s : s + bs]) if eps1 else run.rows(run.keys[s : s + bs])
             if eps1:
                 if self.key_features is None:
-                    self.key_features = np.lib.format.open_memmap(run.scratch / "key-features.npy", mode="w+", dtype=np.float16,
-                                                                  shape=(len(run.keys), *f.shape[1:]))
-                self.key_features[s:s + f.shape[0]] = f.half().numpy()
+                    self.key_features = np.lib.format.open_memmap(
+                        run.scratch / "key-features.npy",
+                        mode="w+",
+                        dtype=np.float16,
+                        shape=(len(run.keys), *f.shape[1:]),
+                    )
+                self.key_features[s : s + f.shape[0]] = f.half().numpy()
             f = f.double()
             total = f.sum(dim=(0, 2, 3)) + (0 if total is None else total)
             total_sq = (f * f).sum(dim=(0, 2, 3)) + (0 if total_sq is None else total_sq)
@@ -140,16 +171,26 @@ class IPFaceDiff(Strategy):
         if others:
             src[others] = run.crops([sub[p] for p in others])  # only the chunk's own frames are read and aligned
         inp.source_pixels = src
-        zoom = float(getattr(run.components["face_processor"].params, "zoom", 0.45)) if "face_processor" in run.components else 0.45
+        zoom = (
+            float(getattr(run.components["face_processor"].params, "zoom", 0.45))
+            if "face_processor" in run.components
+            else 0.45
+        )
         inp.faces = [template_face(src.shape[1], zoom)] * len(sub)
 
     def render(self, run: EditRun, rows: list[int]) -> torch.Tensor | np.ndarray:
         prop = run.components["propagator"]
         with run.timer("propagate"):
             sub, sub_keys, first = chunk_with_borders(rows, run.keys)  # the keyframes on both sides take part
-            inp = PropagationInput(key_rows=sub_keys, frames=[run.face_frames[r] for r in sub], stats=self.stats,
-                                   edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]))
-            if prop.space == "latents" or "source_latents" in prop.needs:  # with pixel propagation only keyframes are encoded
+            inp = PropagationInput(
+                key_rows=sub_keys,
+                frames=[run.face_frames[r] for r in sub],
+                stats=self.stats,
+                edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]),
+            )
+            if (
+                prop.space == "latents" or "source_latents" in prop.needs
+            ):  # with pixel propagation only keyframes are encoded
                 inp.source_latents = run.rows(sub)
             if "features" in prop.needs:
                 inp.features = self._features(run, sub)
@@ -157,10 +198,13 @@ class IPFaceDiff(Strategy):
                 self._source_pixels(run, inp, sub, sub_keys)
             if prop.space == "pixels":
                 keyed = [self.key_pos[sub[p]] for p in sub_keys]
-                inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
-                return prop.propagate(inp)[first:first + len(rows)]
+                inp.edited_pixels, inp.reconstructed_pixels = (
+                    np.array(self.key_out[keyed]),
+                    np.array(self.key_src[keyed]),
+                )
+                return prop.propagate(inp)[first : first + len(rows)]
             out = prop.propagate(inp)
-            out = out[first:first + len(rows)].float()
+            out = out[first : first + len(rows)].float()
             if run.settings.refine_steps > 0:
                 self._refine(run, rows, out)
         return out
@@ -176,11 +220,13 @@ class IPFaceDiff(Strategy):
         bs = run.settings.batch_size
         for pair, ps in by_pair.items():
             for s in range(0, len(ps), bs):
-                part = ps[s:s + bs]
+                part = ps[s : s + bs]
                 out[part] = refine(run, out[part], [rows[p] for p in part], {k: self.edited[k] for k in pair})
 
     def close(self) -> None:
-        self.key_features = self.key_src = self.key_out = None  # memory maps closed; the job removes the scratch folder
+        self.key_features = self.key_src = self.key_out = (
+            None  # memory maps closed; the job removes the scratch folder
+        )
 
 
 @ipfacediff.hookimpl

@@ -3,21 +3,14 @@
 
 from __future__ import annotations
 
-import torch
-
 import ipfacediff
-from ipfacediff.interfaces import EditRun, Strategy
-from ipfacediff.runtime.editing import edit_in_batches
+from ipfacediff.plugins.strategies._every_frame import EveryFrame
 
 
-class SDEdit(Strategy):
+class SDEdit(EveryFrame):
     """Noise every frame of each chunk part-way, denoise it with the target prompt."""
 
     description = "baseline (SDEdit): every frame noised part-way and denoised with the target prompt"
-    requires = ("face_processor", "inverter", "editor")
-
-    def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
-        return edit_in_batches(run, run.invert(run.rows(rows)), "edit_frames")
 
 
 @ipfacediff.hookimpl

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ def nearest_tokens(query: torch.Tensor, pool: torch.Tensor, block: int = 2048) -
     """For each token of ``query [n, c]`` the index of its nearest token of ``pool [m, c]`` (cosine),
     ``block`` query tokens at a time (an ``n x m`` similarity is never held whole)."""
     q, p = F.normalize(query.float(), dim=-1), F.normalize(pool.float(), dim=-1)
-    return torch.cat([(q[s:s + block] @ p.T).argmax(-1) for s in range(0, q.shape[0], block)])
+    return torch.cat([(q[s : s + block] @ p.T).argmax(-1) for s in range(0, q.shape[0], block)])
 
 
 class TokenFlowAttention:
@@ -69,10 +70,20 @@ class TokenFlowAttention:
     def __init__(self, name: str, state: _State):
         self.name, self.state = name, state
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if hidden_states.ndim != 3 or attn.group_norm is not None or attn.spatial_norm is not None:
-            raise ValueError(f"{self.name}: TokenFlow propagation needs a transformer block's self-attention ([B, tokens, C] input)")
+            raise ValueError(
+                f"{self.name}: TokenFlow propagation needs a transformer block's self-attention ([B, tokens, C] input)"
+            )
         st = self.state
         g = hidden_states.shape[0] // st.groups
         if st.mode == "propagate":
@@ -83,7 +94,9 @@ class TokenFlowAttention:
         b, n, _ = q.shape
         kk = k.view(st.groups, 1, g * n, -1).expand(-1, g, -1, -1).reshape(b, g * n, -1)  # extended attention
         vv = v.view(st.groups, 1, g * n, -1).expand(-1, g, -1, -1).reshape(b, g * n, -1)
-        out = F.scaled_dot_product_attention(split_heads(q, attn.heads), split_heads(kk, attn.heads), split_heads(vv, attn.heads))
+        out = F.scaled_dot_product_attention(
+            split_heads(q, attn.heads), split_heads(kk, attn.heads), split_heads(vv, attn.heads)
+        )
         out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b, n, -1)))
         if attn.residual_connection:
             out = out + hidden_states
@@ -157,16 +170,34 @@ def pivot_pairs(rows: list[int], pivots: list[int]) -> list[tuple[int, int | Non
 class TokenFlow(Strategy):
     """Invert every frame; per step denoise random pivots jointly, propagate their attention to every frame."""
 
-    description = "baseline (TokenFlow as published): every frame inverted and denoised; random pivots per step with extended attention, " \
-                  "their attention outputs carried by nearest-neighbour fields of the source features; PnP injection on every frame"
+    description = (
+        "baseline (TokenFlow as published): every frame inverted and denoised; random pivots per step with extended "
+        "attention, "
+        "their attention outputs carried by nearest-neighbour fields of the source features; PnP injection on every "
+        "frame"
+    )
     requires = ("face_processor", "inverter")
 
     @dataclass
     class Params:
-        guidance_scale: float | None = field(default=None, metadata={"range": (1.0, 50.0), "help": "classifier-free guidance (null: the editor's, else 7.5)"})
-        batch_size: int = field(default=8, metadata={"range": (1, 64), "help": "frames per UNet batch (x3: source, uncond, cond); one pivot per batch"})
-        attn_fraction: float = field(default=0.5, metadata={"range": (0.0, 1.0), "help": "fraction of steps with Plug-and-Play q/k injection"})
-        residual_fraction: float = field(default=0.8, metadata={"range": (0.0, 1.0), "help": "fraction of steps with Plug-and-Play residual injection"})
+        guidance_scale: float | None = field(
+            default=None,
+            metadata={"range": (1.0, 50.0), "help": "classifier-free guidance (null: the editor's, else 7.5)"},
+        )
+        batch_size: int = field(
+            default=8,
+            metadata={
+                "range": (1, 64),
+                "help": "frames per UNet batch (x3: source, uncond, cond); one pivot per batch",
+            },
+        )
+        attn_fraction: float = field(
+            default=0.5, metadata={"range": (0.0, 1.0), "help": "fraction of steps with Plug-and-Play q/k injection"}
+        )
+        residual_fraction: float = field(
+            default=0.8,
+            metadata={"range": (0.0, 1.0), "help": "fraction of steps with Plug-and-Play residual injection"},
+        )
 
     def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
         inv = run.invert(run.rows(rows))
@@ -175,11 +206,16 @@ class TokenFlow(Strategy):
             guidance = run.components["editor"].guidance_scale if "editor" in run.components else 7.5
         with run.timer("denoise_all"):
             x = self.denoise(run.backbone, inv, run.embeds, guidance, run.seed * 1_000_003 + rows[0])
-        run.report["tokenflow"] = {"batch_size": self.params.batch_size, "pivots_per_step": len(self.pivots[0]) if self.pivots else 0,
-                                   "max_unet_batch": self.max_batch}
+        run.report["tokenflow"] = {
+            "batch_size": self.params.batch_size,
+            "pivots_per_step": len(self.pivots[0]) if self.pivots else 0,
+            "max_unet_batch": self.max_batch,
+        }
         return x.float()
 
-    def denoise(self, backbone: Backbone, inv: Inversion, embeds: dict[str, torch.Tensor], guidance: float, seed: int) -> torch.Tensor:
+    def denoise(
+        self, backbone: Backbone, inv: Inversion, embeds: dict[str, torch.Tensor], guidance: float, seed: int
+    ) -> torch.Tensor:
         """Denoise every frame of ``inv`` (see the module docstring); ``self.pivots`` lists each step's pivots."""
         from diffusers import DDIMScheduler
 
@@ -223,8 +259,13 @@ class TokenFlow(Strategy):
                 bar.advance()
         backbone.set_adapter(None)
         if missing:
-            warnings.warn(f"tokenflow: the inversion has no latent at {len(missing)} of {len(ts)} sampling timesteps ({missing[:4]}): "
-                          f"there it matched on the current latents and injected nothing", EditWarning)
+            warnings.warn(
+                f"tokenflow: the inversion has no latent at {len(missing)} of {len(ts)} sampling timesteps "
+                f"({missing[:4]}): "
+                f"there it matched on the current latents and injected nothing",
+                EditWarning,
+                stacklevel=2,
+            )
         return x
 
 

@@ -30,16 +30,33 @@ from typing import Any
 
 from ipfacediff.errors import InputError, ParameterError
 from ipfacediff.jobs.bench.executors import run_local, run_ray
-from ipfacediff.jobs.bench.plan import DEFAULT_METRICS, DEFAULT_PIPELINES, SCHEMA, BenchRequest, find_videos, load_prompts_file, plan_groundtruth, plan_jobs
+from ipfacediff.jobs.bench.plan import (
+    DEFAULT_METRICS,
+    DEFAULT_PIPELINES,
+    SCHEMA,
+    BenchRequest,
+    find_videos,
+    load_prompts_file,
+    plan_groundtruth,
+    plan_jobs,
+)
 from ipfacediff.jobs.bench.report import _notes, _strip_and_plots, print_table, summarize, write_html
 from ipfacediff.runtime.files import write_atomic
 
-__all__ = ["BenchRequest", "DEFAULT_METRICS", "DEFAULT_PIPELINES", "SCHEMA", "find_videos", "load_prompts_file", "run_bench"]
+__all__ = [
+    "BenchRequest",
+    "DEFAULT_METRICS",
+    "DEFAULT_PIPELINES",
+    "SCHEMA",
+    "find_videos",
+    "load_prompts_file",
+    "run_bench",
+]
 
 
 def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
-    from ipfacediff.runtime.progress import progress_bar
     from ipfacediff.registry import load_registry
+    from ipfacediff.runtime.progress import progress_bar
 
     if req.steps < 1:
         raise ParameterError(f"--steps {req.steps}: must be at least 1")
@@ -64,17 +81,23 @@ def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
         rows = runner(jobs, lambda row: bar.advance(description=f"{row['pipeline']} {row['clip']}"))
     summary = summarize(rows, req.metrics)
     notes = _notes(rows, req.metrics)
-    settings = {"videos": [str(v) for v in req.videos], "pipelines": req.pipelines, "metrics": req.metrics, "backbone": req.backbone,
-                "steps": req.steps, "max_frames": req.max_frames, "seed": req.seed, "sets": req.sets, "executor": req.executor,
-                "prompts": req.prompts}
+    settings = {
+        "videos": [str(v) for v in req.videos],
+        "pipelines": req.pipelines,
+        "metrics": req.metrics,
+        "backbone": req.backbone,
+        "steps": req.steps,
+        "max_frames": req.max_frames,
+        "seed": req.seed,
+        "sets": req.sets,
+        "executor": req.executor,
+        "prompts": req.prompts,
+    }
     assets = _strip_and_plots(rows, req.metrics, summary, req.output)
     write_html(req.output / "report.html", rows, summary, req.metrics, notes, assets, settings)
-    result = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings,
-              "jobs": len(rows), "jobs_skipped": sum(1 for r in rows if r.get("skipped")), "seconds": round(time.perf_counter() - t0, 3),
-              "summary": summary, "notes": notes, "rows": [{k: v for k, v in r.items() if k != "skipped"} | {"skipped": bool(r.get("skipped"))}
-                                                           for r in rows],
-              "report": str(req.output / "report.html")}
-    write_atomic(req.output / "results.json", json.dumps(result, indent=1, default=str))
+    result = _write_results(
+        req, settings, rows, t0, summary=summary, notes=notes, report=str(req.output / "report.html")
+    )
     if console is not None:
         print_table(summary, req.metrics, notes, console)
     return result
@@ -92,11 +115,34 @@ def _run_groundtruth(req: BenchRequest, console=None) -> dict[str, Any]:
         rows = runner(jobs, lambda row: bar.advance(description=f"{row['clip']} {row['edit']}"))
     markdown = groundtruth_tables(rows, console)
     write_atomic(req.output / "groundtruth.md", markdown)
-    settings = {"videos": [str(v) for v in req.videos], "propagators": req.propagators, "intervals": req.intervals, "edits": req.edits,
-                "max_frames": req.max_frames, "seed": req.seed, "sets": req.sets, "executor": req.executor}
-    result = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "settings": settings, "jobs": len(rows),
-              "jobs_skipped": sum(1 for r in rows if r.get("skipped")), "seconds": round(time.perf_counter() - t0, 3),
-              "rows": [{k: v for k, v in r.items() if k != "skipped"} | {"skipped": bool(r.get("skipped"))} for r in rows],
-              "tables": str(req.output / "groundtruth.md")}
+    settings = {
+        "videos": [str(v) for v in req.videos],
+        "propagators": req.propagators,
+        "intervals": req.intervals,
+        "edits": req.edits,
+        "max_frames": req.max_frames,
+        "seed": req.seed,
+        "sets": req.sets,
+        "executor": req.executor,
+    }
+    return _write_results(req, settings, rows, t0, tables=str(req.output / "groundtruth.md"))
+
+
+def _write_results(
+    req: BenchRequest, settings: dict[str, Any], rows: list[dict], t0: float, **extra
+) -> dict[str, Any]:
+    """``results.json``: the schema, the run's settings, the jobs (skipped ones counted and marked), the
+    wall time, the rows and ``extra`` (the summary, notes, where the report or tables are)."""
+    result = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": settings,
+        "jobs": len(rows),
+        "jobs_skipped": sum(1 for r in rows if r.get("skipped")),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    rows_out = [{k: v for k, v in r.items() if k != "skipped"} | {"skipped": bool(r.get("skipped"))} for r in rows]
+    extra_first = {k: v for k, v in extra.items() if k in ("summary", "notes")}
+    result |= extra_first | {"rows": rows_out} | {k: v for k, v in extra.items() if k not in extra_first}
     write_atomic(req.output / "results.json", json.dumps(result, indent=1, default=str))
     return result

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ipfacediff.errors import ParameterError
 from ipfacediff.jobs.bench.run import run_job
+
 
 def run_local(jobs: list[dict[str, Any]], on_done: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     rows = []
@@ -49,7 +51,7 @@ def run_ray(jobs: list[dict[str, Any]], on_done: Callable[[dict[str, Any]], None
                     rows[i] = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    raise cause if isinstance(cause, Exception) else exc
+                    raise (cause if isinstance(cause, Exception) else exc) from None
                 on_done(rows[i])
         return [r for r in rows if r is not None]
     finally:

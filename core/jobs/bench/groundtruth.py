@@ -44,7 +44,9 @@ def track_landmarks(frames: np.ndarray, track, net=None) -> np.ndarray:
 
 def _hull_mask(points: np.ndarray, shape) -> np.ndarray:
     m = np.zeros(shape[:2], np.uint8)
-    cv2.fillConvexPoly(m, np.rint(cv2.convexHull(points[:, :2].astype(np.float32))[:, 0] * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    cv2.fillConvexPoly(
+        m, np.rint(cv2.convexHull(points[:, :2].astype(np.float32))[:, 0] * 16).astype(np.int32), 1, cv2.LINE_8, 4
+    )
     return m.astype(bool)
 
 
@@ -64,7 +66,7 @@ def _paint_layer(lms: np.ndarray, shape, seed: int) -> np.ndarray:
     nose_y = (pts[NOSE_TIP] @ rot.T)[1]
     eye_w = float(np.linalg.norm(d))
     region = face_mask(lms, shape) & (up[..., 1] > nose_y)
-    mouth = ((pts[MOUTH_CORNERS[0]] + pts[MOUTH_CORNERS[1]]) / 2)
+    mouth = (pts[MOUTH_CORNERS[0]] + pts[MOUTH_CORNERS[1]]) / 2
     mw = np.linalg.norm(pts[MOUTH_CORNERS[1]] - pts[MOUTH_CORNERS[0]]) * 0.65
     mh = max(np.linalg.norm(pts[INNER_LIPS[0]] - pts[INNER_LIPS[1]]), 0.15 * mw) + 0.3 * mw
     mu = mouth @ rot.T
@@ -74,7 +76,11 @@ def _paint_layer(lms: np.ndarray, shape, seed: int) -> np.ndarray:
     u, v = up[..., 0] / period, up[..., 1] / period
     hue = (np.sin(u * 2.1 + v * 1.3) * 0.5 + 0.5) * 120 + (np.sin(v * 3.7) > 0.2) * 40
     noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    hsv = np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1).clip(0, 255).astype(np.uint8)
+    hsv = (
+        np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1)
+        .clip(0, 255)
+        .astype(np.uint8)
+    )
     color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
     alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75
     return np.concatenate([color, alpha[..., None]], -1)
@@ -95,17 +101,41 @@ def _glasses_layer(lms: np.ndarray, shape) -> np.ndarray:
         width = np.linalg.norm(pts[outer] - pts[inner]) * 1.9
         axes = (width / 2, width * 0.36)
         rims.append((c, axes))
-        cv2.ellipse(canvas, tuple(int(round(x * ss)) for x in c), tuple(int(round(a * ss)) for a in axes), ang, 0, 360, 1.0, thick, cv2.LINE_AA)
+        cv2.ellipse(
+            canvas,
+            tuple(int(round(x * ss)) for x in c),
+            tuple(int(round(a * ss)) for a in axes),
+            ang,
+            0,
+            360,
+            1.0,
+            thick,
+            cv2.LINE_AA,
+        )
     u = d / (np.linalg.norm(d) + 1e-9)
     a_in = rims[0][0] + u * rims[0][1][0]
     b_in = rims[1][0] - u * rims[1][1][0]
-    cv2.line(canvas, tuple(int(round(x * ss)) for x in a_in), tuple(int(round(x * ss)) for x in b_in), 1.0, thick, cv2.LINE_AA)
+    cv2.line(
+        canvas,
+        tuple(int(round(x * ss)) for x in a_in),
+        tuple(int(round(x * ss)) for x in b_in),
+        1.0,
+        thick,
+        cv2.LINE_AA,
+    )
     hull = cv2.convexHull(pts.astype(np.float32))[:, 0]
     for c, axes, sign in ((rims[0][0], rims[0][1], -1), (rims[1][0], rims[1][1], 1)):
         start = c + sign * u * axes[0]
         side = hull[np.argmax((hull - c) @ (sign * u))]
         end = start + (side - start) * 0.95
-        cv2.line(canvas, tuple(int(round(x * ss)) for x in start), tuple(int(round(x * ss)) for x in end), 1.0, thick, cv2.LINE_AA)
+        cv2.line(
+            canvas,
+            tuple(int(round(x * ss)) for x in start),
+            tuple(int(round(x * ss)) for x in end),
+            1.0,
+            thick,
+            cv2.LINE_AA,
+        )
     alpha = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95
     color = np.empty((h, w, 3), np.float32)
     color[:] = (22, 20, 24)
@@ -121,7 +151,9 @@ def edit_layer(lms: np.ndarray, shape, kind: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"ground truth: unknown edit {kind!r} ({', '.join(EDITS)})")
 
 
-def ground_truth(frames: np.ndarray, lms: np.ndarray, kind: str, ref: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def ground_truth(
+    frames: np.ndarray, lms: np.ndarray, kind: str, ref: int = 0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The edited clip (``uint8 [T, H, W, 3]``) and the edit's alpha per frame (``[T, H, W]``): the
     layer drawn on frame ``ref`` carried to each frame by the piecewise-affine landmark warp."""
     shape = frames.shape[1:3]
@@ -132,7 +164,9 @@ def ground_truth(frames: np.ndarray, lms: np.ndarray, kind: str, ref: int = 0, s
         mp, inside = piecewise_affine_map(lms[t], lms[ref], tris, shape, depth=lms[t][:, 2])
         lt = cv2.remap(layer, mp[..., 0], mp[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         a = np.where(inside, lt[..., 3], 0.0).astype(np.float32)
-        out[t] = np.clip(np.rint(f.astype(np.float32) * (1 - a[..., None]) + lt[..., :3] * a[..., None]), 0, 255).astype(np.uint8)
+        out[t] = np.clip(
+            np.rint(f.astype(np.float32) * (1 - a[..., None]) + lt[..., :3] * a[..., None]), 0, 255
+        ).astype(np.uint8)
         alphas[t] = a
     return out, alphas
 
@@ -151,8 +185,8 @@ def _masked_scores(out: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[f
     if not mask.any():
         return float("nan"), float("nan")
     d = (out.astype(np.float64) - gt.astype(np.float64))[mask]
-    mse = float((d ** 2).mean())
-    psnr = 100.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    mse = float((d**2).mean())
+    psnr = 100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     if min(y1 - y0, x1 - x0) < 7:
@@ -180,7 +214,11 @@ def warp_error(frames: np.ndarray, motion: list[tuple[np.ndarray, np.ndarray]]) 
     by the *source*'s optical flow (:func:`source_motion`), where that flow is trusted."""
     from ipfacediff.runtime.flow import warp_back
 
-    errs = [float(np.abs(warp_back(frames[t + 1], fwd).astype(np.float32) - frames[t])[m].mean()) for t, (fwd, m) in enumerate(motion) if m.any()]
+    errs = [
+        float(np.abs(warp_back(frames[t + 1], fwd).astype(np.float32) - frames[t])[m].mean())
+        for t, (fwd, m) in enumerate(motion)
+        if m.any()
+    ]
     return float(np.mean(errs)) if errs else float("nan")
 
 
@@ -201,7 +239,9 @@ def _roundtrip(gt: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
         for t in range(len(gt)):
             x = torch.from_numpy(np.ascontiguousarray(gt[t, y0:y1, x0:x1])).permute(2, 0, 1)[None].float() / 127.5 - 1
             y = vae.decode(vae.encode(x).latents).sample
-            out[t, y0:y1, x0:x1] = ((y[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()[: y1 - y0, : x1 - x0]
+            out[t, y0:y1, x0:x1] = (
+                ((y[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()[: y1 - y0, : x1 - x0]
+            )
     return out
 
 
@@ -215,7 +255,9 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
     from ipfacediff.runtime.video import open_frames
 
     catalog = get_catalog()
-    processor = catalog.build("face_processor", job["face_processor"] or "retinaface", job["sets"].get("face_processor", {}))
+    processor = catalog.build(
+        "face_processor", job["face_processor"] or "retinaface", job["sets"].get("face_processor", {})
+    )
     src = open_frames(job["clip"])
     try:
         n = min(len(src), job["max_frames"] or 33)
@@ -228,7 +270,10 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
     lms = track_landmarks(frames, track)
     gt, alpha = ground_truth(frames, lms, job["edit"], seed=job["seed"])
     faces = [face_mask(lm, frames.shape[1:3]) for lm in lms]
-    edits = [cv2.dilate((a > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & f for a, f in zip(alpha, faces)]
+    edits = [
+        cv2.dilate((a > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & f
+        for a, f in zip(alpha, faces)
+    ]
     motion = source_motion(frames, faces)
     rows: list[dict] = []
     methods = list(BASELINES) + list(job["propagators"])
@@ -241,19 +286,32 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
             out, marked = _method_output(m, job, catalog, frames, gt, faces, keys, track, processor, shown)
             fs = [_masked_scores(out[t], gt[t], faces[t]) for t in others]
             es = [_masked_scores(out[t], gt[t], edits[t]) for t in others]
-            rows.append({"method": m, "interval": interval, "self_graded": marked,
-                         "face_psnr": float(np.nanmean([a for a, _ in fs])), "face_ssim": float(np.nanmean([b for _, b in fs])),
-                         "edit_psnr": float(np.nanmean([a for a, _ in es])), "edit_ssim": float(np.nanmean([b for _, b in es])),
-                         "warp_error": warp_error(out, motion), "seconds": round(time.perf_counter() - t0, 3)})
+            rows.append(
+                {
+                    "method": m,
+                    "interval": interval,
+                    "self_graded": marked,
+                    "face_psnr": float(np.nanmean([a for a, _ in fs])),
+                    "face_ssim": float(np.nanmean([b for _, b in fs])),
+                    "edit_psnr": float(np.nanmean([a for a, _ in es])),
+                    "edit_ssim": float(np.nanmean([b for _, b in es])),
+                    "warp_error": warp_error(out, motion),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
             if interval == job["intervals"][-1]:
                 shown[m] = out
-    rows.append({"method": "ground truth", "interval": None, "self_graded": False, "warp_error": warp_error(gt, motion)})
+    rows.append(
+        {"method": "ground truth", "interval": None, "self_graded": False, "warp_error": warp_error(gt, motion)}
+    )
     strip = _strip(frames, gt, shown, faces, job["intervals"][-1], n)
     cv2.imwrite(str(Path(job_dir) / "strip.png"), strip[..., ::-1])
     return {"scores": rows, "frames": n, "strip": str(Path(job_dir) / "strip.png")}
 
 
-def _method_output(m: str, job: dict, catalog, frames, gt, faces, keys, track, processor, shown) -> tuple[np.ndarray, bool]:
+def _method_output(
+    m: str, job: dict, catalog, frames, gt, faces, keys, track, processor, shown
+) -> tuple[np.ndarray, bool]:
     """One method's output clip given the ground truth's keyframes, and whether it follows FaceMesh."""
     from ipfacediff.jobs.propagate import carry_edits
 
@@ -266,10 +324,22 @@ def _method_output(m: str, job: dict, catalog, frames, gt, faces, keys, track, p
         return shown["_rt"], False
     if m == "copy-nearest":
         return np.stack([gt[min(keys, key=lambda k: (abs(k - t), k))] for t in range(n)]), False
-    name, params = ("flow-residual", {"carry": "pixels"}) if m == "flow-warp-edited" else (m, job["sets"].get("propagators", {}).get(m, {}))
+    name, params = (
+        ("flow-residual", {"carry": "pixels"})
+        if m == "flow-warp-edited"
+        else (m, job["sets"].get("propagators", {}).get(m, {}))
+    )
     prop = catalog.build("propagator", name, params, f"--propagators {m}")
     chunks: list[np.ndarray] = []
-    carry_edits(lambda idx: frames[idx], n, {k: gt[k] for k in keys}, track, processor, prop, on_frames=lambda first, f: chunks.append(f))
+    carry_edits(
+        lambda idx: frames[idx],
+        n,
+        {k: gt[k] for k in keys},
+        track,
+        processor,
+        prop,
+        on_frames=lambda first, f: chunks.append(f),
+    )
     return np.concatenate(chunks), prop.landmark_model == "facemesh"
 
 
@@ -291,7 +361,9 @@ def _strip(frames, gt, shown, faces, interval, n) -> np.ndarray:
     for m, out in shown.items():
         if m.startswith("_") or m == "source":
             continue
-        err = np.repeat(np.clip(np.abs(out[t].astype(np.int16) - gt[t]).max(-1) * 4, 0, 255).astype(np.uint8)[..., None], 3, -1)
+        err = np.repeat(
+            np.clip(np.abs(out[t].astype(np.int16) - gt[t]).max(-1) * 4, 0, 255).astype(np.uint8)[..., None], 3, -1
+        )
         top.append(cell(out[t], m))
         bottom.append(cell(err, "error x4"))
     return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)

@@ -16,7 +16,17 @@ from ipfacediff.runtime.video import VIDEO_EXTS
 
 SCHEMA = "ipfacediff.jobs.bench/1"
 DEFAULT_PIPELINES = ["ip-facediff", "per-frame", "tokenflow", "sdedit"]
-DEFAULT_METRICS = ["id-similarity", "tl-id", "tg-id", "clip-text", "clip-directional", "warp-error", "flicker", "reconstruction", "propagation"]
+DEFAULT_METRICS = [
+    "id-similarity",
+    "tl-id",
+    "tg-id",
+    "clip-text",
+    "clip-directional",
+    "warp-error",
+    "flicker",
+    "reconstruction",
+    "propagation",
+]
 
 
 @dataclass
@@ -80,7 +90,11 @@ def load_prompts_file(path: str | Path | None) -> dict[str, list[str]]:
     if p.suffix.lower() == ".csv":
         with p.open(newline="") as fh:
             for i, row in enumerate(csv.reader(fh)):
-                if not row or row[0].startswith("#") or (i == 0 and [c.strip().lower() for c in row[:2]] == ["clip", "prompt"]):
+                if (
+                    not row
+                    or row[0].startswith("#")
+                    or (i == 0 and [c.strip().lower() for c in row[:2]] == ["clip", "prompt"])
+                ):
                     continue
                 if len(row) < 2 or not row[1].strip():
                     raise InputError(f"--prompts {p}: line {i + 1}: expected 'clip,prompt'")
@@ -118,7 +132,9 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
     catalog = get_catalog()
     for p in req.propagators:
         if catalog.get("propagator", p, "--propagators").cls.space != "pixels":
-            raise ParameterError(f"--propagators {p}: the ground-truth benchmark runs pixel-space propagators (as `propagate` does)")
+            raise ParameterError(
+                f"--propagators {p}: the ground-truth benchmark runs pixel-space propagators (as `propagate` does)"
+            )
     for e in req.edits:
         if e not in EDITS:
             raise ParameterError(f"--edits {e}: one of {', '.join(EDITS)}")
@@ -127,9 +143,24 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
     jobs = []
     for clip in req.videos:
         for e in req.edits:
-            j = {"kind": "ground-truth", "clip": str(clip), "edit": e, "prompt": None, "pipeline": "ground-truth", "propagators": list(req.propagators),
-                 "intervals": list(req.intervals), "max_frames": req.max_frames, "sets": req.sets, "seed": req.seed, "face_processor": req.face_processor,
-                 "backbone": None, "steps": None, "registry_file": req.registry_file, "device": req.device, "threads": None}
+            j = {
+                "kind": "ground-truth",
+                "clip": str(clip),
+                "edit": e,
+                "prompt": None,
+                "pipeline": "ground-truth",
+                "propagators": list(req.propagators),
+                "intervals": list(req.intervals),
+                "max_frames": req.max_frames,
+                "sets": req.sets,
+                "seed": req.seed,
+                "face_processor": req.face_processor,
+                "backbone": None,
+                "steps": None,
+                "registry_file": req.registry_file,
+                "device": req.device,
+                "threads": None,
+            }
             j["id"] = hashlib.sha256(json.dumps(j, sort_keys=True, default=str).encode()).hexdigest()[:16]
             j["dir"] = str(req.output / "jobs" / Path(j["clip"]).stem / "ground-truth" / e)
             jobs.append(j)
@@ -147,34 +178,77 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
     sets = {k: v for k, v in req.sets.items() if k != "metrics"}
     metric_params = req.sets.get("metrics", {})
     if not isinstance(metric_params, dict) or not all(isinstance(v, dict) for v in metric_params.values()):
-        raise ParameterError("--set metrics...: give metrics.NAME.PARAM=VALUE, e.g. metrics.clip-text.weights=/path/clip.safetensors")
+        raise ParameterError(
+            "--set metrics...: give metrics.NAME.PARAM=VALUE, e.g. metrics.clip-text.weights=/path/clip.safetensors"
+        )
     for m, p in metric_params.items():
         if m not in req.metrics:
-            raise ParameterError(f"--set metrics.{m}...: {m!r} is not among the metrics of this run ({', '.join(req.metrics)})")
+            raise ParameterError(
+                f"--set metrics.{m}...: {m!r} is not among the metrics of this run ({', '.join(req.metrics)})"
+            )
         catalog.validate("metric", m, p, f"--set metrics.{m}")
     import torch
 
     # every job computes with the planning process's torch thread count, whichever executor runs it:
     # Ray's workers default to one thread, and a float sum split over other threads differs in its
     # last bits, which a diffusion loop amplifies (0.1401 vs 0.1385 id-similarity on the same job)
-    common = {"backbone": req.backbone, "steps": req.steps, "max_frames": req.max_frames, "sets": sets, "metric_params": metric_params, "seed": req.seed,
-              "registry_file": req.registry_file, "face_processor": req.face_processor, "device": req.device, "threads": torch.get_num_threads()}
+    common = {
+        "backbone": req.backbone,
+        "steps": req.steps,
+        "max_frames": req.max_frames,
+        "sets": sets,
+        "metric_params": metric_params,
+        "seed": req.seed,
+        "registry_file": req.registry_file,
+        "face_processor": req.face_processor,
+        "device": req.device,
+        "threads": torch.get_num_threads(),
+    }
     for clip in req.videos:
         prompts = req.prompts.get(clip.stem, req.prompts.get(clip.name, req.prompts.get("*", [])))
         for name in req.pipelines:
             pipe = registry.pipeline(name)
             for prompt in prompts:
-                jobs.append({"kind": "edit", "clip": str(clip), "prompt": prompt, "pipeline": name,
-                             "metrics": [m for m in req.metrics if inputs[m] == "edit"], **common})
+                jobs.append(
+                    {
+                        "kind": "edit",
+                        "clip": str(clip),
+                        "prompt": prompt,
+                        "pipeline": name,
+                        "metrics": [m for m in req.metrics if inputs[m] == "edit"],
+                        **common,
+                    }
+                )
             if any(v == "null-edit" for v in inputs.values()):
-                jobs.append({"kind": "null-edit", "clip": str(clip), "prompt": None, "pipeline": name,
-                             "metrics": [m for m in req.metrics if inputs[m] == "null-edit"], **common})
-            if (any(v == "propagation" for v in inputs.values()) and "propagator" in pipe.components  # latents: the job propagates the keyframes' own latents
-                    and catalog.get("propagator", pipe.components["propagator"].name).cls.space == "latents"):
-                jobs.append({"kind": "propagation", "clip": str(clip), "prompt": None, "pipeline": name,
-                             "metrics": [m for m in req.metrics if inputs[m] == "propagation"], **common})
+                jobs.append(
+                    {
+                        "kind": "null-edit",
+                        "clip": str(clip),
+                        "prompt": None,
+                        "pipeline": name,
+                        "metrics": [m for m in req.metrics if inputs[m] == "null-edit"],
+                        **common,
+                    }
+                )
+            if (
+                any(v == "propagation" for v in inputs.values())
+                and "propagator" in pipe.components  # latents: the job propagates the keyframes' own latents
+                and catalog.get("propagator", pipe.components["propagator"].name).cls.space == "latents"
+            ):
+                jobs.append(
+                    {
+                        "kind": "propagation",
+                        "clip": str(clip),
+                        "prompt": None,
+                        "pipeline": name,
+                        "metrics": [m for m in req.metrics if inputs[m] == "propagation"],
+                        **common,
+                    }
+                )
     for j in jobs:
-        j["id"] = hashlib.sha256(json.dumps({k: v for k, v in j.items()}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        j["id"] = hashlib.sha256(
+            json.dumps({k: v for k, v in j.items()}, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
         where = slug(j["prompt"]) if j["kind"] == "edit" else j["kind"]
         j["dir"] = str(req.output / "jobs" / Path(j["clip"]).stem / j["pipeline"] / where)
     return jobs

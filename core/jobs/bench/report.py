@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ipfacediff.jobs.bench.run import _read_frames
 from ipfacediff.jobs.bench.plan import SCHEMA
+from ipfacediff.jobs.bench.run import _read_frames
 from ipfacediff.runtime.files import write_atomic
+
 
 def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[str, float | None]]:
     """pipeline -> metric -> mean over its jobs (and the cost columns)."""
@@ -20,10 +21,16 @@ def summarize(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, dict[
         mine = [r for r in rows if r["pipeline"] == pipe]
         col: dict[str, float | None] = {}
         for m in metrics:
-            vals = [r["metrics"][m]["value"] for r in mine if m in r.get("metrics", {}) and r["metrics"][m]["value"] is not None]
+            vals = [
+                r["metrics"][m]["value"]
+                for r in mine
+                if m in r.get("metrics", {}) and r["metrics"][m]["value"] is not None
+            ]
             col[m] = float(np.mean(vals)) if vals else None
         edits = [r for r in mine if r["kind"] == "edit"]
-        col["unet_evals_per_frame"] = float(np.mean([r["cost"]["unet_evals_per_frame"] for r in edits])) if edits else None
+        col["unet_evals_per_frame"] = (
+            float(np.mean([r["cost"]["unet_evals_per_frame"] for r in edits])) if edits else None
+        )
         col["seconds_per_frame"] = float(np.mean([r["cost"]["seconds_per_frame"] for r in edits])) if edits else None
         col["peak_memory_mb"] = float(np.max([r["cost"]["peak_memory_mb"] for r in edits])) if edits else None
         out[pipe] = col
@@ -131,7 +138,10 @@ def _strip_and_plots(rows: list[dict[str, Any]], metrics: list[str], summary, ou
         for r in shown:
             ed = _read_frames(r["output"], n)
             strip_rows.append([ed[i] for i in idx])
-            labels.append(f"{r['pipeline']} (keyframes {', '.join(map(str, r['keyframes'][:6]))}{'...' if len(r['keyframes']) > 6 else ''})")
+            labels.append(
+                f"{r['pipeline']} (keyframes "
+                f"{', '.join(map(str, r['keyframes'][:6]))}{'...' if len(r['keyframes']) > 6 else ''})"
+            )
         strip = make_strip(strip_rows, height=112)
         name = f"strip-{clip}.png"
         cv2.imwrite(str(assets / name), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
@@ -140,14 +150,26 @@ def _strip_and_plots(rows: list[dict[str, Any]], metrics: list[str], summary, ou
         if per_frame_metric:
             entry["plot"] = _per_frame_plot(shown, per_frame_metric, clip, first_prompt, assets)
         made["clips"][clip] = entry
-    quality = next((m for m in ("id-similarity", "clip-directional", "tl-id", "reconstruction") if m in metrics
-                    and any(c.get(m) is not None for c in summary.values())), None)
+    quality = next(
+        (
+            m
+            for m in ("id-similarity", "clip-directional", "tl-id", "reconstruction")
+            if m in metrics and any(c.get(m) is not None for c in summary.values())
+        ),
+        None,
+    )
     if quality:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
         for pipe, col in summary.items():
             if col.get("unet_evals_per_frame") is not None and col.get(quality) is not None:
                 ax.scatter(col["unet_evals_per_frame"], col[quality], s=40)
-                ax.annotate(pipe, (col["unet_evals_per_frame"], col[quality]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+                ax.annotate(
+                    pipe,
+                    (col["unet_evals_per_frame"], col[quality]),
+                    fontsize=8,
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                )
         ax.set_xlabel("UNet evaluations per output frame (cost)")
         ax.set_ylabel(quality)
         ax.set_title("cost vs quality", fontsize=9)
@@ -179,34 +201,49 @@ def write_html(path: Path, rows, summary, metrics, notes, assets, settings: dict
     body = []
     for pipe, col in summary.items():
         cells = "".join(
-            f"<td class='{'best' if best[c] == pipe else ''}'>{'n/a' if col.get(c) is None else f'{col[c]:.4g}'}</td>" for c in cols)
+            f"<td class='{'best' if best[c] == pipe else ''}'>{'n/a' if col.get(c) is None else f'{col[c]:.4g}'}</td>"
+            for c in cols
+        )
         body.append(f"<tr><th>{e(pipe)}</th>{cells}</tr>")
     note_html = "".join(f"<li><b>{e(m)}</b>: {e(n)}</li>" for m, n in notes.items())
     clips = []
     for clip, c in assets["clips"].items():
         labels = "".join(f"<li>{e(lbl)}</li>" for lbl in c["rows"])
         plot = f"<img src='{e(c['plot'])}' alt='metric per frame, {e(clip)}'>" if c.get("plot") else ""
-        clips.append(f"<section><h3>{e(clip)} — “{e(c['prompt'])}”</h3><p>frames {e(', '.join(map(str, c['frames'])))}; rows:</p>"
-                     f"<ol>{labels}</ol><img class='strip' src='{e(c['strip'])}' alt='strip {e(clip)}'>{plot}</section>")
-    cq = f"<h2>Cost vs quality</h2><img src='{e(assets['cost_vs_quality'])}' alt='cost vs quality'>" if assets.get("cost_vs_quality") else ""
-    random_note = "<p class='warn'>Random-weight backbone: these numbers show the mechanics, not the methods' real quality.</p>" \
-        if any(r.get("backbone_random") for r in rows) else ""
+        clips.append(
+            f"<section><h3>{e(clip)} — “{e(c['prompt'])}”</h3><p>frames {e(', '.join(map(str, c['frames'])))}; "
+            "rows:</p>"
+            f"<ol>{labels}</ol><img class='strip' src='{e(c['strip'])}' alt='strip {e(clip)}'>{plot}</section>"
+        )
+    cq = (
+        f"<h2>Cost vs quality</h2><img src='{e(assets['cost_vs_quality'])}' alt='cost vs quality'>"
+        if assets.get("cost_vs_quality")
+        else ""
+    )
+    random_note = (
+        "<p class='warn'>Random-weight backbone: these numbers show the mechanics, not the methods' real quality.</p>"
+        if any(r.get("backbone_random") for r in rows)
+        else ""
+    )
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ipfacediff bench</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-td.best {{ background: #d9f2d9; font-weight: bold; }} img {{ max-width: 100%; }} img.strip {{ display: block; margin: 0.5em 0; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+td.best {{ background: #d9f2d9; font-weight: bold; }} img {{ max-width: 100%; }}
+img.strip {{ display: block; margin: 0.5em 0; }}
 .warn {{ color: #a40; }} #image-check {{ color: #c00; }}
 </style></head><body>
 <h1>ipfacediff bench</h1>
 <p id="image-check" data-images="" data-broken=""></p>
-<p>{len(rows)} jobs; backbone {e(str(settings['backbone']))}, {settings['steps']} steps, up to {settings['max_frames']} frames per clip; schema {SCHEMA}.</p>
+<p>{len(rows)} jobs; backbone {e(str(settings["backbone"]))}, {settings["steps"]} steps,
+up to {settings["max_frames"]} frames per clip; schema {SCHEMA}.</p>
 {random_note}
-<h2>Mean per pipeline</h2><table><tr><th>pipeline</th>{head}</tr>{''.join(body)}</table>
+<h2>Mean per pipeline</h2><table><tr><th>pipeline</th>{head}</tr>{"".join(body)}</table>
 <ul>{note_html}</ul>
 {cq}
-<h2>Clips</h2>{''.join(clips)}
+<h2>Clips</h2>{"".join(clips)}
 {_CHECK_SCRIPT}
 </body></html>
 """
@@ -226,14 +263,34 @@ def groundtruth_tables(rows: list[dict[str, Any]], console=None) -> str:
     gt_warp = [s["warp_error"] for r in rows for s in r["scores"] if s["interval"] is None]
     lines = []
     for interval in sorted({s["interval"] for s in scores}):
-        head = ["method", *[f"{c} face PSNR" for c in clips], "face PSNR", "face SSIM", "edit PSNR", "edit SSIM", "warp error"]
+        head = [
+            "method",
+            *[f"{c} face PSNR" for c in clips],
+            "face PSNR",
+            "face SSIM",
+            "edit PSNR",
+            "edit SSIM",
+            "warp error",
+        ]
         table = []
         for m in methods:
             sel = [s for s in scores if s["method"] == m and s["interval"] == interval]
             per_clip = [np.nanmean([s["face_psnr"] for s in sel if s["clip"] == c]) for c in clips]
-            means = [np.nanmean([s[k] for s in sel]) for k in ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "warp_error")]
-            table.append([m + (" *" if m in marked else ""), *[f"{v:.2f}" for v in per_clip], f"{means[0]:.2f}", f"{means[1]:.4f}",
-                          f"{means[2]:.2f}", f"{means[3]:.4f}", f"{means[4]:.2f}"])
+            means = [
+                np.nanmean([s[k] for s in sel])
+                for k in ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "warp_error")
+            ]
+            table.append(
+                [
+                    m + (" *" if m in marked else ""),
+                    *[f"{v:.2f}" for v in per_clip],
+                    f"{means[0]:.2f}",
+                    f"{means[1]:.4f}",
+                    f"{means[2]:.2f}",
+                    f"{means[3]:.4f}",
+                    f"{means[4]:.2f}",
+                ]
+            )
         lines += [f"### keyframes every {interval}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in table] + [""]
         if console is not None:
@@ -245,8 +302,12 @@ def groundtruth_tables(rows: list[dict[str, Any]], console=None) -> str:
             for r in table:
                 t.add_row(*r)
             console.print(t)
-    lines.append(f"Warp error of the ground truth itself: {np.nanmean(gt_warp):.2f}. PSNR and SSIM over the face (the landmarks' hull) "
-                 "and over the edit alone (its alpha > 0.02, dilated 2 px), on the non-key frames; mean over the edits (paint, glasses).")
+    lines.append(
+        f"Warp error of the ground truth itself: {np.nanmean(gt_warp):.2f}. PSNR and SSIM over the face (the "
+        "landmarks' hull) "
+        "and over the edit alone (its alpha > 0.02, dilated 2 px), on the non-key frames; mean over the edits (paint, "
+        "glasses)."
+    )
     if marked:
         lines.append("* follows FaceMesh landmarks, the model the ground truth is made with: it grades itself here.")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,6 @@ propagation job; its row is written to ``<job dir>/result.json`` (a rerun skips 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -15,6 +14,7 @@ import numpy as np
 from ipfacediff.errors import InputError
 from ipfacediff.jobs.bench.plan import SCHEMA
 from ipfacediff.runtime.files import write_atomic
+
 
 def _read_frames(path: str, n: int) -> np.ndarray:
     from ipfacediff.runtime.video import open_frames
@@ -39,8 +39,14 @@ def _metric(name: str, device: str, params: dict[str, Any]):
     return _BUILT[key]
 
 
-def _metric_rows(names: list[str], source: np.ndarray, edited: np.ndarray, context: dict[str, Any], device: str,
-                 params: dict[str, Any]) -> dict[str, Any]:
+def _metric_rows(
+    names: list[str],
+    source: np.ndarray,
+    edited: np.ndarray,
+    context: dict[str, Any],
+    device: str,
+    params: dict[str, Any],
+) -> dict[str, Any]:
     out = {}
     for name in names:
         m = _metric(name, device, params.get(name, {}))
@@ -67,7 +73,7 @@ class _RssPeak:
     def _rss() -> float:
         try:
             with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         except (OSError, ValueError):
             import resource
 
@@ -111,38 +117,83 @@ def _run_job(job: dict[str, Any], job_dir: Path, done: Path) -> dict[str, Any]:
         from ipfacediff.jobs.bench.groundtruth import run_groundtruth_job
 
         t0 = time.perf_counter()
-        row = {"schema": SCHEMA, "job_id": job["id"], "kind": job["kind"], "clip": Path(job["clip"]).stem, "clip_path": job["clip"],
-               "edit": job["edit"], "pipeline": "ground-truth", "dir": str(job_dir), **run_groundtruth_job(job, job_dir)}
+        row = {
+            "schema": SCHEMA,
+            "job_id": job["id"],
+            "kind": job["kind"],
+            "clip": Path(job["clip"]).stem,
+            "clip_path": job["clip"],
+            "edit": job["edit"],
+            "pipeline": "ground-truth",
+            "dir": str(job_dir),
+            **run_groundtruth_job(job, job_dir),
+        }
         row["seconds"] = round(time.perf_counter() - t0, 3)
         write_atomic(done, json.dumps(row, indent=1, default=str))
         return row
     reg = load_registry(job["registry_file"])
     pipeline = reg.pipeline(job["pipeline"])
     t0 = time.perf_counter()
-    row: dict[str, Any] = {"schema": SCHEMA, "job_id": job["id"], "kind": job["kind"], "clip": Path(job["clip"]).stem, "clip_path": job["clip"],
-                           "prompt": job["prompt"], "pipeline": job["pipeline"], "backbone": job["backbone"], "steps": job["steps"],
-                           "seed": job["seed"], "dir": str(job_dir)}
-    sets = job["sets"]  # cache=False below: no job reuses another job's stages (bench_cost.py measures what the cache saves)
+    row: dict[str, Any] = {
+        "schema": SCHEMA,
+        "job_id": job["id"],
+        "kind": job["kind"],
+        "clip": Path(job["clip"]).stem,
+        "clip_path": job["clip"],
+        "prompt": job["prompt"],
+        "pipeline": job["pipeline"],
+        "backbone": job["backbone"],
+        "steps": job["steps"],
+        "seed": job["seed"],
+        "dir": str(job_dir),
+    }
+    sets = job[
+        "sets"
+    ]  # cache=False below: no job reuses another job's stages (bench_cost.py measures what the cache saves)
     if job["kind"] in ("edit", "null-edit"):
         out = job_dir / "edited.mp4"
         with _RssPeak() as mem:
-            rep = run_edit(EditRequest(input=Path(job["clip"]), prompt=job["prompt"] or "", pipeline=pipeline, registry=reg, output=out,
-                                       backbone=job["backbone"], steps=job["steps"], max_frames=job["max_frames"], sets=sets, seed=job["seed"],
-                                       face_processor=job["face_processor"], device=job["device"], overwrite=True, show_progress=False,
-                                       null_edit=job["kind"] == "null-edit", cache=False))
+            rep = run_edit(
+                EditRequest(
+                    input=Path(job["clip"]),
+                    prompt=job["prompt"] or "",
+                    pipeline=pipeline,
+                    registry=reg,
+                    output=out,
+                    backbone=job["backbone"],
+                    steps=job["steps"],
+                    max_frames=job["max_frames"],
+                    sets=sets,
+                    seed=job["seed"],
+                    face_processor=job["face_processor"],
+                    device=job["device"],
+                    overwrite=True,
+                    show_progress=False,
+                    null_edit=job["kind"] == "null-edit",
+                    cache=False,
+                )
+            )
         n = rep["frames"]
         source, edited = _read_frames(job["clip"], n), _read_frames(str(out), n)
-        context = {"target_prompt": rep["target_prompt"], "source_prompt": rep["settings"]["source_prompt"], "fps": rep["input"].get("fps")}
+        context = {
+            "target_prompt": rep["target_prompt"],
+            "source_prompt": rep["settings"]["source_prompt"],
+            "fps": rep["input"].get("fps"),
+        }
         row["metrics"] = _metric_rows(job["metrics"], source, edited, context, job["device"], job["metric_params"])
         row["frames"] = n
         row["keyframes"] = rep["keyframes"]
         row["output"] = str(out)
-        row["cost"] = {"unet_evals_per_frame": rep["unet_evaluations"]["per_output_frame"], "unet_evals": rep["unet_evaluations"]["by_stage"],
-                       # model loading is paid once per process, not per frame: left out of the comparison
-                       "seconds": rep["timings_s"]["total"] - rep["timings_s"].get("load_models", 0.0),
-                       "seconds_per_frame": (rep["timings_s"]["total"] - rep["timings_s"].get("load_models", 0.0)) / max(n, 1),
-                       "timings_s": rep["timings_s"], "inversion_cached": rep.get("inversion_cached"),
-                       "peak_memory_mb": rep["peak_memory_mb"] if job["device"].startswith("cuda") else round(mem.peak, 1)}
+        row["cost"] = {
+            "unet_evals_per_frame": rep["unet_evaluations"]["per_output_frame"],
+            "unet_evals": rep["unet_evaluations"]["by_stage"],
+            # model loading is paid once per process, not per frame: left out of the comparison
+            "seconds": rep["timings_s"]["total"] - rep["timings_s"].get("load_models", 0.0),
+            "seconds_per_frame": (rep["timings_s"]["total"] - rep["timings_s"].get("load_models", 0.0)) / max(n, 1),
+            "timings_s": rep["timings_s"],
+            "inversion_cached": rep.get("inversion_cached"),
+            "peak_memory_mb": rep["peak_memory_mb"] if job["device"].startswith("cuda") else round(mem.peak, 1),
+        }
         row["backbone_random"] = rep["backbone"]["random_weights"]
         row["warnings"] = rep["warnings"]
     else:
@@ -158,40 +209,44 @@ def _run_job(job: dict[str, Any], job_dir: Path, done: Path) -> dict[str, Any]:
 
 def propagation_pair(job: dict[str, Any], reg, pipeline) -> tuple[np.ndarray, np.ndarray, list[int], int]:
     """The source face crops (VAE round trip) of the non-key frames and the same crops rebuilt by the
-    pipeline's propagator from the keyframes' own latents."""
+    pipeline's propagator from the keyframes' own latents. The clip's stages run as an edit runs
+    them (:class:`~ipfacediff.jobs.edit.EditJob`: components, face track, keyframes, latents)."""
     import torch
 
-    from ipfacediff.catalog import get_catalog
     from ipfacediff.interfaces import PropagationInput
-    from ipfacediff.jobs.common import build_slot, resolve_backbone
-    from ipfacediff.jobs.edit import align_and_encode, pick_keyframes
-    from ipfacediff.runtime.face import detect_track
-    from ipfacediff.params import validate_params
-    from ipfacediff.registry import PipelineSettings
+    from ipfacediff.jobs.edit import EditJob, EditRequest, plan_stages
     from ipfacediff.runtime.frames import to_uint8
-    from ipfacediff.runtime.video import open_frames
 
-    sets = job["sets"]
-    settings = validate_params(PipelineSettings, {**dataclasses.asdict(pipeline.settings), **sets.get("settings", {})}, f"pipeline {pipeline.name}")
-    fp = job["face_processor"]
-    processor = get_catalog().build("face_processor", fp, sets.get("face_processor", {})) if fp else build_slot(pipeline, "face_processor", sets)
-    propagator = build_slot(pipeline, "propagator", sets)
-    backbone, _ = resolve_backbone(job["backbone"], sets, reg, pipeline.backbone)
-    torch.manual_seed(job["seed"])
-    source = open_frames(job["clip"])
-    try:
-        n = len(source) if job["max_frames"] is None else min(len(source), job["max_frames"])
-        track = detect_track(processor, source, n, settings.landmark_smoothing, False)
-        face_frames = [i for i, d in enumerate(track) if d is not None]
-        if len(face_frames) < 2:
+    req = EditRequest(
+        input=Path(job["clip"]),
+        prompt="",
+        pipeline=pipeline,
+        registry=reg,
+        backbone=job["backbone"],
+        max_frames=job["max_frames"],
+        sets=job["sets"],
+        seed=job["seed"],
+        face_processor=job["face_processor"] or None,
+        show_progress=False,
+        null_edit=True,
+        cache=False,
+    )
+    with EditJob(req, plan_stages(req)) as run:
+        run.build()
+        run.detect()
+        if len(run.face_frames) < 2:
             raise InputError(f"{job['clip']}: propagation needs a face in at least 2 frames")
-        _, _, z = align_and_encode(processor, backbone, source, n, track, face_frames, settings.batch_size, False)
-    finally:
-        source.close()
-    keys = pick_keyframes(settings, sets.get("settings", {}), face_frames, track)
-    rebuilt = propagator.propagate(PropagationInput(key_rows=keys, frames=list(range(len(face_frames))), features=z, source_latents=z,
-                                                    edited_latents=z[keys]))
+        run.encode()
+        z = run.rows(range(len(run.face_frames)))
+        keys, backbone, n = run.keys, run.backbone, run.n
+        face_frames = list(run.face_frames)
+    propagator = run.components["propagator"]
+    rebuilt = propagator.propagate(
+        PropagationInput(
+            key_rows=keys, frames=list(range(len(face_frames))), features=z, source_latents=z, edited_latents=z[keys]
+        )
+    )
     others = [i for i in range(len(face_frames)) if i not in keys] or list(range(len(face_frames)))
-    rt = to_uint8(torch.cat([backbone.decode_latents(z[others][i:i + 8]) for i in range(0, len(others), 8)]))
-    rb = to_uint8(torch.cat([backbone.decode_latents(rebuilt[others][i:i + 8]) for i in range(0, len(others), 8)]))
+    rt = to_uint8(torch.cat([backbone.decode_latents(z[others][i : i + 8]) for i in range(0, len(others), 8)]))
+    rb = to_uint8(torch.cat([backbone.decode_latents(rebuilt[others][i : i + 8]) for i in range(0, len(others), 8)]))
     return rt, rb, [face_frames[k] for k in keys], n

@@ -23,7 +23,9 @@ class NearestKeyframe(Propagator):
 
     @dataclass
     class Params:
-        mode: Literal["nearest", "blend"] = field(default="nearest", metadata={"help": "copy the nearest keyframe or blend the two around the frame"})
+        mode: Literal["nearest", "blend"] = field(
+            default="nearest", metadata={"help": "copy the nearest keyframe or blend the two around the frame"}
+        )
 
     space = "latents"
     needs = ("edited_latents",)

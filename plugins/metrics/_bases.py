@@ -17,8 +17,8 @@ from ipfacediff.interfaces import Metric
 from ipfacediff.runtime.face import arcface_crop
 from ipfacediff.runtime.frames import as_frames, check_same_shape, psnr, ssim, to_tensor
 
-_LANDMARKS: "OrderedDict[str, list]" = OrderedDict()
-_EMBEDDINGS: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_LANDMARKS: OrderedDict[str, list] = OrderedDict()
+_EMBEDDINGS: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
 def digest(frames: np.ndarray) -> str:
@@ -50,14 +50,15 @@ def source_landmarks(detector, source: np.ndarray) -> list:
 
 def face_embeddings(encoder, frames: np.ndarray, landmarks: list) -> np.ndarray:
     """Identity embeddings ``[F, D]`` of ``frames`` cropped at ``landmarks`` (frames with a landmark only)."""
-    key = f"{digest(frames)}|{hashlib.sha1(str([None if l is None else l.round(2).tolist() for l in landmarks]).encode()).hexdigest()}|{encoder.name}"
+    rounded = [None if lm is None else lm.round(2).tolist() for lm in landmarks]
+    key = f"{digest(frames)}|{hashlib.sha1(str(rounded).encode()).hexdigest()}|{encoder.name}"
     if key not in _EMBEDDINGS:
         crops = [arcface_crop(f, lm) for f, lm in zip(frames, landmarks) if lm is not None]
         if not crops:
             return _remember(_EMBEDDINGS, key, np.zeros((0, 1), np.float32), 8)
         x = to_tensor(np.stack(crops))
         with torch.no_grad():
-            e = torch.cat([encoder.embed(x[i:i + 64]) for i in range(0, len(x), 64)]).cpu().numpy()
+            e = torch.cat([encoder.embed(x[i : i + 64]) for i in range(0, len(x), 64)]).cpu().numpy()
         _remember(_EMBEDDINGS, key, e, 8)
     return _EMBEDDINGS[key]
 
@@ -108,14 +109,20 @@ class ClipMetric(Metric):
 
     @dataclass
     class Params:
-        model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name ('tiny': random, reported as n/a)"})
-        weights: str = field(default="", metadata={"help": "local open_clip weights file; without one the metric is n/a"})
+        model: str = field(
+            default="ViT-B-32", metadata={"help": "open_clip model name ('tiny': random, reported as n/a)"}
+        )
+        weights: str = field(
+            default="", metadata={"help": "local open_clip weights file; without one the metric is n/a"}
+        )
 
     _loss: Any = None
 
     def clip(self):
         if self._loss is None:
-            self._loss = self.component("localization_loss", "clip-directional", {"model": self.params.model, "weights": self.params.weights})
+            self._loss = self.component(
+                "localization_loss", "clip-directional", {"model": self.params.model, "weights": self.params.weights}
+            )
             self._loss.to(self.device)
         return self._loss
 
@@ -123,12 +130,15 @@ class ClipMetric(Metric):
         if self.params.model == "tiny":
             return {"value": float("nan"), "note": "n/a: no CLIP weights (a tiny random CLIP)"}
         if not self.params.weights:
-            return {"value": float("nan"), "note": f"n/a: no CLIP weights (bench --set metrics.{self.name}.weights=PATH)"}
+            return {
+                "value": float("nan"),
+                "note": f"n/a: no CLIP weights (bench --set metrics.{self.name}.weights=PATH)",
+            }
         return None
 
     def image_embeddings(self, frames: np.ndarray) -> torch.Tensor:
         clip = self.clip()
-        return torch.cat([clip.encode_images(to_tensor(frames[i:i + 16])) for i in range(0, len(frames), 16)])
+        return torch.cat([clip.encode_images(to_tensor(frames[i : i + 16])) for i in range(0, len(frames), 16)])
 
     def compute(self, source, edited) -> dict[str, Any]:
         return {"value": float("nan"), "note": "needs the prompts (run through the benchmark harness)"}
@@ -172,4 +182,10 @@ class IdentityOverTime(IdentityMetric):
         per = None
         if self.pairs == "adjacent":
             per = [float(v) for v in np.sum(ee[:-1] * ee[1:], -1) / np.maximum(np.sum(es[:-1] * es[1:], -1), 1e-6)]
-        return {"value": e / s if s > 0 else float("nan"), "edited": e, "source": s, "frames_with_face": len(kept), "per_frame": per}
+        return {
+            "value": e / s if s > 0 else float("nan"),
+            "edited": e,
+            "source": s,
+            "frames_with_face": len(kept),
+            "per_frame": per,
+        }
