@@ -237,7 +237,8 @@ def test_propagate_writes_a_report_and_reuses_the_face_track(moving, tmp_path):
     and ``--pipeline`` taken."""
     _, _, inp, keys = moving
     args = ["--quiet", "propagate", str(inp), "--keyframes", str(keys)]
-    r = run_main(*args, "-o", str(tmp_path / "a.mp4"), "--json")
+    env = {"IPFACEDIFF_CACHE": str(tmp_path / "cache")}  # the other tests of this clip fill the session's cache
+    r = run_main(*args, "-o", str(tmp_path / "a.mp4"), "--json", env=env)
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "a.json").read_text())
     assert rep["job"] == "propagate" and rep["report"] == str(tmp_path / "a.json")
@@ -246,7 +247,14 @@ def test_propagate_writes_a_report_and_reuses_the_face_track(moving, tmp_path):
     assert rep["settings"]["landmark_smoothing"] >= 1 and rep["versions"]["ipfacediff"]
     assert "detect" not in rep["reused_stages"]
     r = run_main(
-        *args, "-o", str(tmp_path / "b.mp4"), "--pipeline", "ip-facediff-flow", "--report", str(tmp_path / "r.json")
+        *args,
+        "-o",
+        str(tmp_path / "b.mp4"),
+        "--pipeline",
+        "ip-facediff-flow",
+        "--report",
+        str(tmp_path / "r.json"),
+        env=env,
     )
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
