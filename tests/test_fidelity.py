@@ -352,8 +352,9 @@ def test_tokenflow_matches_tokens_on_the_source_features_not_the_edited_ones():
 
 
 def test_tokenflow_pivots_attend_to_each_other_with_the_sources_queries_and_keys():
-    """Pivot pass: extended attention across the pivots of each group, and under Plug-and-Play the
-    uncond/cond groups attend with the source group's queries and keys (their own values)."""
+    """Pivot pass: extended attention across the pivots of the uncond and cond groups, under
+    Plug-and-Play with the source group's queries and keys (their own values); each source pivot
+    attends to itself alone (the authors' code)."""
     from diffusers.models.attention_processor import Attention
 
     from ipfacediff.plugins.strategies.tokenflow import TokenFlowAttention
@@ -369,11 +370,73 @@ def test_tokenflow_pivots_attend_to_each_other_with_the_sources_queries_and_keys
         for g in range(3):
             for f in range(2):
                 qh = q[0, f].view(5, 2, 8).transpose(0, 1)
-                kh = k[0].reshape(10, 2, 8).transpose(0, 1)
-                vh = v[g].reshape(10, 2, 8).transpose(0, 1)
+                kh = (k[0] if g else k[0, f]).reshape(-1, 2, 8).transpose(0, 1)
+                vh = (v[g] if g else v[0, f]).reshape(-1, 2, 8).transpose(0, 1)
                 ref = torch.softmax(qh @ kh.transpose(1, 2) / 8**0.5, -1) @ vh
                 ref = attn.to_out[0](ref.transpose(0, 1).reshape(5, 16))
                 assert torch.allclose(got[g, f], ref, atol=1e-5)
+
+
+def test_tokenflow_source_pivots_do_not_see_the_other_pivots():
+    """A source pivot's self-attention output does not depend on the other pivots (changing pivot 1's
+    source tokens leaves pivot 0's source output as it was), while the cond branch's does."""
+    from diffusers.models.attention_processor import Attention
+
+    from ipfacediff.plugins.strategies.tokenflow import TokenFlowAttention
+
+    torch.manual_seed(3)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    st = _tokenflow_state()
+    x = torch.randn(6, 5, 16)  # [source, uncond, cond] x 2 pivots
+    y = x.clone()
+    y[1] += torch.randn(5, 16)  # pivot 1's source tokens
+    y[5] += torch.randn(5, 16)  # pivot 1's cond tokens
+    with torch.no_grad():
+        a = TokenFlowAttention("layer", st)(attn, x).view(3, 2, 5, 16)
+        b = TokenFlowAttention("layer", st)(attn, y).view(3, 2, 5, 16)
+    assert torch.equal(a[0, 0], b[0, 0])
+    assert not torch.allclose(a[2, 0], b[2, 0])
+
+
+def test_tokenflow_official_pivot_pairs_worked_out_by_hand():
+    """The authors' rule, batch size 8: batch 0 takes its own pivot alone; a frame of batch b blends
+    the pivot of batch b (weight sigmoid(d2 / (d1 + d2)), d1 and d2 its distances to the centres of
+    batches b and b - 1) with the pivot of batch b - 1."""
+    import math
+
+    from ipfacediff.plugins.strategies.tokenflow import official_pivot_pairs
+
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    got = official_pivot_pairs([0, 7, 8, 12, 15, 21], 8)
+    # frame 8: centres 12 and 4 -> d1 4, d2 4; frame 12: d1 0, d2 8; frame 15: d1 3, d2 11;
+    # frame 21 (batch 2): centres 20 and 12 -> d1 1, d2 9
+    want = [(0, None, 1.0), (0, None, 1.0), (1, 0, sig(0.5)), (1, 0, sig(1.0)), (1, 0, sig(11 / 14)), (2, 1, sig(0.9))]
+    for (a, b, w), (wa, wb, ww) in zip(got, want):
+        assert (a, b) == (wa, wb) and abs(w - ww) < 1e-6
+    assert all(0.62 < w < 0.74 for _, b, w in got if b is not None)
+
+
+def test_tokenflow_injects_from_the_first_step(catalog, tmp_path):
+    """Plug-and-Play injection runs at the first (noisiest) step and every step below the thresholds
+    (``int(fraction * steps)``); with one step, injection still changes the result (0.3.0 skipped
+    step 0: the source latent there is the start latent itself, and an identity test took it for
+    missing)."""
+    from ipfacediff.testing.conformance import tiny_edit_run
+
+    strategy = catalog.build("strategy", "tokenflow", {"batch_size": 3, "attn_fraction": 0.5})
+    run = tiny_edit_run(strategy, tmp_path, rows=7)
+    strategy.render(run, list(range(7)))
+    assert strategy.injected == [(True, True), (False, False)]  # 2 steps: int(1.0) = 1, int(1.6) = 1
+    outs = []
+    for fraction in (1.0, 0.0):
+        strategy = catalog.build(
+            "strategy", "tokenflow", {"batch_size": 3, "attn_fraction": fraction, "residual_fraction": fraction}
+        )
+        run = tiny_edit_run(strategy, tmp_path, rows=7)
+        run.steps = 1
+        outs.append(strategy.render(run, list(range(7))))
+        assert strategy.injected == [(fraction == 1.0, fraction == 1.0)]
+    assert not torch.allclose(outs[0], outs[1])
 
 
 def test_tokenflow_injects_the_sources_residual_branch_into_every_batch():

@@ -11,15 +11,22 @@ Every frame is DDIM-inverted; then at each denoising step t:
    whatever the clip's length). At every self-attention layer a frame's attention output is the
    pivots' outputs taken at its nearest tokens: the nearest-neighbour field is computed on the
    *source* (inverted) frames' features at the same timestep and layer, never on the edited ones,
-   against the two pivots around the frame, blended linearly by temporal distance (the paper's
-   Eq. 5; its released code weighs by batch centres).
+   against two pivots. ``pivot_blend: official`` (the default) pairs them as the authors' code does:
+   the pivot of the frame's own batch and the previous batch's (batch 0: its own alone), weighted by
+   ``sigmoid(d2 / (d1 + d2))`` of the frame's distances ``d1``, ``d2`` to the two batches' centres
+   (so the own pivot always weighs 0.62-0.73); ``paper``: the pivots before and after the frame,
+   weighted linearly by temporal distance (the paper's Eq. 5).
 
 Each UNet batch is ``[source, uncond, cond]`` for the same frames, as in TokenFlow's code: the
 source third (inverted latents at t, empty prompt) gives the matching features and Plug-and-Play's
 features, injected into the other two on *every* frame: the self-attention queries and keys of
-Plug-and-Play's layers for the first ``attn_fraction`` of the steps (they only act in the pivots'
-pass: elsewhere attention outputs are propagated), the residual branch of ``up_blocks[1].resnets[1]``
-for the first ``residual_fraction``. UNet evaluations per step: 3 per frame + 3 per pivot.
+Plug-and-Play's layers for the first ``int(attn_fraction * steps)`` steps (they only act in the
+pivots' pass: elsewhere attention outputs are propagated), the residual branch of
+``up_blocks[1].resnets[1]`` for the first ``int(residual_fraction * steps)`` (``int``, as the authors'
+code rounds), from the first (noisiest) step on. In the pivots' pass the uncond and cond branches
+share keys and values across pivots (extended attention); the source branch does not (each source
+pivot attends to itself, as in the authors' code). UNet evaluations per step: 3 per frame + 3 per
+pivot.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +99,19 @@ class TokenFlowAttention:
         if st.inject_attn and self.name in st.pnp_layers:  # Plug-and-Play: the source's queries and keys
             q, k = q[:g].repeat(st.groups, 1, 1), k[:g].repeat(st.groups, 1, 1)
         b, n, _ = q.shape
-        kk = k.view(st.groups, 1, g * n, -1).expand(-1, g, -1, -1).reshape(b, g * n, -1)  # extended attention
-        vv = v.view(st.groups, 1, g * n, -1).expand(-1, g, -1, -1).reshape(b, g * n, -1)
-        out = F.scaled_dot_product_attention(
-            split_heads(q, attn.heads), split_heads(kk, attn.heads), split_heads(vv, attn.heads)
+        # the source pivots attend to themselves; uncond and cond share keys and values across the
+        # pivots (extended attention)
+        src = F.scaled_dot_product_attention(
+            split_heads(q[:g], attn.heads), split_heads(k[:g], attn.heads), split_heads(v[:g], attn.heads)
         )
-        out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(b, n, -1)))
+        e = b - g
+        kk = k[g:].reshape(st.groups - 1, 1, g * n, -1).expand(-1, g, -1, -1).reshape(e, g * n, -1)
+        vv = v[g:].reshape(st.groups - 1, 1, g * n, -1).expand(-1, g, -1, -1).reshape(e, g * n, -1)
+        ext = F.scaled_dot_product_attention(
+            split_heads(q[g:], attn.heads), split_heads(kk, attn.heads), split_heads(vv, attn.heads)
+        )
+        out = torch.cat([src, ext]).transpose(1, 2).reshape(b, n, -1)
+        out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         out = out / attn.rescale_output_factor
@@ -153,9 +167,28 @@ def draw_pivots(frames: int, batch: int, generator: torch.Generator) -> list[int
     return [s + int(torch.randint(min(batch, frames - s), (1,), generator=generator)) for s in range(0, frames, batch)]
 
 
+def official_pivot_pairs(rows: list[int], batch: int) -> list[tuple[int, int | None, float]]:
+    """The authors' rule for the frames ``rows`` of one propagation batch (``batch`` frames per batch):
+    the pivot of the frame's own batch (position ``b`` among the pivots) with weight
+    ``sigmoid(d2 / (d1 + d2))`` and the previous batch's (``b - 1``) with the rest, ``d1``, ``d2`` the
+    frame's distances to the two batches' centres (``b * batch + batch // 2``); batch 0 its own pivot
+    alone. (The authors' clips are whole batches; a last partial batch is placed here by its frames'
+    true indices and centred as a whole batch would be.)"""
+    pairs = []
+    for i in rows:
+        b = i // batch
+        if b == 0:
+            pairs.append((0, None, 1.0))
+            continue
+        d1, d2 = abs(i - (b * batch + batch // 2)), abs(i - ((b - 1) * batch + batch // 2))
+        pairs.append((b, b - 1, float(torch.sigmoid(torch.tensor(d2 / (d1 + d2))))))
+    return pairs
+
+
 def pivot_pairs(rows: list[int], pivots: list[int]) -> list[tuple[int, int | None, float]]:
-    """For each frame, the positions (in ``pivots``) of the pivots before and after it and the weight of
-    the one before (1 on a pivot or past the last one)."""
+    """The paper's rule (Eq. 5): for each frame, the positions (in ``pivots``) of the pivots before and
+    after it and the weight of the one before, linear in temporal distance (1 on a pivot or past the
+    last one)."""
     pairs = []
     for i in rows:
         before = max((j for j, p in enumerate(pivots) if p <= i), default=None)
@@ -198,6 +231,13 @@ class TokenFlow(Strategy):
             default=0.8,
             metadata={"range": (0.0, 1.0), "help": "fraction of steps with Plug-and-Play residual injection"},
         )
+        pivot_blend: Literal["official", "paper"] = field(
+            default="official",
+            metadata={
+                "help": "official: own and previous batch's pivots, sigmoid weights (the authors' code); "
+                "paper: the pivots before and after, linear weights (Eq. 5)"
+            },
+        )
 
     def render(self, run: EditRun, rows: list[int]) -> torch.Tensor:
         inv = run.invert(run.rows(rows))
@@ -210,6 +250,11 @@ class TokenFlow(Strategy):
             "batch_size": self.params.batch_size,
             "pivots_per_step": len(self.pivots[0]) if self.pivots else 0,
             "max_unet_batch": self.max_batch,
+            "pivot_blend": self.params.pivot_blend,
+            "injection_steps": {
+                "attn": sum(a for a, _ in self.injected),
+                "residual": sum(r for _, r in self.injected),
+            },
         }
         return x.float()
 
@@ -228,6 +273,8 @@ class TokenFlow(Strategy):
         state = _State(groups=len(prompts), pnp_layers=set(pnp_attention_layers(backbone.unet)))
         generator = torch.Generator().manual_seed(seed)
         self.pivots, self.max_batch, missing = [], 0, []
+        self.injected: list[tuple[bool, bool]] = []  # per step: (q/k, residual) injection ran
+        attn_steps, res_steps = int(p.attn_fraction * len(ts)), int(p.residual_fraction * len(ts))
 
         def unet(src: torch.Tensor, lat: torch.Tensor, t: int, stage: str) -> torch.Tensor:
             k = lat.shape[0]
@@ -240,11 +287,13 @@ class TokenFlow(Strategy):
         with tokenflow_unet(backbone.unet, state), progress_bar("denoise", len(ts), False) as bar:
             for s, t in enumerate(ts):
                 src = inv.latent_at(t)
-                if src is None:  # no source latent at t: match on the current latents, no injection
+                have_source = src is not None  # a flag: at step 0 the source latent *is* the start latent
+                if not have_source:  # no source latent at t: match on the current latents, no injection
                     missing.append(int(t))
                     src = x
-                state.inject_attn = src is not x and s < round(p.attn_fraction * len(ts))
-                state.inject_res = src is not x and s < round(p.residual_fraction * len(ts))
+                state.inject_attn = have_source and s < attn_steps
+                state.inject_res = have_source and s < res_steps
+                self.injected.append((state.inject_attn, state.inject_res))
                 pivots = draw_pivots(n, p.batch_size, generator)
                 self.pivots.append(pivots)
                 state.mode = "pivot"
@@ -252,7 +301,8 @@ class TokenFlow(Strategy):
                 state.mode, new = "propagate", torch.empty_like(x)
                 for b in range(0, n, p.batch_size):
                     part = list(range(b, min(b + p.batch_size, n)))
-                    state.pairs = pivot_pairs(part, pivots)
+                    official = p.pivot_blend == "official"
+                    state.pairs = official_pivot_pairs(part, p.batch_size) if official else pivot_pairs(part, pivots)
                     eps = unet(src[part], x[part], t, "denoise").cpu()
                     new[part] = sched.step(eps, t, x[part]).prev_sample
                 x = new
