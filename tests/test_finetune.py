@@ -62,12 +62,14 @@ def _tree_digest(folder: Path) -> str:
 def identity_adapter(tmp_path_factory):
     before = _tree_digest(FACES)
     out = tmp_path_factory.mktemp("ft") / "identity"
-    # 60 steps: at 30 the identity term on the fixed eval batch rose on one CI machine (0.934 -> 0.949)
-    # while it fell on another; at 60 it falls here (0.934 -> 0.910, noise 0.990 -> 0.831)
+    # the identity term on the held-out evaluation batch is not asserted: on the random tiny UNet it
+    # rose or fell with the CPU's float kernels (60 steps: 0.934 -> 0.910 on one AVX2 machine, -> 0.955
+    # on an AVX-512 one; trained alone at lr 1e-3 it rose on both); its gradient is pinned on a fixed
+    # batch by test_objective_term_decreases_when_trained[identity-identity]
     report = _finetune(
         "identity",
         out,
-        60,
+        30,
         {
             "settings": {
                 "loss_weights": {"noise": 1.0, "identity": 1.0},
@@ -81,15 +83,15 @@ def identity_adapter(tmp_path_factory):
     return out, report
 
 
-def test_identity_recipe_both_terms_decrease_and_outputs(identity_adapter):
+def test_identity_recipe_trains_both_terms_and_outputs(identity_adapter):
     out, report = identity_adapter
     print(
-        "identity recipe, 60 steps, fixed eval batch:",
+        "identity recipe, 30 steps, fixed eval batch:",
         {k: (round(report["eval_start"][k], 4), round(v, 4)) for k, v in report["eval_end"].items()},
     )
     assert set(report["eval_end"]) == {"noise", "identity"}
-    for term, end in report["eval_end"].items():
-        assert end < report["eval_start"][term], term
+    assert report["eval_end"]["noise"] < 0.95 * report["eval_start"]["noise"]
+    assert all(0.0 <= v <= 2.0 for v in report["eval_end"].values())  # 1 - cos: finite, in range
     for name in (
         "pytorch_lora_weights.safetensors",
         "README.md",
@@ -101,10 +103,10 @@ def test_identity_recipe_both_terms_decrease_and_outputs(identity_adapter):
         assert (out / name).is_file(), name
     assert not out.with_name(out.name + ".partial").exists()
     card = (out / "README.md").read_text()
-    assert "identity" in card and "60" in card and "noise x 1.0" in card
+    assert "identity" in card and "30" in card and "noise x 1.0" in card
     log = json.loads((out / "losses.json").read_text())["log"]
-    assert len(log) == 60 and all({"noise", "identity", "total"} <= set(r) for r in log)
-    assert report["data"]["faces"] == 10 and report["steps"] == 60
+    assert len(log) == 30 and all({"noise", "identity", "total"} <= set(r) for r in log)
+    assert report["data"]["faces"] == 10 and report["steps"] == 30
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +117,17 @@ def training_faces():
     return prepare_faces(FACES, get_catalog().build("face_processor", "retinaface", {"verify": "none"}), 64, 1)
 
 
-@pytest.mark.parametrize("term", ["directional", "locality", "identity"])
-def test_edit_objective_each_term_decreases_when_trained(term, training_faces):
-    """Each term of the edit objective, trained alone with Adam on one fixed batch (8 samples: faces,
-    timesteps in [1, 600), noise, prompts), goes down: its gradient reaches the LoRA weights through
-    the UNet, the VAE decode, the ArcFace alignment and the identity / CLIP networks, and points the
-    right way. Measured here (64 px, 10 steps, lr 1e-3): identity 0.729 -> 0.662, directional 0.951 -> 0.893,
-    locality 0.1042 -> 0.0977, each step lower than the one before.
+@pytest.mark.parametrize(
+    ("recipe", "term"),
+    [("edit", "directional"), ("edit", "locality"), ("edit", "identity"), ("identity", "identity")],
+)
+def test_objective_term_decreases_when_trained(recipe, term, training_faces):
+    """Each image term of the edit objective, and the identity objective's identity term, trained
+    alone with Adam on one fixed batch (8 samples: faces, timesteps in [1, 600), noise, prompts), goes
+    down: its gradient reaches the LoRA weights through the UNet, the VAE decode, the ArcFace alignment
+    and the identity / CLIP networks, and points the right way. Measured here (64 px, 10 steps, lr
+    1e-3): identity 0.729 -> 0.662 (the identity objective's 0.729 -> 0.663), directional 0.951 ->
+    0.893, locality 0.1042 -> 0.0977, each step lower than the one before.
 
     A fixed batch, not held-out noise: on the random tiny UNet, 20-60 steps of the identity term alone
     did not lower it on a held-out evaluation batch (3 seeds: +0.006, +0.001, -0.000 at 20 steps and
@@ -145,25 +151,20 @@ def test_edit_objective_each_term_decreases_when_trained(term, training_faces):
     for p in params.values():
         p.requires_grad_(True)
     encoder = c.build("identity_encoder", "mobilefacenet")
-    objective = c.build("objective", "edit")
+    objective = c.build("objective", recipe)
     faces = TrainingFaces(bb, training_faces.crops, training_faces.landmarks, torch.device("cpu"), encoder)
-    objective.setup(
-        bb,
-        faces,
-        {
-            "identity_encoder": encoder,
-            "localization_loss": c.build("localization_loss", "clip-directional", {"model": "tiny"}),
-        },
-        RecipeSettings(identity_max_timestep=999),
-        {term: 1.0},
-    )
+    comps = {"identity_encoder": encoder}
+    if recipe == "edit":
+        comps["localization_loss"] = c.build("localization_loss", "clip-directional", {"model": "tiny"})
+    objective.setup(bb, faces, comps, RecipeSettings(identity_max_timestep=999), {term: 1.0})
+    prompts = getattr(objective, "prompts", None) or [("", "")]
     g = torch.Generator().manual_seed(0)
     n = 8
     batch = TrainingBatch(
         torch.randint(0, len(faces), (n,), generator=g),
         torch.randint(1, 600, (n,), generator=g),
         torch.randn(n, *faces.z0.shape[1:], generator=g),
-        [objective.prompts[i % len(objective.prompts)] for i in range(n)],
+        [prompts[i % len(prompts)] for i in range(n)],
     )
     opt = torch.optim.Adam(list(params.values()), lr=1e-3)
     values = []
@@ -173,7 +174,7 @@ def test_edit_objective_each_term_decreases_when_trained(term, training_faces):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"edit objective, {term} alone on a fixed batch: " + " ".join(f"{v:.4f}" for v in values))
+    print(f"{recipe} objective, {term} alone on a fixed batch: " + " ".join(f"{v:.4f}" for v in values))
     assert values[-1] < 0.97 * values[0]
     assert sum(b < a for a, b in zip(values, values[1:])) >= 8  # it goes down step after step, not by one lucky jump
 
