@@ -75,11 +75,20 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, cache_limit: str | None) -
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
-    if cache_limit is not None:
+    if cache_limit is not None:  # for this command only
         from ipfacediff.runtime.cache import LIMIT_ENV, parse_size
 
         parse_size(cache_limit)
+        before = os.environ.get(LIMIT_ENV)
         os.environ[LIMIT_ENV] = cache_limit
+
+        def restore() -> None:  # a caller of main() in a long-lived process keeps its own limit
+            if before is None:
+                os.environ.pop(LIMIT_ENV, None)
+            else:
+                os.environ[LIMIT_ENV] = before
+
+        ctx.call_on_close(restore)
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, needs_data, needs_models, run_cli, run_main
+from conftest import DATA, needs_data, needs_models, run_main
 
 from ipfacediff.runtime.video import open_frames, probe
 
@@ -149,7 +149,7 @@ def test_8k_input_is_edited_at_full_size(sample_clip, tmp_path):
     frame[:, 1680:6000] = big
     clip = _encode(tmp_path / "uhd.mp4", [frame, frame])
     assert open_frames(clip).batch == 2
-    r = run_cli(
+    r = run_main(
         "--quiet",
         "edit",
         str(clip),
@@ -182,7 +182,7 @@ def test_face_leaving_the_frame_passes_through_with_a_warning_and_a_count(sample
     )
     frames = [*src[:8], *[empty] * 6, *src[14:20]]  # the face is gone in frames 8..13
     clip = _encode(tmp_path / "leaves.mp4", frames)
-    r = run_cli(
+    r = run_main(
         "--quiet",
         "edit",
         str(clip),
@@ -223,7 +223,7 @@ def test_rotated_phone_clip_is_read_upright_and_written_upright(sample_clip, tmp
     info = probe(clip)
     assert (info.rotation, info.width, info.height) == (90, 320, 256)
     assert np.abs(open_frames(clip).get([0])[0].astype(int) - shown[0]).mean() < 3
-    r = run_cli(
+    r = run_main(
         "--quiet",
         "edit",
         str(clip),
@@ -250,7 +250,7 @@ def test_variable_frame_rate_clip_keeps_its_frame_times(sample_clip, tmp_path):
     clip = _encode(tmp_path / "vfr.mp4", frames, fps=20, times_ms=times)
     info = probe(clip)
     assert info.variable_frame_rate and info.n_frames == 10
-    r = run_cli(
+    r = run_main(
         "--quiet",
         "edit",
         str(clip),

@@ -39,7 +39,7 @@ def test_plugins_table():
 
 
 def test_doctor_json():
-    r = run_cli("doctor", "--json")
+    r = run_main("doctor", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["device"] in ("cpu", "cuda", "mps") and data["torch"]
@@ -49,7 +49,7 @@ def test_doctor_json():
 
 
 def test_doctor_says_how_to_get_missing(tmp_path):
-    r = run_cli("doctor", "--json", env={"IPFACEDIFF_MODELS": str(tmp_path), "IPFACEDIFF_CACHE": str(tmp_path)})
+    r = run_main("doctor", "--json", env={"IPFACEDIFF_MODELS": str(tmp_path), "IPFACEDIFF_CACHE": str(tmp_path)})
     data = json.loads(r.stdout)
     assert all(m["found"] is None and "https://" in m["how_to_get"] for m in data["models"])
 
@@ -62,7 +62,7 @@ def _digest(path):
 def test_faces_job_on_the_sample_clip(sample_clip, tmp_path):
     before = _digest(sample_clip)
     out = tmp_path / "result"
-    r = run_cli("--quiet", "faces", str(sample_clip), "-o", str(out), "--max-frames", "12")
+    r = run_main("--quiet", "faces", str(sample_clip), "-o", str(out), "--max-frames", "12")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["crops.mp4", "faces.json", "roundtrip.mp4", "strip.png"]
     report = json.loads((out / "faces.json").read_text())
@@ -109,7 +109,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path):
 @needs_data
 def test_faces_on_in_the_wild_clip_keeps_background(tmp_path):
     out = tmp_path / "s13"
-    r = run_cli("--quiet", "faces", str(DATA / "videos" / "s13.mp4"), "-o", str(out), "--max-frames", "4", "--json")
+    r = run_main("--quiet", "faces", str(DATA / "videos" / "s13.mp4"), "-o", str(out), "--max-frames", "4", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["frames_with_face"] == 4

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, needs_data, needs_models, run_cli, run_main
+from conftest import DATA, needs_data, needs_models, run_main
 
 from ipfacediff.interfaces import PropagationInput
 from ipfacediff.runtime.video import open_frames, probe
@@ -150,7 +150,9 @@ def test_propagating_unedited_keyframes_rebuilds_the_other_frames(clip_latents, 
 
 
 def _edit(*args, env=None):
-    return run_cli("--quiet", "edit", *args, "--json", env=env)
+    """``ipfacediff edit`` by its entry point in this process (test_robustness and test_streaming run
+    the console script in processes of their own)."""
+    return run_main("--quiet", "edit", *args, "--json", env=env)
 
 
 CHEAP = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_models, run_cli, run_main
+from conftest import needs_models, run_main
 
 from ipfacediff.runtime.video import open_frames
 
@@ -86,8 +86,10 @@ def test_chunked_propagation_equals_whole_clip_propagation(catalog, name):
 
 
 def _edit(clip: Path, out: Path, *extra: str, cache: Path | None = None) -> dict:
+    """An edit by the CLI's entry point in this process (the tests that need a process of their own,
+    interrupted or concurrent runs, start the console script)."""
     env = {"IPFACEDIFF_CACHE": str(cache)} if cache else {}
-    r = run_cli("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(out), "--json", *extra, env=env)
+    r = run_main("--quiet", "edit", str(clip), "-p", "eyeglasses", *FAST, "-o", str(out), "--json", *extra, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -120,7 +122,7 @@ def test_chunked_edit_has_no_jump_at_chunk_borders(long_clip, tmp_path):
 
 def test_memory_does_not_grow_with_clip_length(tmp_path):
     """Peak traced memory (Python objects and numpy arrays: frames, crops, latents read back, decoded
-    crops) of a 64- and a 192-frame edit (16-frame chunks, so the longer clip has 3x the chunks).
+    crops) of a 32- and a 96-frame edit (8-frame chunks, so the longer clip has 3x the chunks).
     Held for the whole clip, the per-frame arrays would add ~30 KB per frame here (64 px crops, 128 px
     frames); streamed, only the chunk's are alive."""
     import tracemalloc
@@ -131,7 +133,7 @@ def test_memory_does_not_grow_with_clip_length(tmp_path):
 
     reg = load_registry()
     peaks = {}
-    for n in (16, 64, 192):  # the first run warms up imports and caches: not compared
+    for n in (8, 32, 96):  # the first run warms up imports and caches: not compared
         clip = write_sample_clip(tmp_path / f"m{n}.mp4", n_frames=n, size=128, audio=False)
         req = EditRequest(
             input=clip,
@@ -141,7 +143,7 @@ def test_memory_does_not_grow_with_clip_length(tmp_path):
             output=tmp_path / f"o{n}.mp4",
             backbone="tiny",
             steps=2,
-            sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 16, "chunk_frames": 16}},
+            sets={"backbone": {"resolution": 64}, "settings": {"keyframe_interval": 8, "chunk_frames": 8}},
             face_processor="full-frame",
             show_progress=False,
             cache=False,
@@ -157,11 +159,11 @@ def test_memory_does_not_grow_with_clip_length(tmp_path):
             "groups, "
             f"{rep['timings_s']['total']:.1f} s"
         )
-    growth = peaks[192] - peaks[64]
-    print(f"growth 64 -> 192 frames: {growth:.2f} MB ({growth / 128 * 1024:.1f} KB per frame)")
-    assert growth < 0.5, (
-        peaks
-    )  # held in RAM, 128 more frames would add ~4 MB; streamed ~1.3 KB per frame (the face track)
+    growth = peaks[96] - peaks[32]
+    print(f"growth 32 -> 96 frames: {growth:.2f} MB ({growth / 64 * 1024:.1f} KB per frame)")
+    # held in RAM, 64 more frames would add ~2 MB; streamed 1-4 KB per frame (the face track, the
+    # report's per-chunk entries)
+    assert growth < 0.8, peaks
 
 
 def _wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -184,6 +186,8 @@ def test_interrupted_edit_leaves_nothing_and_resumes_after_finished_stages(sig, 
         "-p",
         "eyeglasses",
         *FAST,
+        "--max-frames",
+        "64",
         "--set",
         "settings.chunk_frames=8",
         "-o",
@@ -206,7 +210,9 @@ def test_interrupted_edit_leaves_nothing_and_resumes_after_finished_stages(sig, 
     assert rep["reused_stages"] == ["detect", "encode", "keyframe_edit"]
     assert not {"inversion", "keyframe-edit", "feature"} & set(rep["unet_evaluations"]["by_stage"])
     if sig == signal.SIGINT:  # the resumed result is the uninterrupted one
-        ref = _edit(long_clip, tmp_path / "ref.mp4", "--set", "settings.chunk_frames=8", "--no-cache")
+        ref = _edit(
+            long_clip, tmp_path / "ref.mp4", "--max-frames", "64", "--set", "settings.chunk_frames=8", "--no-cache"
+        )
         assert ref["reused_stages"] == [] and ref["unet_evaluations"]["total"] > rep["unet_evaluations"]["total"]
         assert np.array_equal(_frames(out_dir / "e.mp4"), _frames(tmp_path / "ref.mp4"))
 
@@ -225,7 +231,7 @@ def test_two_runs_at_once_share_the_cache_without_corrupting_it(long_clip, tmp_p
             "eyeglasses",
             *FAST,
             "--max-frames",
-            "48",
+            "24",
             "-o",
             str(tmp_path / f"{name}.mp4"),
             "--json",
@@ -259,7 +265,7 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
     assert table.returncode == 0 and "keyframe-edits" in table.stdout and "evictable" in table.stdout
 
     # another clip under a 1 KB limit: the first clip's entries go, this run's own stay
-    r = run_cli(
+    r = run_main(
         "--quiet",
         "--cache-limit",
         "1KB",
