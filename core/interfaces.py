@@ -291,6 +291,12 @@ class Inversion:
     denoise_timesteps: list[int]
     steps: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    start: torch.Tensor | None = None
+
+    @property
+    def start_latent(self) -> torch.Tensor:
+        """The latents the sampler starts from."""
+        return self.trajectory[-1] if self.start is None else self.start
 
     def latent_at(self, t: int) -> torch.Tensor | None:
         """The inverted latents at noise level ``t`` (``None`` when the trajectory lacks it)."""
@@ -308,6 +314,7 @@ class Inversion:
             list(self.denoise_timesteps),
             self.steps,
             dict(self.extras),
+            None if self.start is None else self.start[rows],
         )
 
 

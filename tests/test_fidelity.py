@@ -564,3 +564,106 @@ def test_refinement_frames_attend_to_their_own_tokens_and_the_keyframes():
         assert torch.allclose(ControlledSelfAttention("l", ctrl)(attn, y)[1], got[1], atol=1e-6)
         y[0] = torch.randn(5, 16)  # the keyframe: an effect
         assert not torch.allclose(ControlledSelfAttention("l", ctrl)(attn, y)[1], got[1], atol=1e-4)
+
+
+# ------------------------------------------------------------------ TokenFlow's published inversion
+def test_inversion_with_more_steps_keeps_the_sampling_timesteps(catalog):
+    """``inverter.steps`` inverts with more steps than the sampler runs (TokenFlow: 500 for 50) and
+    keeps the latents at the sampler's timesteps and the last one; each is the latent the finer
+    inversion reached there (the same as a plain inversion of that many steps)."""
+    bb = tiny_backbone()
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    empty = bb.encode_prompt([""])
+    fine = catalog.build("inverter", "ddim", {"steps": 20}).invert(bb, z, empty, 5)
+    full = catalog.build("inverter", "ddim").invert(bb, z, empty, 20)
+    assert fine.denoise_timesteps == [801, 601, 401, 201, 1] and fine.steps == 5
+    assert fine.timesteps == [1, 201, 401, 601, 801, 951] and len(fine.trajectory) == 7
+    assert fine.extras["inversion_steps"] == 20 and fine.start_latent is fine.trajectory[-1]
+    for t in fine.timesteps:
+        assert torch.equal(fine.latent_at(t), full.latent_at(t)), t
+    coarse = catalog.build("inverter", "ddim").invert(bb, z, empty, 5)
+    assert not torch.allclose(coarse.latent_at(801), fine.latent_at(801))  # 4x finer steps: another path
+
+
+def test_tokenflow_start_latent_is_the_clean_latent_renoised_by_the_inverted_noise(catalog):
+    """``start: tokenflow``: the sampler starts from ``scheduler.add_noise(z0, eps, t0)`` with ``eps``
+    the noise the last inverted latent implies (TokenFlow's ``get_ddim_eps``), not from that latent."""
+    from diffusers import DDIMScheduler
+
+    bb = tiny_backbone()
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    empty = bb.encode_prompt([""])
+    inv = catalog.build("inverter", "ddim", {"steps": 20, "start": "tokenflow"}).invert(bb, z, empty, 5)
+    sched = DDIMScheduler.from_config(bb.scheduler_config)
+    a_last = sched.alphas_cumprod[inv.timesteps[-1]]
+    eps = (inv.trajectory[-1] - a_last.sqrt() * z) / (1 - a_last).sqrt()
+    want = sched.add_noise(z, eps, torch.tensor([inv.denoise_timesteps[0]]))
+    assert torch.allclose(inv.start_latent, want, atol=1e-6)
+    assert not torch.allclose(inv.start_latent, inv.trajectory[-1])
+    assert inv.select([1]).start_latent.shape == (1, 4, 8, 8)
+
+
+def test_inversion_prompt_conditions_the_inversion_and_the_tokenflow_source_branch(catalog, tmp_path):
+    """``inverter.prompt`` (TokenFlow's ``--inversion_prompt``) conditions the inversion, and TokenFlow's
+    source branch runs on it (Plug-and-Play's ``pnp_guidance_embeds``)."""
+    from ipfacediff.testing.conformance import tiny_edit_run
+
+    bb = tiny_backbone()
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    empty = bb.encode_prompt([""])
+    plain = catalog.build("inverter", "ddim").invert(bb, z, empty, 3)
+    prompted = catalog.build("inverter", "ddim", {"prompt": "a photo of a face"}).invert(bb, z, empty, 3)
+    assert prompted.extras["prompt"] == "a photo of a face"
+    assert not torch.allclose(plain.trajectory[-1], prompted.trajectory[-1])
+
+    strategy = catalog.build("strategy", "tokenflow", {"batch_size": 3})
+    run = tiny_edit_run(strategy, tmp_path, rows=4)
+    run.components["inverter"] = catalog.build("inverter", "ddim", {"prompt": "a photo of a face"})
+    seen = []
+    predict = run.backbone.predict_noise
+
+    def spy(x, t, emb, stage):
+        if stage == "denoise":
+            seen.append(emb[: x.shape[0] // 3].clone())
+        return predict(x, t, emb, stage)
+
+    run.backbone.predict_noise = spy
+    try:
+        strategy.render(run, list(range(4)))
+    finally:
+        del run.backbone.predict_noise
+    source = run.backbone.encode_prompt(["a photo of a face"])
+    assert seen and all(torch.equal(e, source.expand(e.shape[0], -1, -1)) for e in seen)
+    assert run.report["tokenflow"]["inversion"] == {
+        "steps": run.steps,
+        "prompt": "a photo of a face",
+        "start": "inverted",
+    }
+
+
+@pytest.mark.parametrize(("thresholds", "want"), [("round", 4), ("int", 3)])
+def test_identity_injection_counts_injected_steps_as_asked(catalog, thresholds, want):
+    """``thresholds: int`` counts the injected steps as Plug-and-Play's and TokenFlow's code do
+    (``int(0.35 * 10) = 3``); the default keeps ``round`` (4)."""
+    bb = tiny_backbone()
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    empty = bb.encode_prompt([""])
+    inv = catalog.build("inverter", "ddim").invert(bb, z, empty, 10)
+    editor = catalog.build(
+        "editor", "identity-injection", {"attn_fraction": 0.35, "residual_fraction": 0.35, "thresholds": thresholds}
+    )
+    stages = []
+    predict = bb.predict_noise
+
+    def spy(x, t, emb, stage):
+        stages.append(stage)
+        return predict(x, t, emb, stage)
+
+    bb.predict_noise = spy
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EditWarning)
+            editor.edit(bb, inv, bb.encode_prompt(["a face, eyeglasses"]), empty, empty)
+    finally:
+        del bb.predict_noise
+    assert stages.count("feature") == want and stages.count("keyframe-edit") == 10

@@ -443,6 +443,7 @@ class EditJob(ClipJob, EditRun):
                 "trajectory": torch.stack(inv.trajectory),
                 "steps": inv.steps,
                 "extras": inv.extras,
+                "start": inv.start,
             }
 
         with self.timer("invert"):
@@ -458,7 +459,12 @@ class EditJob(ClipJob, EditRun):
             # every inversion came from the cache
             self.report["inversion_cached"] = self.report.get("inversion_cached", True) and hit
         return Inversion(
-            d["timesteps"], list(d["trajectory"].unbind(0)), d["denoise_timesteps"], d["steps"], d["extras"]
+            d["timesteps"],
+            list(d["trajectory"].unbind(0)),
+            d["denoise_timesteps"],
+            d["steps"],
+            d["extras"],
+            d.get("start"),
         )
 
     # ------------------------------------------------------------------------------ the end

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -65,6 +66,17 @@ class IdentityInjection(Editor):
         residual: bool = field(
             default=True, metadata={"help": "inject the residual branch of Plug-and-Play's up_blocks[1].resnets[1]"}
         )
+        thresholds: Literal["round", "int"] = field(
+            default="round",
+            metadata={
+                "help": "steps injected: round(fraction * steps) (default) or int(fraction * steps), as "
+                "Plug-and-Play's and TokenFlow's code count them (the two differ at e.g. 10 steps and 0.35 / 0.75)"
+            },
+        )
+
+    def injected_steps(self, fraction: float, steps: int) -> int:
+        """How many of the first steps a fraction injects (see ``thresholds``)."""
+        return int(fraction * steps) if self.params.thresholds == "int" else round(fraction * steps)
 
     @property
     def guidance_scale(self) -> float:  # type: ignore[override]
@@ -84,7 +96,8 @@ class IdentityInjection(Editor):
         sched = DDIMScheduler.from_config(backbone.scheduler_config)
         sched.set_timesteps(inversion.steps)
         ts = inversion.denoise_timesteps
-        x = inversion.trajectory[-1].to(backbone.device, torch.float32)
+        n = len(ts)
+        x = inversion.start_latent.to(backbone.device, torch.float32)
         k = x.shape[0]
         use_cfg = p.guidance_scale != 1.0
         emb = (
@@ -104,11 +117,15 @@ class IdentityInjection(Editor):
         with controlled_unet(backbone.unet, ctrl, res_layers):
             for i, t in enumerate(ts):
                 src = inversion.latent_at(t)
-                if src is None and p.injection and i < round(max(p.attn_fraction, p.residual_fraction) * len(ts)):
+                if (
+                    src is None
+                    and p.injection
+                    and i < self.injected_steps(max(p.attn_fraction, p.residual_fraction), n)
+                ):
                     missing.append(int(t))
                 inject = p.injection and src is not None
-                ctrl.inject_attn = inject and i < round(p.attn_fraction * len(ts))
-                ctrl.inject_res = inject and p.residual and i < round(p.residual_fraction * len(ts))
+                ctrl.inject_attn = inject and i < self.injected_steps(p.attn_fraction, n)
+                ctrl.inject_res = inject and p.residual and i < self.injected_steps(p.residual_fraction, n)
                 if ctrl.inject_attn or ctrl.inject_res:
                     backbone.set_adapter("identity" if p.identity_adapter else None)
                     ctrl.mode, ctrl.extended = "capture", False

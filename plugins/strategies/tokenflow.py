@@ -18,7 +18,8 @@ Every frame is DDIM-inverted; then at each denoising step t:
    weighted linearly by temporal distance (the paper's Eq. 5).
 
 Each UNet batch is ``[source, uncond, cond]`` for the same frames, as in TokenFlow's code: the
-source third (inverted latents at t, empty prompt) gives the matching features and Plug-and-Play's
+source third (inverted latents at t, on the inversion's prompt: empty unless ``inverter.prompt`` is
+set) gives the matching features and Plug-and-Play's
 features, injected into the other two on *every* frame: the self-attention queries and keys of
 Plug-and-Play's layers for the first ``int(attn_fraction * steps)`` steps (they only act in the
 pivots' pass: elsewhere attention outputs are propagated), the residual branch of
@@ -27,6 +28,11 @@ code rounds), from the first (noisiest) step on. In the pivots' pass the uncond 
 share keys and values across pivots (extended attention); the source branch does not (each source
 pivot attends to itself, as in the authors' code). UNet evaluations per step: 3 per frame + 3 per
 pivot.
+
+The inversion is the pipeline's inverter's: ``tokenflow`` inverts with the sampling step count and the
+empty prompt and samples from the last inverted latent; ``tokenflow-published`` sets the ``ddim``
+inverter as TokenFlow's preprocessing runs (500 inversion steps, the latents at the sampling
+timesteps kept, an inversion prompt, the start latent ``add_noise(z0, eps, t0)``).
 """
 
 from __future__ import annotations
@@ -255,6 +261,11 @@ class TokenFlow(Strategy):
                 "attn": sum(a for a, _ in self.injected),
                 "residual": sum(r for _, r in self.injected),
             },
+            "inversion": {
+                "steps": inv.extras.get("inversion_steps", inv.steps),
+                "prompt": inv.extras.get("prompt", ""),
+                "start": inv.extras.get("start", "inverted"),
+            },
         }
         return x.float()
 
@@ -267,9 +278,12 @@ class TokenFlow(Strategy):
         p, ts = self.params, inv.denoise_timesteps
         sched = DDIMScheduler.from_config(backbone.scheduler_config)
         sched.set_timesteps(inv.steps)
-        x = inv.trajectory[-1].float().cpu()
+        x = inv.start_latent.float().cpu()
         n, cfg = x.shape[0], guidance != 1.0
-        prompts = [embeds["empty"], embeds["uncond"], embeds["target"]] if cfg else [embeds["empty"], embeds["target"]]
+        # the source branch on the inversion's prompt (TokenFlow's pnp_guidance_embeds; empty by default)
+        inversion_prompt = inv.extras.get("prompt") or ""
+        source = backbone.encode_prompt([inversion_prompt]) if inversion_prompt else embeds["empty"]
+        prompts = [source, embeds["uncond"], embeds["target"]] if cfg else [source, embeds["target"]]
         state = _State(groups=len(prompts), pnp_layers=set(pnp_attention_layers(backbone.unet)))
         generator = torch.Generator().manual_seed(seed)
         self.pivots, self.max_batch, missing = [], 0, []
