@@ -80,33 +80,13 @@ def make_tiny_sd_folder(path: str, seed: int = 0) -> str:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from ipfacediff.plugins.backbones.tiny import TINY_TEXT_ENCODER, TINY_UNET
     from ipfacediff.runtime.diffusion import clip_tokenizer
 
     root = Path(path)
     torch.manual_seed(seed)
-    UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=32,
-    ).save_pretrained(root / "unet")
-    CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    ).save_pretrained(root / "text_encoder")
+    UNet2DConditionModel(sample_size=8, layers_per_block=1, **TINY_UNET).save_pretrained(root / "unet")
+    CLIPTextModel(CLIPTextConfig(**TINY_TEXT_ENCODER)).save_pretrained(root / "text_encoder")
     AutoencoderKL(
         block_out_channels=(32, 64),
         in_channels=3,

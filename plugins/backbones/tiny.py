@@ -19,6 +19,27 @@ from ipfacediff.runtime.diffusers_backbone import (
 )
 from ipfacediff.runtime.diffusion import clip_tokenizer
 
+# the tiny UNet's and text encoder's shapes (also the tiny Stable Diffusion folder of ipfacediff.testing)
+TINY_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": (2, 4),
+    "norm_num_groups": 32,
+}
+TINY_TEXT_ENCODER = {
+    "vocab_size": 49408,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
+
 
 class TinyBackbone(DiffusersBackbone):
     """Seeded random UNet2DConditionModel + CLIPTextModel (real classes), real TAESD VAE."""
@@ -64,34 +85,12 @@ class TinyBackbone(DiffusersBackbone):
             raise InputError(f"tiny backbone: resolution {p.resolution} is not a multiple of 8")
         self.resolution = p.resolution
         torch.manual_seed(p.seed)
-        self.unet = UNet2DConditionModel(
-            sample_size=p.resolution // 8,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=(2, 4),
-            norm_num_groups=32,
-        )
+        self.unet = UNet2DConditionModel(sample_size=p.resolution // 8, layers_per_block=2, **TINY_UNET)
         with torch.no_grad():
             self.unet.conv_out.weight.mul_(p.eps_scale)
             self.unet.conv_out.bias.mul_(p.eps_scale)
         self.text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
+            CLIPTextConfig(**TINY_TEXT_ENCODER, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
         )
         self.tokenizer = clip_tokenizer(77)
         if p.vae == "taesd":
