@@ -89,6 +89,21 @@ def test_identity_metrics_of_identical_videos_are_one(metric):
     assert metric("id-similarity").compute(src, other)["value"] < 0.6
 
 
+def test_tl_id_and_tg_id_are_the_mean_of_stits_element_wise_ratios():
+    """STIT: R = S_edit / S_src element-wise over the two frame-by-frame identity cosine matrices; TL-ID
+    is the mean of R's first superdiagonal, TG-ID of every off-diagonal pair. Worked out by hand on 3
+    frames where the ratio of the means (0.3's definition) differs."""
+    from ipfacediff.plugins.metrics._bases import stit_ratio
+
+    s_src = np.array([[1.0, 0.5, 0.4], [0.5, 1.0, 1.0], [0.4, 1.0, 1.0]])
+    s_ed = np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]])
+    tl = stit_ratio(s_src, s_ed, "adjacent")  # pairs (0,1), (1,2): ratios 1.0, 0.5
+    assert tl["value"] == pytest.approx(0.75) and tl["ratio_of_means"] == pytest.approx(0.5 / 0.75)
+    tg = stit_ratio(s_src, s_ed, "all")  # pairs (0,1), (0,2), (1,2): ratios 1.0, 0.5, 0.5
+    assert tg["value"] == pytest.approx(2.0 / 3.0) and tg["ratio_of_means"] == pytest.approx(1.2 / 1.9)
+    assert tl["source"] == pytest.approx(0.75) and tg["edited"] == pytest.approx(0.4)
+
+
 FAST = [
     "--backbone",
     "tiny",

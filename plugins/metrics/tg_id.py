@@ -7,10 +7,11 @@ from ipfacediff.plugins.metrics._bases import IdentityOverTime
 
 
 class TGID(IdentityOverTime):
-    """STIT's TG-ID: identity similarity over all pairs of edited frames over that of the source."""
+    """STIT's TG-ID: the mean over all pairs of frames of the edited pair's identity cosine over the source pair's."""
 
     description = (
-        "temporally global identity consistency (STIT): all-pairs identity cosine, edited / source; 1.0 is ideal"
+        "temporally global identity consistency (STIT): mean over all frame pairs of edited / source identity cosine; "
+        "1.0 is ideal"
     )
     pairs = "all"
 

@@ -7,10 +7,11 @@ from ipfacediff.plugins.metrics._bases import IdentityOverTime
 
 
 class TLID(IdentityOverTime):
-    """STIT's TL-ID: identity similarity of adjacent edited frames over that of the source (1.0 ideal)."""
+    """STIT's TL-ID: the mean over adjacent frames of the edited pair's identity cosine over the source pair's."""
 
     description = (
-        "temporally local identity consistency (STIT): adjacent-frame identity cosine, edited / source; 1.0 is ideal"
+        "temporally local identity consistency (STIT): mean over adjacent frames of edited / source identity cosine; "
+        "1.0 is ideal"
     )
     pairs = "adjacent"
     temporal = True
