@@ -93,11 +93,18 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, cache_limit: str | None) -
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Also start every third-party component with its default parameters; exit 1 if one fails.",
+)
+def plugins(as_json: bool, check: bool) -> None:
     """List every plugin, its package and version, and what it registers."""
     from ipfacediff.catalog import get_catalog
 
     catalog = get_catalog()
+    if check:
+        _start_third_party_components(catalog)
     rows = []
     for info in catalog.plugins.values():
         comps = {k: sorted(v) for k, v in info.components.items()}
@@ -130,6 +137,8 @@ def plugins(as_json: bool) -> None:
             for kind, specs in catalog.specs.items()
         }
         _print_json({"plugins": rows, "components": components, "problems": problems})
+        if check and problems:
+            raise click.exceptions.Exit(1)
         return
     table = Table(title="ipfacediff plugins")
     for col in ("plugin", "package", "version", "registers"):
@@ -140,6 +149,23 @@ def plugins(as_json: bool) -> None:
     out.print(table)
     for p in problems:
         err.print(f"[yellow]warning:[/] {p['message']}")
+    if check and problems:
+        raise click.exceptions.Exit(1)
+
+
+def _start_third_party_components(catalog) -> None:
+    """Build each third-party component with its default parameters: a constructor that fails is a
+    problem of its plugin (the catalog records it), not an exception."""
+    from ipfacediff.errors import IPFaceDiffError
+
+    for kind, specs in catalog.specs.items():
+        for spec in specs.values():
+            if catalog._builtin(spec.plugin):
+                continue
+            try:
+                catalog.build(kind, spec.name)
+            except IPFaceDiffError:
+                pass  # recorded in catalog.problems (a constructor) or said by the error (parameters)
 
 
 def parse_set_option(items: Iterable[str]) -> dict[str, Any]:
@@ -933,7 +959,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:  # not the main thread (e.g. called from a test runner thread)
         pass
     try:
-        cli.main(args=argv, prog_name="ipfacediff", standalone_mode=False)
+        # without standalone mode click returns a command's Exit code instead of raising it
+        code = cli.main(args=argv, prog_name="ipfacediff", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         err.print(INTERRUPTED, soft_wrap=True)
         return 130
@@ -955,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(INTERRUPTED, soft_wrap=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -189,6 +189,11 @@ def test_a_plugin_that_fails_is_one_line_not_an_outage(tmp_path, sample_clip):
     assert any(p["plugin"] == "boom" and "boom in register" in p["message"] for p in data["problems"])
     assert "fragile" in [c["name"] for c in data["components"]["propagator"]]
     assert "warning: plugin 'boom' failed in register_metrics: RuntimeError: boom in register" in r.stderr
+    # --check starts the third-party components: the fragile one's constructor is a problem, exit 1
+    r = run_cli("plugins", "--json", "--check", env=env)
+    assert r.returncode == 1, r.stderr
+    started = [p["message"] for p in json.loads(r.stdout)["problems"] if p["plugin"] == "fragile"]
+    assert len(started) == 1 and "failed to start: OSError: no such weights file" in started[0]
 
     r = run_cli("pipelines", "--json", env=env)
     assert r.returncode == 0, r.stderr
