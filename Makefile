@@ -17,17 +17,17 @@ install: $(STAMP)
 # constraints.txt pins every package to the versions CI passed with (refresh: make lock)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray,ui]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray,ui,identity]'
 	# insightface's metadata pulls the GUI opencv-python; its real needs (onnx, onnxruntime,
 	# scipy, scikit-image, opencv-python-headless) are dependencies of ipfacediff itself.
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt insightface
-	$(BIN)/python -c "import torch, insightface, facenet_pytorch, decord, hnswlib, ray, gradio, ipfacediff; print('installed: ipfacediff', ipfacediff.__version__, 'torch', torch.__version__)"
+	$(BIN)/python -c "import torch, insightface, facenet_pytorch, decord, hnswlib, ray, gradio, dlib, ipfacediff; print('installed: ipfacediff', ipfacediff.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 
 # newest versions that resolve today, pinned into constraints.txt (then run make test and commit)
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[dev,ray,ui]' && .lock-venv/bin/python -m pip install --quiet --no-deps insightface
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev,ray,ui,identity]' && .lock-venv/bin/python -m pip install --quiet --no-deps insightface
 	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^ipfacediff'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv
 

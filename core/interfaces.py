@@ -166,10 +166,17 @@ class IdentityEncoder(Component):
     plural = "identity_encoders"
     input_size: int = 112
     embedding_dim: int = 0
+    differentiable: bool = True  # False: it scores identity (metrics) but cannot train it (the identity loss)
 
     @abc.abstractmethod
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm identity embeddings ``[B, D]`` of aligned crops ``[B, 3, S, S]`` in [0, 1]."""
+
+    def embed_faces(self, frames: Sequence[np.ndarray], landmarks: Sequence[np.ndarray]) -> torch.Tensor | None:
+        """Unit-norm embeddings ``[F, D]`` of the faces at five-point ``landmarks`` in full RGB
+        ``frames``, for an encoder with an alignment of its own (what the identity metrics call first);
+        ``None`` (the default): the caller crops the faces to the ArcFace template for :meth:`embed`."""
+        return None
 
 
 class Metric(Component):

@@ -51,7 +51,9 @@ def test_doctor_json():
 def test_doctor_says_how_to_get_missing(tmp_path):
     r = run_main("doctor", "--json", env={"IPFACEDIFF_MODELS": str(tmp_path), "IPFACEDIFF_CACHE": str(tmp_path)})
     data = json.loads(r.stdout)
-    assert all(m["found"] is None and "https://" in m["how_to_get"] for m in data["models"])
+    folders = [m for m in data["models"] if not m["package"]]  # a package's files are found where it is installed
+    assert folders and all(m["found"] is None and "https://" in m["how_to_get"] for m in folders)
+    assert all("site-packages" in m["found"] for m in data["models"] if m["package"] and m["found"])
 
 
 def _digest(path):

@@ -486,6 +486,12 @@ def _setup(req: FinetuneRequest) -> dict[str, Any]:
             )
             .to(device)
         )
+    encoder = comps.get("identity_encoder")
+    if weights.get("identity", 0) > 0 and encoder is not None and not encoder.differentiable:
+        raise ParameterError(
+            f"identity encoder {encoder.name!r} is not differentiable: it can score identity "
+            "(--set metrics.id-similarity.encoder=...) but not train it; use mobilefacenet or insightface-arcface"
+        )
     backbone, warnings = resolve_backbone(req.backbone, req.sets, req.registry, recipe.backbone)
     warnings += training_precision(backbone, device, settings.mixed_precision)
     backbone.to(device)

@@ -30,6 +30,7 @@ class ModelFile:
     url: str
     description: str
     licence: str
+    package_file: str = ""  # "package:relative/path": a file an installed package ships (e.g. a wheel of weights)
 
 
 MODEL_FILES: dict[str, ModelFile] = {
@@ -74,6 +75,26 @@ MODEL_FILES: dict[str, ModelFile] = {
             "https://github.com/thepowerfuldeez/facemesh.pytorch/raw/master/facemesh.pth",
             "MediaPipe FaceMesh (468 landmarks) ported to PyTorch",
             "Apache-2.0",
+        ),
+        ModelFile(
+            "dlib-resnet",
+            "dlib/dlib_face_recognition_resnet_model_v1.dat",
+            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/models/"
+            "dlib_face_recognition_resnet_model_v1.dat",
+            "dlib ResNet face recognition model (128-d; pip package face-recognition-models)",
+            "CC0-1.0",
+            "face_recognition_models:models/dlib_face_recognition_resnet_model_v1.dat",
+        ),
+        ModelFile(
+            "dlib-5-landmarks",
+            "dlib/shape_predictor_5_face_landmarks.dat",
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+            "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/models/"
+            "shape_predictor_5_face_landmarks.dat",
+            "dlib 5-point face landmarks (alignment of dlib-resnet; pip package face-recognition-models)",
+            "CC0-1.0",
+            "face_recognition_models:models/shape_predictor_5_face_landmarks.dat",
         ),
     ]
 }
@@ -125,6 +146,13 @@ def candidates(name: str) -> list[Path]:
     if os.environ.get(MODELS_ENV):
         out.append(Path(os.environ[MODELS_ENV]) / m.relpath)
     out.append(cache_dir() / "models" / m.relpath)
+    if m.package_file:  # found without importing the package (face_recognition_models imports pkg_resources)
+        import importlib.util
+
+        package, rel = m.package_file.split(":", 1)
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec is not None else []:
+            out.append(Path(root) / rel)
     return out
 
 
@@ -195,6 +223,7 @@ def status() -> list[dict[str, object]]:
                 "found": str(p) if p else None,
                 "sha256_ok": ok,
                 "description": m.description,
+                "package": m.package_file.split(":")[0] or None,  # also found in this installed package
                 "how_to_get": None if ok else _how_to_get(m),
             }
         )

@@ -53,14 +53,22 @@ def face_embeddings(encoder, frames: np.ndarray, landmarks: list) -> np.ndarray:
     rounded = [None if lm is None else lm.round(2).tolist() for lm in landmarks]
     key = f"{digest(frames)}|{hashlib.sha1(str(rounded).encode()).hexdigest()}|{encoder.name}"
     if key not in _EMBEDDINGS:
-        crops = [arcface_crop(f, lm) for f, lm in zip(frames, landmarks) if lm is not None]
-        if not crops:
+        kept = [(f, lm) for f, lm in zip(frames, landmarks) if lm is not None]
+        if not kept:
             return _remember(_EMBEDDINGS, key, np.zeros((0, 1), np.float32), 8)
-        x = to_tensor(np.stack(crops))
         with torch.no_grad():
-            e = torch.cat([encoder.embed(x[i : i + 64]) for i in range(0, len(x), 64)]).cpu().numpy()
+            e = torch.cat([_embed_faces(encoder, kept[i : i + 64]) for i in range(0, len(kept), 64)]).cpu().numpy()
         _remember(_EMBEDDINGS, key, e, 8)
     return _EMBEDDINGS[key]
+
+
+def _embed_faces(encoder, faces: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+    """The encoder's own alignment when it has one, else its ArcFace crops."""
+    frames, landmarks = [f for f, _ in faces], [lm for _, lm in faces]
+    e = encoder.embed_faces(frames, landmarks)
+    if e is None:
+        e = encoder.embed(to_tensor(np.stack([arcface_crop(f, lm) for f, lm in faces])))
+    return e
 
 
 class IdentityMetric(Metric):
