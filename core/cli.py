@@ -256,7 +256,7 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
         else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
     )
     optional = {}
-    for mod in ("insightface", "facenet_pytorch", "open_clip", "decord", "hnswlib", "diffusers", "peft", "av"):
+    for mod in ("insightface", "facenet_pytorch", "open_clip", "decord", "hnswlib", "diffusers", "peft", "av", "dlib"):
         try:
             m = __import__(mod)
             optional[mod] = getattr(m, "__version__", "installed")
@@ -274,6 +274,7 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
         "packages": optional,
         "models": models.status(),
         "real_edit": real_edit_status(load_registry(registry_file)),
+        "identity_networks": _identity_networks(load_registry(registry_file)),
     }
     if as_json:
         _print_json(report)
@@ -293,8 +294,54 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
         table.add_row(r["name"], r["found"] or "[red]missing[/]", ok, r["how_to_get"] or "")
     out.print(table)
     _print_real_edit(report["real_edit"])
+    table = Table(title="identity networks")
+    for col in ("encoder", "available", "trains (recipes)", "scores (metrics' default)"):
+        table.add_column(col)
+    for r in report["identity_networks"]:
+        avail = "[green]yes[/]" if r["available"] else f"[red]no[/]: {r['problem']}"
+        table.add_row(r["name"], avail, ", ".join(r["trained_by"]) or "-", ", ".join(r["scores"]) or "-")
+    out.print(table)
     for k, v in optional.items():
         out.print(f"  {k}: {v}")
+
+
+def _identity_networks(registry) -> list[dict[str, Any]]:
+    """Each identity encoder: whether it starts here, which recipes train with it (their identity
+    loss) and which metrics score with it by default (``metrics.NAME.encoder`` picks another)."""
+    import dataclasses
+
+    from ipfacediff.catalog import get_catalog
+    from ipfacediff.errors import IPFaceDiffError
+
+    catalog = get_catalog()
+    defaults = {}
+    for name, spec in catalog.specs["metric"].items():
+        fields = {f.name: f for f in dataclasses.fields(spec.cls.Params)} if spec.cls.Params else {}
+        if "encoder" in fields:
+            defaults[name] = fields["encoder"].default
+    rows = []
+    for name in sorted(catalog.specs["identity_encoder"]):
+        problem = None
+        try:
+            differentiable = catalog.build("identity_encoder", name).differentiable
+        except IPFaceDiffError as exc:
+            problem, differentiable = exc.one_line(), None
+        trained = [
+            r
+            for r, rec in registry.recipes.items()
+            if getattr(rec.components.get("identity_encoder"), "name", "") == name
+        ]
+        rows.append(
+            {
+                "name": name,
+                "available": problem is None,
+                "problem": problem,
+                "differentiable": differentiable,
+                "trained_by": trained,
+                "scores": sorted(m for m, enc in defaults.items() if enc == name),
+            }
+        )
+    return rows
 
 
 def _print_real_edit(real: dict) -> None:

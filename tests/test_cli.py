@@ -46,6 +46,11 @@ def test_doctor_json():
     assert {m["name"] for m in data["models"]} >= {"mobilefacenet", "retinaface", "taesd-encoder"}
     for m in data["models"]:
         assert m["found"] is None or m["sha256_ok"] is not None
+    nets = {n["name"]: n for n in data["identity_networks"]}
+    assert nets["mobilefacenet"]["available"] and "identity" in nets["mobilefacenet"]["trained_by"]
+    assert "id-similarity" in nets["mobilefacenet"]["scores"]  # the loss's network scores by default (issue 22)
+    assert not nets["insightface-arcface"]["available"] and "model_path" in nets["insightface-arcface"]["problem"]
+    assert nets["dlib-resnet"]["differentiable"] is False and nets["dlib-resnet"]["trained_by"] == []
 
 
 def test_doctor_says_how_to_get_missing(tmp_path):
