@@ -255,6 +255,7 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
         if torch.cuda.is_available()
         else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
     )
+    registry = load_registry(registry_file)
     optional = {}
     for mod in ("insightface", "facenet_pytorch", "open_clip", "decord", "hnswlib", "diffusers", "peft", "av", "dlib"):
         try:
@@ -273,8 +274,8 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
         "offline": models.offline(),
         "packages": optional,
         "models": models.status(),
-        "real_edit": real_edit_status(load_registry(registry_file)),
-        "identity_networks": _identity_networks(load_registry(registry_file)),
+        "real_edit": real_edit_status(registry),
+        "identity_networks": _identity_networks(registry),
     }
     if as_json:
         _print_json(report)

@@ -29,6 +29,7 @@ def test_dlib_resnet_agrees_with_dlibs_own_pipeline_and_tells_people_apart(catal
     are further apart than a picture and its mirror."""
     import dlib
 
+    from ipfacediff.plugins.identity_encoders.dlib_resnet import face_box
     from ipfacediff.runtime import models
 
     enc = catalog.build("identity_encoder", "dlib-resnet")
@@ -39,12 +40,10 @@ def test_dlib_resnet_agrees_with_dlibs_own_pipeline_and_tells_people_apart(catal
     names, imgs, lms = zip(*portraits)
     ours = enc.embed_faces(imgs, lms).numpy()
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
-    for name, img, e in zip(names, imgs, ours):
-        box = max(detector(img, 1), key=lambda r: r.area())
-        ref = np.asarray(rec.compute_face_descriptor(dlib.get_face_chip(img, shapes(img, box), 150, 0.25)))
-        raw = np.asarray(
-            rec.compute_face_descriptor(dlib.get_face_chip(img, shapes(img, _box(lms[names.index(name)])), 150, 0.25))
-        )
+    for name, img, lm, e in zip(names, imgs, lms, ours):
+        chip = dlib.get_face_chip(img, shapes(img, max(detector(img, 1), key=lambda r: r.area())), 150, 0.25)
+        ref = np.asarray(rec.compute_face_descriptor(chip))  # dlib's own pipeline
+        raw = np.asarray(rec.compute_face_descriptor(dlib.get_face_chip(img, shapes(img, face_box(lm)), 150, 0.25)))
         assert np.linalg.norm(raw - ref) < 0.2, name  # dlib's descriptor distance
         assert np.allclose(e, raw / np.linalg.norm(raw), atol=1e-5)
     mirrored = [np.ascontiguousarray(img[:, ::-1]) for img in imgs]
@@ -60,16 +59,6 @@ def test_dlib_resnet_agrees_with_dlibs_own_pipeline_and_tells_people_apart(catal
     print(f"dlib-resnet cosine: picture vs mirror {same.min():.3f}-{same.max():.3f}", end=", ")
     print(f"different people {others.min():.3f}-{others.max():.3f}")
     assert same.min() > 0.9 and same.min() > np.percentile(others, 90)
-
-
-def _box(lm):
-    import dlib
-
-    from ipfacediff.plugins.identity_encoders.dlib_resnet import BOX_EYE_DISTANCES
-
-    half = BOX_EYE_DISTANCES * np.linalg.norm(lm[1] - lm[0]) / 2
-    cx, cy = np.asarray(lm, np.float64).mean(0)
-    return dlib.rectangle(int(cx - half), int(cy - half), int(cx + half), int(cy + half))
 
 
 def test_identity_metrics_take_dlib_resnet(catalog, portraits):

@@ -76,15 +76,23 @@ class DlibResNet(IdentityEncoder):
         return self._out([self._descriptor(c) for c in chips])
 
     def embed_faces(self, frames: Sequence[np.ndarray], landmarks: Sequence[np.ndarray]) -> torch.Tensor:
-        dlib, rows = self._dlib, []
+        rows = []
         for frame, lm in zip(frames, landmarks):
-            lm = np.asarray(lm, np.float64)
-            half = BOX_EYE_DISTANCES * np.linalg.norm(lm[1] - lm[0]) / 2
-            cx, cy = lm.mean(0)
-            box = dlib.rectangle(int(cx - half), int(cy - half), int(cx + half), int(cy + half))
             img = np.ascontiguousarray(frame)
-            rows.append(self._descriptor(dlib.get_face_chip(img, self.shapes(img, box), 150, 0.25)))
+            chip = self._dlib.get_face_chip(img, self.shapes(img, face_box(lm)), 150, 0.25)
+            rows.append(self._descriptor(chip))
         return self._out(rows)
+
+
+def face_box(landmarks: np.ndarray):
+    """The ``dlib.rectangle`` dlib's shape predictor runs in: centred on the five landmarks' mean,
+    ``BOX_EYE_DISTANCES`` eye distances wide."""
+    import dlib
+
+    lm = np.asarray(landmarks, np.float64)
+    half = BOX_EYE_DISTANCES * np.linalg.norm(lm[1] - lm[0]) / 2
+    cx, cy = lm.mean(0)
+    return dlib.rectangle(int(cx - half), int(cy - half), int(cx + half), int(cy + half))
 
 
 @ipfacediff.hookimpl
