@@ -296,11 +296,14 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
     out.print(table)
     _print_real_edit(report["real_edit"])
     table = Table(title="identity networks")
-    for col in ("encoder", "available", "trains (recipes)", "scores (metrics' default)"):
+    for col in ("encoder", "available", "trains (recipes)", "scores (metrics' default)", "bench scores with it as"):
         table.add_column(col)
+    roles = {"independent": "the independent network", "loss": "the identity loss's network", None: "-"}
     for r in report["identity_networks"]:
         avail = "[green]yes[/]" if r["available"] else f"[red]no[/]: {r['problem']}"
-        table.add_row(r["name"], avail, ", ".join(r["trained_by"]) or "-", ", ".join(r["scores"]) or "-")
+        table.add_row(
+            r["name"], avail, ", ".join(r["trained_by"]) or "-", ", ".join(r["scores"]) or "-", roles[r["bench"]]
+        )
     out.print(table)
     for k, v in optional.items():
         out.print(f"  {k}: {v}")
@@ -308,13 +311,19 @@ def doctor(registry_file: Path | None, as_json: bool) -> None:
 
 def _identity_networks(registry) -> list[dict[str, Any]]:
     """Each identity encoder: whether it starts here, which recipes train with it (their identity
-    loss) and which metrics score with it by default (``metrics.NAME.encoder`` picks another)."""
+    loss), which metrics score with it by default (``metrics.NAME.encoder`` picks another), and its
+    role in ``bench`` (which scores identity with an independent network and with the loss's)."""
     import dataclasses
 
     from ipfacediff.catalog import get_catalog
     from ipfacediff.errors import IPFaceDiffError
+    from ipfacediff.jobs.bench.plan import independent_network
 
     catalog = get_catalog()
+    losses = {getattr(p.components.get("identity_encoder"), "name", None) for p in registry.pipelines.values()} - {
+        None
+    }
+    independent, _ = independent_network(catalog, losses)
     defaults = {}
     for name, spec in catalog.specs["metric"].items():
         fields = {f.name: f for f in dataclasses.fields(spec.cls.Params)} if spec.cls.Params else {}
@@ -340,6 +349,7 @@ def _identity_networks(registry) -> list[dict[str, Any]]:
                 "differentiable": differentiable,
                 "trained_by": trained,
                 "scores": sorted(m for m, enc in defaults.items() if enc == name),
+                "bench": "independent" if name == independent else ("loss" if name in losses else None),
             }
         )
     return rows
@@ -876,6 +886,13 @@ def finetune(
 @click.option("--steps", default=10, show_default=True, type=int)
 @click.option("--max-frames", type=int, default=16, show_default=True, help="Frames per clip (0: all).")
 @click.option("--metrics", default=None, help="Metrics, comma-separated (default: all of them).")
+@click.option(
+    "--identity-encoders",
+    default="auto",
+    show_default=True,
+    help="Networks scoring the identity metrics, comma-separated: auto (one independent of the identity loss, "
+    "and the loss's own), independent, loss, or identity encoder names.",
+)
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option(
     "--face-processor", default=None, help="Replace the pipelines' face processor (full-frame for talking-head crops)."
@@ -919,6 +936,7 @@ def bench(
     steps: int,
     max_frames: int,
     metrics: str | None,
+    identity_encoders: str,
     executor: str,
     face_processor: str | None,
     sets: tuple[str, ...],
@@ -944,6 +962,7 @@ def bench(
         prompts=load_prompts_file(prompts_file),
         pipelines=[p.strip() for p in pipelines.split(",") if p.strip()],
         metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(DEFAULT_METRICS),
+        identity_encoders=_csv(identity_encoders) or ["auto"],
         backbone=backbone,
         steps=steps,
         max_frames=max_frames or None,

@@ -152,8 +152,12 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
     )
     for row in edits:
         assert row["frames"] == 3 and row["cost"]["unet_evals_per_frame"] > 0 and row["cost"]["peak_memory_mb"] > 0
-        for m in ("id-similarity", "tl-id", "tg-id", "warp-error", "flicker"):
+        # identity from two networks: dlib's (no identity loss trains against it) and the loss's own
+        nets = ("dlib-resnet", "mobilefacenet")
+        identity = [f"{m}@{net}" for m in ("id-similarity", "tl-id", "tg-id") for net in nets]
+        for m in (*identity, "warp-error", "flicker"):
             assert row["metrics"][m]["value"] is not None, (row["clip"], row["pipeline"], m, row["metrics"][m])
+        assert row["metrics"]["id-similarity@dlib-resnet"]["network"] == "dlib-resnet"
         assert row["metrics"]["clip-text"]["value"] is None and "n/a" in row["metrics"]["clip-text"]["note"]
     s = res["summary"]
     assert s["ip-facediff"]["unet_evals_per_frame"] < s["tokenflow"]["unet_evals_per_frame"]
@@ -161,6 +165,8 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
     assert all(s[p]["reconstruction"] is not None for p in pipelines)
     # the terminal table: pipelines x metrics, best of a column marked
     assert "ipfacediff bench" in r.stdout and all(p in r.stdout for p in pipelines) and "*" in r.stdout
+    assert "id-similarity (dlib-resnet)" in r.stdout and "id-similarity (mobilefacenet)" in r.stdout
+    assert "dlib-resnet: independent" in r.stdout and res["identity"]["independent"] == "dlib-resnet"
     html = (out / "report.html").read_text()
     imgs = re.findall(r"<img[^>]+src='([^']+)'", html)
     assert len(imgs) >= 2 * len(clips) + 1 and all((out / i).is_file() for i in imgs)
@@ -264,6 +270,7 @@ def test_bench_bad_requests_one_line_exit_2(tmp_path):
         (["--videos", str(tmp_path), "--max-frames", "3"], "holds no videos"),
         (["--pipelines", "nope"], "unknown pipeline"),
         (["--metrics", "nope"], "nope"),
+        (["--identity-encoders", "nope"], "nope"),
         (["--prompts", str(bad_prompts)], "not valid YAML"),
         (["--max-frames", "1"], "at least 2 frames"),
     ]
@@ -272,3 +279,92 @@ def test_bench_bad_requests_one_line_exit_2(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and needle in lines[0], (needle, r.stderr)
+
+
+def _plan(tmp_path, **kw):
+    from ipfacediff.jobs.bench.plan import BenchRequest, plan_jobs
+    from ipfacediff.registry import load_registry
+
+    req = BenchRequest(
+        videos=[DATA / "videos" / "d18.mp4"],
+        output=tmp_path / "out",
+        pipelines=["ip-facediff"],
+        prompts={"*": ["x"]},
+        **kw,
+    )
+    return plan_jobs(req, load_registry())
+
+
+def _identity_adapter(folder, network):
+    """An identity adapter folder as ``ipfacediff finetune identity`` leaves it (its report says which
+    network the identity loss trained with)."""
+    folder.mkdir()
+    report = {"job": "finetune", "components": {"identity_encoder": {"component": network, "params": {}}}}
+    (folder / "finetune.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_bench_scores_identity_with_a_network_the_identity_loss_did_not_train_against(tmp_path):
+    """By default each identity metric is scored twice: by a network independent of every pipeline's
+    identity loss (dlib-resnet) and by the loss's own (the adapter's finetune.json, else the
+    pipeline's identity_encoder); the headline network is never the loss's."""
+    pytest.importorskip("dlib")
+    from ipfacediff.jobs.bench.plan import column_metric
+    from ipfacediff.registry import load_registry
+
+    recipe_network = load_registry().recipe("identity").components["identity_encoder"].name
+    plan = _plan(tmp_path, metrics=["id-similarity", "tl-id", "flicker"])
+    loss = plan.identity["loss_networks"]["ip-facediff"]
+    assert loss["network"] == recipe_network == "mobilefacenet" and "identity_encoder" in loss["from"]
+    assert plan.identity["independent"] == "dlib-resnet" != recipe_network
+    assert plan.columns == [
+        "id-similarity@dlib-resnet",
+        "id-similarity@mobilefacenet",
+        "tl-id@dlib-resnet",
+        "tl-id@mobilefacenet",
+        "flicker",
+    ]
+    edit = next(j for j in plan.jobs if j["kind"] == "edit")
+    assert column_metric(edit["metrics"][0]) == ("id-similarity", "dlib-resnet")
+
+    # adapters trained against the user's ArcFace: that is the loss network, dlib-resnet still scores first
+    adapter = _identity_adapter(tmp_path / "eps1", "insightface-arcface")
+    plan = _plan(tmp_path, metrics=["id-similarity"], sets={"backbone": {"adapters": {"identity": str(adapter)}}})
+    assert plan.identity["loss_networks"]["ip-facediff"] == {
+        "network": "insightface-arcface",
+        "from": f"the identity adapter's {adapter / 'finetune.json'}",
+    }
+    assert plan.columns == ["id-similarity@dlib-resnet", "id-similarity@insightface-arcface"]
+    # a choice of networks, or one fixed per metric
+    assert _plan(tmp_path, metrics=["id-similarity"], identity_encoders=["independent"]).columns == [
+        "id-similarity@dlib-resnet"
+    ]
+    assert _plan(tmp_path, metrics=["tg-id"], identity_encoders=["loss"]).columns == ["tg-id@mobilefacenet"]
+    one = {"metrics": {"tl-id": {"encoder": "dlib-resnet"}}}
+    fixed = _plan(tmp_path, metrics=["id-similarity", "tl-id"], sets=one)
+    assert fixed.columns == ["id-similarity@dlib-resnet", "id-similarity@mobilefacenet", "tl-id@dlib-resnet"]
+
+
+def test_bench_says_when_no_independent_network_is_available(tmp_path, monkeypatch):
+    """Without dlib (the identity extra not installed) identity is scored by the loss's own network
+    and the results say so; asking for an independent one is a one-line error."""
+    from ipfacediff.errors import ModelNotFoundError
+    from ipfacediff.plugins.identity_encoders import dlib_resnet
+
+    def missing(self, params=None):
+        raise ModelNotFoundError("dlib-resnet needs dlib: pip install 'ipfacediff[identity]'")
+
+    monkeypatch.setattr(dlib_resnet.DlibResNet, "__init__", missing)
+    plan = _plan(tmp_path, metrics=["id-similarity"])
+    assert plan.columns == ["id-similarity@mobilefacenet"] and plan.identity["independent"] is None
+    assert "overstates" in plan.identity["notes"][0] and "ipfacediff[identity]" in plan.identity["notes"][0]
+    r = run_main(
+        "bench",
+        "--videos",
+        str(DATA / "videos" / "d18.mp4"),
+        "--identity-encoders",
+        "independent",
+        "-o",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 2 and "no independent identity network" in r.stderr.strip().splitlines()[-1]

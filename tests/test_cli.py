@@ -48,7 +48,9 @@ def test_doctor_json():
         assert m["found"] is None or m["sha256_ok"] is not None
     nets = {n["name"]: n for n in data["identity_networks"]}
     assert nets["mobilefacenet"]["available"] and "identity" in nets["mobilefacenet"]["trained_by"]
-    assert "id-similarity" in nets["mobilefacenet"]["scores"]  # the loss's network scores by default (issue 22)
+    assert "id-similarity" in nets["mobilefacenet"]["scores"]  # an edit's report: the metric's default
+    # bench: an independent network besides the loss's (issue 22)
+    assert nets["mobilefacenet"]["bench"] == "loss" and nets["dlib-resnet"]["bench"] == "independent"
     assert not nets["insightface-arcface"]["available"] and "model_path" in nets["insightface-arcface"]["problem"]
     assert nets["dlib-resnet"]["differentiable"] is False and nets["dlib-resnet"]["trained_by"] == []
 

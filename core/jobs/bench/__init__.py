@@ -71,7 +71,8 @@ def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
         reg.pipeline(p)
     if not req.pipelines:
         raise ParameterError("--pipelines: give at least one pipeline")
-    jobs = plan_jobs(req, reg)
+    plan = plan_jobs(req, reg)
+    jobs, columns = plan.jobs, plan.columns
     if not jobs:
         raise InputError("no jobs: no prompts matched the clips (see --prompts)")
     req.output.mkdir(parents=True, exist_ok=True)
@@ -79,12 +80,16 @@ def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
     with progress_bar("bench jobs", len(jobs), req.show_progress) as bar:
         runner = run_ray if req.executor == "ray" else run_local
         rows = runner(jobs, lambda row: bar.advance(description=f"{row['pipeline']} {row['clip']}"))
-    summary = summarize(rows, req.metrics)
-    notes = _notes(rows, req.metrics)
+    summary = summarize(rows, columns)
+    notes = _notes(rows, columns)
+    if plan.identity["notes"]:
+        notes["identity"] = plan.identity["notes"][0]
     settings = {
         "videos": [str(v) for v in req.videos],
         "pipelines": req.pipelines,
         "metrics": req.metrics,
+        "columns": columns,
+        "identity_encoders": req.identity_encoders,
         "backbone": req.backbone,
         "steps": req.steps,
         "max_frames": req.max_frames,
@@ -93,13 +98,20 @@ def run_bench(req: BenchRequest, console=None) -> dict[str, Any]:
         "executor": req.executor,
         "prompts": req.prompts,
     }
-    assets = _strip_and_plots(rows, req.metrics, summary, req.output)
-    write_html(req.output / "report.html", rows, summary, req.metrics, notes, assets, settings)
+    assets = _strip_and_plots(rows, columns, summary, req.output)
+    write_html(req.output / "report.html", rows, summary, columns, notes, assets, settings, plan.identity)
     result = _write_results(
-        req, settings, rows, t0, summary=summary, notes=notes, report=str(req.output / "report.html")
+        req,
+        settings,
+        rows,
+        t0,
+        summary=summary,
+        notes=notes,
+        identity=plan.identity,
+        report=str(req.output / "report.html"),
     )
     if console is not None:
-        print_table(summary, req.metrics, notes, console)
+        print_table(summary, columns, notes, console, plan.identity)
     return result
 
 
@@ -142,7 +154,7 @@ def _write_results(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     rows_out = [{k: v for k, v in r.items() if k != "skipped"} | {"skipped": bool(r.get("skipped"))} for r in rows]
-    extra_first = {k: v for k, v in extra.items() if k in ("summary", "notes")}
+    extra_first = {k: v for k, v in extra.items() if k in ("summary", "notes", "identity")}
     result |= extra_first | {"rows": rows_out} | {k: v for k, v in extra.items() if k not in extra_first}
     write_atomic(req.output / "results.json", json.dumps(result, indent=1, default=str))
     return result

@@ -4,6 +4,7 @@ JSON-able, so any executor can run it)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -50,6 +51,9 @@ class BenchRequest:
     propagators: list[str] = field(default_factory=lambda: ["flow-residual", "mesh-flow"])
     intervals: list[int] = field(default_factory=lambda: [8, 16])
     edits: list[str] = field(default_factory=lambda: ["paint", "glasses"])
+    # which networks score the identity metrics: auto (an independent one and the identity loss's),
+    # independent, loss, or encoder names (see plan_identity)
+    identity_encoders: list[str] = field(default_factory=lambda: ["auto"])
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -167,13 +171,134 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
     return jobs
 
 
-def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
+# ------------------------------------------------------------------------------------ identity
+# independent identity networks, preferred in this order (then any other registered one that builds)
+INDEPENDENT_PREFERENCE = ("dlib-resnet",)
+
+
+def column_metric(column: str) -> tuple[str, str | None]:
+    """A results column's metric and the identity network that scored it: ``id-similarity@dlib-resnet``
+    -> (``id-similarity``, ``dlib-resnet``); other columns are their metric's name."""
+    name, _, encoder = column.partition("@")
+    return name, encoder or None
+
+
+def is_identity_metric(catalog, name: str) -> bool:
+    """A metric scored by an identity network: its parameters have an ``encoder``."""
+    params = catalog.get("metric", name).cls.Params
+    return params is not None and "encoder" in {f.name for f in dataclasses.fields(params)}
+
+
+def loss_network(pipe, req: BenchRequest, registry) -> tuple[str | None, str]:
+    """The identity network the pipeline's identity loss trained with, and how that is known: the
+    identity adapter's ``finetune.json`` (written by ``ipfacediff finetune``) when the run's backbone
+    loads one, else the pipeline's ``identity_encoder`` (the network its recipe trains with)."""
+    extra = req.sets.get("backbone", {}) if isinstance(req.sets.get("backbone"), dict) else {}
+    name = req.backbone if req.backbone != "auto" else pipe.backbone
+    params: dict[str, Any] = {}
+    if name in registry.backbones:
+        params = registry.backbones[name].component.raw_params()
+    elif name == "auto":
+        from ipfacediff.jobs.common import find_stable_diffusion
+
+        found = find_stable_diffusion(registry)
+        params = found[0] if found else {}
+    adapters = {**(params.get("adapters") or {}), **(extra.get("adapters") or {})}
+    adapter = adapters.get("identity")
+    if adapter:
+        folder = Path(str(adapter)).expanduser()
+        report = (folder if folder.is_dir() else folder.parent) / "finetune.json"  # a folder or its .safetensors
+        try:
+            used = json.loads(report.read_text())["components"]["identity_encoder"]["component"]
+            return str(used), f"the identity adapter's {report}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    ref = pipe.components.get("identity_encoder")
+    return (ref.name if ref else None), f"pipeline {pipe.name}'s identity_encoder"
+
+
+def independent_network(catalog, exclude: set[str]) -> tuple[str | None, str]:
+    """The first identity network outside ``exclude`` that builds here (``dlib-resnet`` first), or
+    None and why not."""
+    from ipfacediff.errors import IPFaceDiffError
+
+    names = [n for n in INDEPENDENT_PREFERENCE if n in catalog.specs["identity_encoder"]]
+    names += sorted(n for n in catalog.specs["identity_encoder"] if n not in names)
+    problems = []
+    for n in names:
+        if n in exclude:
+            continue
+        try:
+            catalog.build("identity_encoder", n)
+            return n, ""
+        except IPFaceDiffError as exc:
+            problems.append(f"{n}: {exc.one_line()}")
+    return None, "; ".join(problems) or "no identity network other than the loss's is registered"
+
+
+def plan_identity(req: BenchRequest, registry, catalog, metric_params: dict[str, Any]) -> tuple[list[str], dict]:
+    """The results columns (``req.metrics`` with each identity metric split into one column per
+    network, ``METRIC@NETWORK``) and the ``identity`` section of the results: which network is
+    independent of every pipeline's identity loss, which one each pipeline's loss trained with.
+
+    ``req.identity_encoders``: ``auto`` (the independent network and the loss networks; the loss's
+    alone, with a note, when no independent one builds here), ``independent``, ``loss``, or names.
+    ``--set metrics.NAME.encoder=X`` scores that metric with X alone."""
+    losses = {p: loss_network(registry.pipeline(p), req, registry) for p in req.pipelines}
+    loss_names = sorted({n for n, _ in losses.values() if n})
+    independent, why_not = independent_network(catalog, set(loss_names))
+    chosen: list[str] = []
+    for item in req.identity_encoders:
+        if item == "auto":
+            chosen += ([independent] if independent else []) + loss_names
+        elif item == "independent":
+            if independent is None:
+                raise ParameterError(f"--identity-encoders independent: no independent identity network ({why_not})")
+            chosen.append(independent)
+        elif item == "loss":
+            chosen += loss_names
+        else:
+            catalog.get("identity_encoder", item, "--identity-encoders")
+            chosen.append(item)
+    chosen = list(dict.fromkeys(chosen))
+    columns = []
+    for m in req.metrics:
+        if not is_identity_metric(catalog, m):
+            columns.append(m)
+            continue
+        fixed = metric_params.get(m, {}).get("encoder")
+        columns += [f"{m}@{enc}" for enc in ([fixed] if fixed else chosen)]
+    notes = []
+    if independent is None and any("@" in c for c in columns):
+        notes.append(
+            f"no identity network independent of the identity loss here ({why_not}): identity is scored by "
+            f"the loss's own network ({', '.join(loss_names)}), which overstates it for adapters trained against it"
+        )
+    info = {
+        "networks": chosen,
+        "independent": independent,
+        "loss_networks": {p: {"network": n, "from": how} for p, (n, how) in losses.items()},
+        "notes": notes,
+    }
+    return columns, info
+
+
+@dataclass
+class BenchPlan:
+    """The jobs of a benchmark, its results columns (metrics, identity ones per network) and the
+    ``identity`` section of its results (:func:`plan_identity`)."""
+
+    jobs: list[dict[str, Any]]
+    columns: list[str]
+    identity: dict[str, Any]
+
+
+def plan_jobs(req: BenchRequest, registry) -> BenchPlan:
     from ipfacediff.catalog import get_catalog
 
     catalog = get_catalog()
     for m in req.metrics:
         catalog.get("metric", m, "--metrics")  # unknown metric: the registry error names the valid ones
-    inputs = {m: catalog.get("metric", m, "--metrics").cls.inputs for m in req.metrics}
     jobs: list[dict[str, Any]] = []
     sets = {k: v for k, v in req.sets.items() if k != "metrics"}
     metric_params = req.sets.get("metrics", {})
@@ -187,6 +312,8 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
                 f"--set metrics.{m}...: {m!r} is not among the metrics of this run ({', '.join(req.metrics)})"
             )
         catalog.validate("metric", m, p, f"--set metrics.{m}")
+    columns, identity = plan_identity(req, registry, catalog, metric_params)
+    inputs = {c: catalog.get("metric", column_metric(c)[0]).cls.inputs for c in columns}
     import torch
 
     # every job computes with the planning process's torch thread count, whichever executor runs it:
@@ -215,7 +342,7 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
                         "clip": str(clip),
                         "prompt": prompt,
                         "pipeline": name,
-                        "metrics": [m for m in req.metrics if inputs[m] == "edit"],
+                        "metrics": [c for c in columns if inputs[c] == "edit"],
                         **common,
                     }
                 )
@@ -226,7 +353,7 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
                         "clip": str(clip),
                         "prompt": None,
                         "pipeline": name,
-                        "metrics": [m for m in req.metrics if inputs[m] == "null-edit"],
+                        "metrics": [c for c in columns if inputs[c] == "null-edit"],
                         **common,
                     }
                 )
@@ -241,7 +368,7 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
                         "clip": str(clip),
                         "prompt": None,
                         "pipeline": name,
-                        "metrics": [m for m in req.metrics if inputs[m] == "propagation"],
+                        "metrics": [c for c in columns if inputs[c] == "propagation"],
                         **common,
                     }
                 )
@@ -251,4 +378,4 @@ def plan_jobs(req: BenchRequest, registry) -> list[dict[str, Any]]:
         ).hexdigest()[:16]
         where = slug(j["prompt"]) if j["kind"] == "edit" else j["kind"]
         j["dir"] = str(req.output / "jobs" / Path(j["clip"]).stem / j["pipeline"] / where)
-    return jobs
+    return BenchPlan(jobs, columns, identity)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ipfacediff.jobs.bench.plan import SCHEMA
+from ipfacediff.jobs.bench.plan import SCHEMA, column_metric
 from ipfacediff.jobs.bench.run import _read_frames
 from ipfacediff.runtime.files import write_atomic
 
@@ -60,17 +60,50 @@ def direction(name: str) -> bool:
 
     if name in ("unet_evals_per_frame", "seconds_per_frame", "peak_memory_mb"):
         return False
-    return bool(get_catalog().get("metric", name).cls.higher_is_better)
+    return bool(get_catalog().get("metric", column_metric(name)[0]).cls.higher_is_better)
 
 
-def print_table(summary, metrics: list[str], notes: dict[str, str], console) -> None:
+def label(column: str) -> str:
+    """A column's heading: ``id-similarity (dlib-resnet)`` for an identity metric's column."""
+    name, network = column_metric(column)
+    return f"{name} ({network})" if network else column.replace("_", " ")
+
+
+def identity_lines(identity: dict[str, Any] | None) -> list[str]:
+    """Which network scored the identity columns, and which of them each pipeline's loss trained with."""
+    if not identity or not identity.get("networks"):
+        return []
+    by_network: dict[str, list[str]] = {}
+    for pipe, loss in identity["loss_networks"].items():
+        by_network.setdefault(loss["network"], []).append(pipe)
+    parts = []
+    for n in identity["networks"]:
+        if n in by_network:
+            parts.append(f"{n}: the network the identity loss of {', '.join(by_network[n])} trains with")
+        elif n == identity.get("independent"):
+            parts.append(f"{n}: independent (no pipeline's identity loss trains with it)")
+        else:
+            parts.append(f"{n}: chosen with --identity-encoders")
+    return ["identity scored by " + "; ".join(parts)]
+
+
+def first_column(columns: list[str], wanted: tuple[str, ...]) -> str | None:
+    """The first of ``columns`` whose metric is among ``wanted`` (in ``wanted``'s order)."""
+    for w in wanted:
+        for c in columns:
+            if column_metric(c)[0] == w:
+                return c
+    return None
+
+
+def print_table(summary, metrics: list[str], notes: dict[str, str], console, identity=None) -> None:
     from rich.table import Table
 
     cols = [*metrics, "unet_evals_per_frame", "seconds_per_frame", "peak_memory_mb"]
     table = Table(title="ipfacediff bench: mean per pipeline (* best of the column)")
     table.add_column("pipeline")
     for c in cols:
-        table.add_column(c.replace("_", " ") + (" ↑" if direction(c) else " ↓"), justify="right")
+        table.add_column(label(c) + (" ↑" if direction(c) else " ↓"), justify="right")
     best = {c: best_of(summary, c, direction(c)) for c in cols}
     for pipe, col in summary.items():
         cells = []
@@ -81,8 +114,11 @@ def print_table(summary, metrics: list[str], notes: dict[str, str], console) -> 
     if not console.is_terminal:  # a log or a pipe: print the whole table, not one squeezed to 80 columns
         from rich.console import Console
 
-        console = Console(file=console.file, width=max(console.width, 40 + 12 * len(cols)))
+        heads = sum(len(label(c)) + 5 for c in cols)  # each heading on one line
+        console = Console(file=console.file, width=max(console.width, 20 + max(len(p) for p in summary) + heads))
     console.print(table)
+    for line in identity_lines(identity):
+        console.print(f"  {line}")
     for m, note in notes.items():
         console.print(f"  {m}: {note}")
 
@@ -100,10 +136,10 @@ def _per_frame_plot(shown: list[dict[str, Any]], metric: str, clip: str, prompt:
         pf = r["metrics"].get(metric, {}).get("per_frame")
         if pf:
             ax.plot([np.nan if v is None else v for v in pf], label=r["pipeline"], lw=1.3)
-    ax.set_xlabel("frame" if metric in ("id-similarity",) else "frame pair")
+    ax.set_xlabel("frame" if column_metric(metric)[0] == "id-similarity" else "frame pair")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(metric)
-    ax.set_title(f"{clip}: {metric} per frame ({prompt})", fontsize=9)
+    ax.set_ylabel(label(metric))
+    ax.set_title(f"{clip}: {label(metric)} per frame ({prompt})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -146,18 +182,12 @@ def _strip_and_plots(rows: list[dict[str, Any]], metrics: list[str], summary, ou
         name = f"strip-{clip}.png"
         cv2.imwrite(str(assets / name), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
         entry = {"strip": f"report/{name}", "rows": labels, "frames": idx, "prompt": first_prompt}
-        per_frame_metric = next((m for m in ("id-similarity", "tl-id", "warp-error", "flicker") if m in metrics), None)
+        per_frame_metric = first_column(metrics, ("id-similarity", "tl-id", "warp-error", "flicker"))
         if per_frame_metric:
             entry["plot"] = _per_frame_plot(shown, per_frame_metric, clip, first_prompt, assets)
         made["clips"][clip] = entry
-    quality = next(
-        (
-            m
-            for m in ("id-similarity", "clip-directional", "tl-id", "reconstruction")
-            if m in metrics and any(c.get(m) is not None for c in summary.values())
-        ),
-        None,
-    )
+    scored = [m for m in metrics if any(c.get(m) is not None for c in summary.values())]
+    quality = first_column(scored, ("id-similarity", "clip-directional", "tl-id", "reconstruction"))
     if quality:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
         for pipe, col in summary.items():
@@ -171,7 +201,7 @@ def _strip_and_plots(rows: list[dict[str, Any]], metrics: list[str], summary, ou
                     textcoords="offset points",
                 )
         ax.set_xlabel("UNet evaluations per output frame (cost)")
-        ax.set_ylabel(quality)
+        ax.set_ylabel(label(quality))
         ax.set_title("cost vs quality", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -193,11 +223,11 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-def write_html(path: Path, rows, summary, metrics, notes, assets, settings: dict[str, Any]) -> None:
+def write_html(path: Path, rows, summary, metrics, notes, assets, settings: dict[str, Any], identity=None) -> None:
     e = html.escape
     cols = [*metrics, "unet_evals_per_frame", "seconds_per_frame", "peak_memory_mb"]
     best = {c: best_of(summary, c, direction(c)) for c in cols}
-    head = "".join(f"<th>{e(c.replace('_', ' '))} {'↑' if direction(c) else '↓'}</th>" for c in cols)
+    head = "".join(f"<th>{e(label(c))} {'↑' if direction(c) else '↓'}</th>" for c in cols)
     body = []
     for pipe, col in summary.items():
         cells = "".join(
@@ -205,7 +235,8 @@ def write_html(path: Path, rows, summary, metrics, notes, assets, settings: dict
             for c in cols
         )
         body.append(f"<tr><th>{e(pipe)}</th>{cells}</tr>")
-    note_html = "".join(f"<li><b>{e(m)}</b>: {e(n)}</li>" for m, n in notes.items())
+    note_html = "".join(f"<li>{e(line)}</li>" for line in identity_lines(identity))
+    note_html += "".join(f"<li><b>{e(m)}</b>: {e(n)}</li>" for m, n in notes.items())
     clips = []
     for clip, c in assets["clips"].items():
         labels = "".join(f"<li>{e(lbl)}</li>" for lbl in c["rows"])

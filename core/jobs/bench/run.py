@@ -47,12 +47,17 @@ def _metric_rows(
     device: str,
     params: dict[str, Any],
 ) -> dict[str, Any]:
+    from ipfacediff.jobs.bench.plan import column_metric
+
     out = {}
-    for name in names:
-        m = _metric(name, device, params.get(name, {}))
+    for column in names:  # a metric's name, or METRIC@NETWORK for an identity metric (plan_identity)
+        name, encoder = column_metric(column)
+        m = _metric(name, device, params.get(name, {}) | ({"encoder": encoder} if encoder else {}))
         res = m.compute_with_context(source, edited, context)
         value = float(res["value"])
-        out[name] = {k: v for k, v in res.items() if k != "value"} | {"value": value if np.isfinite(value) else None}
+        out[column] = {k: v for k, v in res.items() if k != "value"} | {"value": value if np.isfinite(value) else None}
+        if encoder:
+            out[column]["network"] = encoder
     return out
 
 
