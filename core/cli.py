@@ -698,6 +698,39 @@ def propagate(
     out.print(f"result: [bold]{report['output']}[/]  report: {report['report']}")
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--at", "at", default="", metavar="N,N,...", help="0-based frame numbers, comma-separated: 0,48,96.")
+@click.option("--every", type=int, default=None, metavar="N", help="Every N-th frame from frame 0.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Folder for the PNGs, named by frame number (00048.png): edit them and give the folder to propagate.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace frames already in the folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def frames(input_path: Path, at: str, every: int | None, output: Path, overwrite: bool, as_json: bool) -> None:
+    """Write full-size frames of a video (or a folder of frames) as PNGs named by their frame number,
+    to edit anywhere and carry back with `ipfacediff propagate INPUT --keyframes DIR`."""
+    from ipfacediff.jobs.frames import FramesRequest, export_frames, parse_indices
+
+    report = export_frames(
+        FramesRequest(input=input_path, output=output, at=parse_indices(at), every=every, overwrite=overwrite)
+    )
+    if as_json:
+        _print_json(report)
+        return
+    out.print(
+        f"{len(report['frames'])} frames of {report['clip_frames']} written to [bold]{report['output']}[/]: "
+        + ", ".join(Path(f["path"]).name for f in report["frames"][:8])
+        + ("..." if len(report["frames"]) > 8 else "")
+    )
+    out.print(report["next"])
+
+
 @cli.group()
 def cache() -> None:
     """List or clear the cache of finished stages (face tracks, latents, inversions, keyframe edits)."""

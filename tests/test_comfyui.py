@@ -119,8 +119,65 @@ def test_example_workflow_runs_on_the_sample_clip(pack, sample_clip):
 @needs_models
 def test_frame_cap_cuts_long_batches(pack, sample_clip):
     load = pack.NODE_CLASS_MAPPINGS["IPFaceDiffLoadVideo"]()
-    images, fps = load.load(str(sample_clip), 24)
+    images, fps, audio = load.load(str(sample_clip), 24)
     model, summary = pack.NODE_CLASS_MAPPINGS["IPFaceDiffLoadBackbone"]().load("tiny", "cpu")
     assert "random weights" in summary
     faces, said = pack.NODE_CLASS_MAPPINGS["IPFaceDiffDetectAlignFaces"]().detect(images, model, "retinaface", 10, 5)
     assert faces.n == 10 and "cut at 10 of 24 frames" in said and fps == 24.0
+
+
+@needs_models
+def test_propagate_keyframes_carries_any_edit_as_the_cli_does(pack, sample_clip, tmp_path):
+    """An IMAGE edited by any node carried through the clip: the same frames, byte for byte, as
+    `ipfacediff propagate` on the same clip and keyframe; its size checked against the clip's."""
+    import numpy as np
+    from conftest import run_main
+    from PIL import Image
+
+    images, fps, _ = pack.NODE_CLASS_MAPPINGS["IPFaceDiffLoadVideo"]().load(str(sample_clip), 240)
+    frame = (images[8].clamp(0, 1) * 255).round().byte().numpy().copy()
+    frame[100:120, 90:170] = (20, 20, 20)  # a dark band across the mouth, drawn by "another tool"
+    edited = torch.from_numpy(frame).float()[None] / 255
+    node = pack.NODE_CLASS_MAPPINGS["IPFaceDiffPropagateKeyframes"]()
+    out, summary = node.propagate(images, edited, "8", "default", "default", 240)
+    assert out.shape == images.shape and "keyframes [8]" in summary and "mesh-flow" in summary
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    Image.fromarray(frame).save(keys / "00008.png")
+    r = run_main("--quiet", "propagate", str(sample_clip), "--keyframes", str(keys), "-o", f"{tmp_path / 'cli'}/")
+    assert r.returncode == 0, r.stderr
+    cli = np.stack([np.asarray(Image.open(tmp_path / "cli" / f"{i:05d}.png")) for i in range(len(images))])
+    got = (out.clamp(0, 1) * 255).round().byte().numpy()
+    assert np.array_equal(got, cli)
+    assert np.array_equal(got[8], frame) and not np.array_equal(got[12], frame)
+
+    # an image-edit model's output at its own resolution: resized to the clip's, said in the summary
+    half = torch.nn.functional.interpolate(edited.movedim(-1, 1), size=(128, 128), mode="area").movedim(1, -1)
+    _, said = node.propagate(images, half, "8", "flow-residual", "default", 12)
+    assert "frame 8 resized" in said and "flow-residual" in said and "cut at 12 of 24" in said
+    for bad, frames, message in (
+        (edited[:, :, :200], "8", "not the shape"),  # a crop, not the full frame
+        (edited, "8, 16", "1 edited image(s) for 2 frame number(s)"),
+        (edited, "eight", "is not a frame number"),
+        (edited, "30", "past the end"),
+    ):
+        with pytest.raises(Exception, match=re.escape(message)):
+            node.propagate(images, bad, frames, "default", "default", 240)
+
+
+@needs_models
+def test_load_video_gives_frames_fps_and_the_sound_of_those_frames(pack, sample_clip):
+    from conftest import DATA
+
+    if not (DATA / "videos" / "d12.mp4").is_file():
+        pytest.skip("needs the shared clips")
+    load = pack.NODE_CLASS_MAPPINGS["IPFaceDiffLoadVideo"]()
+    images, fps, audio = load.load(str(DATA / "videos" / "d12.mp4"), 45)  # a talking man, with his voice
+    assert images.shape[0] == 45 and fps == 25.0
+    wave, rate = audio["waveform"], audio["sample_rate"]
+    assert wave.ndim == 3 and wave.shape[:2] == (1, 2) and wave.dtype == torch.float32 and rate == 44100
+    assert wave.shape[2] == round(rate * 45 / 25) and wave.abs().max() > 0.1  # 1.8 s: the frames loaded
+    from ipfacediff.runtime.video import probe
+
+    assert (load.load(str(sample_clip), 4)[2] is not None) == probe(sample_clip).has_audio  # no track: None

@@ -262,3 +262,45 @@ def test_propagate_writes_a_report_and_reuses_the_face_track(moving, tmp_path):
     assert not (tmp_path / "b.json").exists()
     r = run_main(*args, "-o", str(tmp_path / "c.mp4"), "--pipeline", "no-such-pipeline")
     assert r.returncode == 2 and "no-such-pipeline" in r.stderr and not (tmp_path / "c.mp4").exists()
+
+
+def test_frames_round_trip_exported_frames_given_back_unchanged_give_the_source(sample_clip, tmp_path):
+    """``ipfacediff frames`` writes full-size frames named as ``propagate`` reads them: given back
+    unedited they carry no edit, and every propagated frame is the source byte for byte."""
+    from ipfacediff.runtime.video import open_frames
+
+    keys = tmp_path / "keys"
+    r = run_main("frames", str(sample_clip), "--at", "16,0", "--every", "8", "-o", str(keys), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert [f["index"] for f in rep["frames"]] == [0, 8, 16] and rep["size"] == [256, 256]
+    assert sorted(p.name for p in keys.glob("*.png")) == ["00000.png", "00008.png", "00016.png"]
+    src = open_frames(sample_clip).get(list(range(24)))
+    assert np.array_equal(np.asarray(Image.open(keys / "00008.png")), src[8])
+    out = tmp_path / "out"
+    r = run_main("--quiet", "propagate", str(sample_clip), "--keyframes", str(keys), "-o", f"{out}/", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["keyframes"] == [0, 8, 16]
+    assert np.array_equal(_read(out, 24), src)
+
+
+def test_frames_refuses_bad_requests_in_one_line(sample_clip, tmp_path):
+    keys = tmp_path / "keys"
+    assert run_main("frames", str(sample_clip), "--at", "3", "-o", str(keys)).returncode == 0
+    before = (keys / "00003.png").read_bytes()
+    cases = [
+        (["--at", "24"], "past the end"),
+        (["--at", "a,b"], "is not a frame number"),
+        (["--at", "-1"], "frame numbers start at 0"),
+        ([], "give the frames to export"),
+        (["--at", "3"], "exists; pass --overwrite"),
+        (["--at", "1", "-o", str(tmp_path / "x.png")], "give a folder"),
+    ]
+    for args, needle in cases:
+        if "-o" not in args:
+            args = [*args, "-o", str(keys)]
+        r = run_main("frames", str(sample_clip), *args)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+    assert (keys / "00003.png").read_bytes() == before and not (tmp_path / "x.png").exists()
+    assert run_main("frames", str(sample_clip), "--at", "3", "-o", str(keys), "--overwrite").returncode == 0

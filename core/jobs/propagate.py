@@ -36,9 +36,14 @@ REGION_SIZE = 256  # side of the face processor's crop used as the face region (
 
 @dataclass
 class PropagateRequest:
-    input: Path
-    keyframes: Path
-    output: Path
+    """A propagate run: files (``input``, the ``keyframes`` folder, ``output``), or, for a caller that
+    holds the frames (the ComfyUI node), ``frames`` (a reader: ``get``, ``len``, ``batch``) and
+    ``keyframe_images`` (frame index -> edited full-size frame) with ``output`` None: the frames then
+    go to :meth:`PropagateJob.carry`'s ``on_frames`` and no report file is written."""
+
+    input: Path | None
+    keyframes: Path | None
+    output: Path | None
     propagator: str | None = None  # default: the pipeline's propagator
     face_processor: str | None = None  # default: the pipeline's face processor
     max_frames: int | None = None
@@ -52,6 +57,8 @@ class PropagateRequest:
     )
     report: Path | None = None  # the JSON report (default: OUT.json beside the output)
     cache: bool = True  # keep the face track in the cache (a later edit or propagate of the clip reuses it)
+    frames: Any = None  # the clip as a frame reader instead of ``input``
+    keyframe_images: dict[int, np.ndarray] | None = None  # the keyframes in memory instead of ``keyframes``
 
 
 def keyframe_index(path: Path) -> int | None:
@@ -80,16 +87,23 @@ def read_keyframes(folder: Path, n: int, size: tuple[int, int]) -> dict[int, np.
             )
         if i in names:
             raise InputError(f"--keyframes {folder}: {names[i].name} and {f.name} both replace frame {i}")
-        if i >= n:
-            raise InputError(f"--keyframes {f}: frame {i} is past the end of the input ({n} frames, 0 to {n - 1})")
+        check_keyframe(i, None, n, size, f"--keyframes {f}")
         img = read_image(f)
-        if (img.shape[1], img.shape[0]) != tuple(size):
-            raise InputError(
-                f"--keyframes {f}: {img.shape[1]}x{img.shape[0]} does not match the input's {size[0]}x{size[1]} "
-                "(keyframes are full-size frames)"
-            )
+        check_keyframe(i, img, n, size, f"--keyframes {f}")
         keys[i], names[i] = img, f
     return dict(sorted(keys.items()))
+
+
+def check_keyframe(index: int, image: np.ndarray | None, n: int, size: tuple[int, int], where: str) -> None:
+    """A keyframe replaces a frame of the clip (``index`` below ``n``) and is a full-size frame of the
+    clip's ``size`` (w, h; not checked without an ``image``)."""
+    if index < 0 or index >= n:
+        raise InputError(f"{where}: frame {index} is past the end of the input ({n} frames, 0 to {n - 1})")
+    if image is not None and (image.shape[1], image.shape[0]) != tuple(size):
+        raise InputError(
+            f"{where}: {image.shape[1]}x{image.shape[0]} does not match the input's {size[0]}x{size[1]} "
+            "(keyframes are full-size frames)"
+        )
 
 
 def face_region(processor: FaceProcessor, frame: np.ndarray, det: FaceDetection | None) -> np.ndarray:
@@ -213,6 +227,7 @@ class PropagateJob(ClipJob):
             pipeline,
             req.sets,
             input=req.input,
+            frames=req.frames,
             max_frames=req.max_frames,
             cache=req.cache,
             show_progress=req.show_progress,
@@ -234,11 +249,22 @@ class PropagateJob(ClipJob):
                 )
         self.check_request(extra_slots=("settings", "propagator", "face_processor"))
         info = self.open_source().info
-        self.keys = read_keyframes(req.keyframes, self.n, (info.width, info.height))
+        size = (info.width, info.height)
+        if req.keyframe_images is not None:
+            if not req.keyframe_images:
+                raise InputError("no keyframes: give at least one edited frame")
+            for i, img in req.keyframe_images.items():
+                check_keyframe(i, img, self.n, size, f"keyframe {i}")
+            self.keys = dict(sorted(req.keyframe_images.items()))
+        else:
+            self.keys = read_keyframes(req.keyframes, self.n, size)
+        if req.output is None:
+            self.sequence = False
+            return
         self.sequence = req.sequence if req.sequence is not None else is_sequence_output(req.output)
         if not self.sequence and req.output.suffix.lower() in IMAGE_EXTS:
             raise InputError(f"{req.output}: give a video (.mp4) or a folder ending with / for PNG frames")
-        check_output(req.output, req.overwrite, [req.input, req.keyframes])
+        check_output(req.output, req.overwrite, [p for p in (req.input, req.keyframes) if p is not None])
 
     def build(self) -> None:
         """The propagator (pixel space only) and the face processor: the pipeline's, or the ones named
@@ -265,9 +291,29 @@ class PropagateJob(ClipJob):
     def detect(self) -> None:
         super().detect(self.processor, require_face=False, passed="as the source")
 
-    def carry(self) -> None:
-        """Every frame written, keyframe interval by keyframe interval (:func:`carry_edits`)."""
-        req, info = self.req, self.source.info
+    def carry(self, on_frames: Callable[[int, np.ndarray], None] | None = None) -> None:
+        """Every frame written, keyframe interval by keyframe interval (:func:`carry_edits`); without
+        an output file, each run of frames goes to ``on_frames(first_index, frames)`` in order."""
+        req = self.req
+        if req.output is None:
+            with progress_bar("propagate", self.n, self.show_progress) as bar, self.timer("propagate"):
+
+                def hand_over(first: int, frames: np.ndarray) -> None:
+                    on_frames(first, frames)
+                    bar.advance(len(frames))
+
+                self.found = carry_edits(
+                    self.source.get,
+                    self.n,
+                    self.keys,
+                    self.track,
+                    self.processor,
+                    self.propagator,
+                    self.full_frame,
+                    hand_over,
+                )
+            return
+        info = self.source.info
         audio = info.path if info.kind == "video" and info.has_audio else None
         inputs = [req.input, req.keyframes]
         with (
@@ -306,13 +352,13 @@ class PropagateJob(ClipJob):
         if no_face:
             self.warnings.append(f"{len(no_face)} frames have no face and are left as the source: {no_face[:10]}")
         out = req.output
-        path = req.report or out.with_name(out.stem + ".json")
+        path = req.report or (out.with_name(out.stem + ".json") if out is not None else None)
         report = {
             "job": "propagate",
-            "input": str(req.input),
-            "keyframes_dir": str(req.keyframes),
-            "output": str(out),
-            "output_kind": "frames" if self.sequence else "video",
+            "input": str(req.input) if req.input is not None else "frames in memory",
+            "keyframes_dir": str(req.keyframes) if req.keyframes is not None else None,
+            "output": str(out) if out is not None else None,
+            "output_kind": "frames" if self.sequence else ("video" if out is not None else "memory"),
             "frames": self.n,
             "keyframes": list(self.keys),
             "propagator": self.propagator.name,
@@ -321,10 +367,11 @@ class PropagateJob(ClipJob):
             "outside_region": {str(k): round(v, 5) for k, v in found["outside_region"].items()},
             "frames_without_face": no_face,
             **self.report_fields(),
-            "report": str(path),
+            "report": str(path) if path is not None else None,
         }
         report["seconds"] = report["timings_s"]["total"]
-        write_atomic(path, json.dumps(report, indent=2, default=str))
+        if path is not None:
+            write_atomic(path, json.dumps(report, indent=2, default=str))
         return report
 
 

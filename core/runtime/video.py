@@ -469,6 +469,35 @@ def _has_audio(path: Path) -> bool:
         return False
 
 
+def read_audio(path: str | Path, seconds: float | None = None) -> tuple[np.ndarray, int] | None:
+    """The first audio stream of ``path`` decoded: ``float32 [channels, samples]`` in [-1, 1] and its
+    sample rate, the first ``seconds`` only when given; None without an audio stream."""
+    import av
+
+    if not _has_audio(Path(path)):
+        return None
+    chunks, rate = [], 0
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
+        rate = stream.rate
+        limit = None if seconds is None else int(round(seconds * rate))
+        got = 0
+        for frame in c.decode(stream):
+            for f in resampler.resample(frame):
+                a = f.to_ndarray().astype(np.float32)
+                chunks.append(a)
+                got += a.shape[1]
+            if limit is not None and got >= limit:
+                break
+        for f in resampler.resample(None):
+            chunks.append(f.to_ndarray().astype(np.float32))
+    if not chunks:
+        return None
+    audio = np.concatenate(chunks, axis=1)
+    return (audio[:, :limit] if limit is not None else audio), int(rate)
+
+
 def _mux_audio(video_path: Path, audio_src: Path, out_path: Path) -> None:
     """Remux the video stream of ``video_path`` and the first audio stream of ``audio_src``."""
     import av

@@ -24,9 +24,13 @@ class TensorFrames:
     def __init__(self, images: torch.Tensor, max_frames: int | None = None):
         if images.ndim != 4 or images.shape[-1] not in (3, 4):
             raise ValueError(f"expected an IMAGE batch [B, H, W, C], got shape {tuple(images.shape)}")
+        from ipfacediff.runtime.video import VideoInfo
+
         self.images = images
         self.n = images.shape[0] if not max_frames else min(images.shape[0], max_frames)
         self.batch = 16
+        h, w = images.shape[1:3]
+        self.info = VideoInfo("IMAGE batch", "images", self.n, 0.0, int(w), int(h), has_audio=False)
 
     def __len__(self) -> int:
         return self.n
@@ -381,8 +385,129 @@ class PasteBack:
         return (result,)
 
 
+def parse_frame_numbers(text: str) -> list[int]:
+    """``"0, 48, 96"`` -> ``[0, 48, 96]`` (in the order given: the i-th edited image replaces the i-th)."""
+    out = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if part:
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ValueError(
+                    f"frames {text!r}: {part!r} is not a frame number (0-based, e.g. 0, 48, 96)"
+                ) from None
+    if not out:
+        raise ValueError("frames: give the frame numbers the edited images replace (e.g. 0 or 0, 48, 96)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"frames {text!r}: a frame number is given twice")
+    return out
+
+
+class PropagateKeyframes:
+    """Carry frames edited by any node (an image-edit model, an inpainting workflow, a paint node)
+    through the whole clip: the edited IMAGE (one frame or a batch) replaces the frames numbered in
+    ``frames``, in order, and the edit follows the face's motion to every other frame. The same
+    propagate job as ``ipfacediff propagate`` (face tracking, the face region, the pipeline's
+    propagator), on the IMAGE batch in memory."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ipfacediff.catalog import get_catalog
+
+        catalog = get_catalog()
+        pixel = [n for n in catalog.names("propagator") if catalog.get("propagator", n).cls.space == "pixels"]
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "the clip (an IMAGE batch)"}),
+                "edited": ("IMAGE", {"tooltip": "the edited frame(s): full-size frames of the clip"}),
+                "frames": (
+                    "STRING",
+                    {"default": "0", "tooltip": "the 0-based frame numbers the edited images replace: 0 or 0, 48, 96"},
+                ),
+                "propagator": (["default", *pixel], {"default": "default"}),
+                "face_processor": (["default", "retinaface", "mtcnn", "full-frame"], {"default": "default"}),
+                "max_frames": (
+                    "INT",
+                    {"default": 240, "min": 1, "max": 100000, "tooltip": "frames past the cap are dropped"},
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "summary")
+    FUNCTION = "propagate"
+    CATEGORY = CATEGORY
+
+    def propagate(self, images, edited, frames, propagator, face_processor, max_frames):
+        from ipfacediff.jobs.propagate import PropagateJob, PropagateRequest
+
+        indices = parse_frame_numbers(frames)
+        if edited.ndim == 3:
+            edited = edited[None]
+        if edited.shape[0] != len(indices):
+            raise ValueError(
+                f"{edited.shape[0]} edited image(s) for {len(indices)} frame number(s) ({frames}): give one number "
+                "per edited image"
+            )
+        clip = TensorFrames(images, max_frames)
+        shaped, resized = [], []
+        for i, img in zip(indices, TensorFrames(edited).get(range(edited.shape[0]))):
+            shaped.append(_to_frame_size(img, images.shape[2], images.shape[1], i, resized))
+        req = PropagateRequest(
+            input=None,
+            keyframes=None,
+            output=None,
+            propagator=None if propagator == "default" else propagator,
+            face_processor=None if face_processor == "default" else face_processor,
+            show_progress=False,
+            cache=False,
+            frames=clip,
+            keyframe_images=dict(zip(indices, shaped)),
+        )
+        result = torch.empty((len(clip), *images.shape[1:3], 3), dtype=torch.float32)
+
+        def put(first: int, part: np.ndarray) -> None:
+            result[first : first + len(part)] = to_image(part)
+
+        with PropagateJob(req) as job, job.collecting():
+            job.check()
+            job.build()
+            job.detect()
+            job.carry(put)
+        report = job.write_report()
+        notes = [*(f"frame {i} resized to the clip's size" for i in resized), *report["warnings"]]
+        cut = f"; cut at {len(clip)} of {images.shape[0]} frames (max_frames)" if len(clip) < images.shape[0] else ""
+        summary = (
+            f"{report['frames']} frames, keyframes {report['keyframes']} carried by {report['propagator']}"
+            f"{cut}" + "".join(f"; {n}" for n in notes)
+        )
+        return result, summary
+
+
+def _to_frame_size(img: np.ndarray, w: int, h: int, index: int, resized: list[int]) -> np.ndarray:
+    """An edited frame at the clip's size: as it is when it has that size, resized when only the
+    resolution differs (image-edit models often work at their own resolution), refused when the
+    shape differs (a crop would land in the wrong place)."""
+    import cv2
+
+    ih, iw = img.shape[:2]
+    if (iw, ih) == (w, h):
+        return img
+    if abs(iw / ih - w / h) > 0.01:
+        raise ValueError(
+            f"edited frame {index}: {iw}x{ih} is not the shape of the clip's {w}x{h} frames (give the full frame, "
+            "not a crop)"
+        )
+    resized.append(index)
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if iw > w else cv2.INTER_CUBIC)
+
+
 class LoadVideo:
-    """Frames of a video file as an IMAGE batch (up to ``max_frames``), with its frame rate."""
+    """Frames of a video file as an IMAGE batch (up to ``max_frames``), with its frame rate and its
+    sound as ComfyUI's AUDIO (``{"waveform": [1, channels, samples], "sample_rate": rate}``, cut to
+    the frames loaded; None for a silent clip), so a video-combine or Create Video node writes the
+    result with sound. A relative path is looked up in ComfyUI's input folder."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -393,24 +518,42 @@ class LoadVideo:
             }
         }
 
-    RETURN_TYPES = ("IMAGE", "FLOAT")
-    RETURN_NAMES = ("images", "fps")
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    RETURN_NAMES = ("images", "fps", "audio")
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
     def load(self, path, max_frames):
-        from pathlib import Path
-
         from ipfacediff.runtime.sample import sample_clip_path
-        from ipfacediff.runtime.video import open_frames
+        from ipfacediff.runtime.video import open_frames, read_audio
 
-        p = Path(path) if path else sample_clip_path()  # empty: the sample clip
+        p = _input_path(path) if path else sample_clip_path()  # empty: the sample clip
         with open_frames(p) as src:
             n = min(len(src), int(max_frames))
             out = torch.empty((n, src.info.height, src.info.width, 3), dtype=torch.float32)
             for s, chunk in src.iter_chunks(src.batch, n):
                 out[s : s + len(chunk)] = to_image(chunk)
-            return out, float(src.info.fps or 24.0)
+            fps = float(src.info.fps or 24.0)
+        sound = read_audio(p, n / fps) if src.info.kind == "video" else None
+        audio = None
+        if sound is not None:
+            audio = {"waveform": torch.from_numpy(sound[0])[None], "sample_rate": sound[1]}
+        return out, fps, audio
+
+
+def _input_path(path: str):
+    """A typed path as it is; a relative one that is not there, from ComfyUI's input folder."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    try:
+        import folder_paths  # ComfyUI's, when the pack runs inside it
+
+        return Path(folder_paths.get_input_directory()) / p
+    except ImportError:
+        return p
 
 
 NODE_CLASS_MAPPINGS = {
@@ -421,6 +564,7 @@ NODE_CLASS_MAPPINGS = {
     "IPFaceDiffEditKeyframes": EditKeyframes,
     "IPFaceDiffPropagate": Propagate,
     "IPFaceDiffPasteBack": PasteBack,
+    "IPFaceDiffPropagateKeyframes": PropagateKeyframes,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -431,4 +575,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "IPFaceDiffEditKeyframes": "IP-FaceDiff Edit Keyframes (identity injection)",
     "IPFaceDiffPropagate": "IP-FaceDiff Propagate",
     "IPFaceDiffPasteBack": "IP-FaceDiff Paste Back",
+    "IPFaceDiffPropagateKeyframes": "IP-FaceDiff Propagate Keyframes (any edit)",
 }
