@@ -102,6 +102,41 @@ class Crops:
 
 
 PIPELINE = "ip-facediff"  # the registry pipeline whose strategy, editor, inverter and settings the nodes run
+NONE = "(none)"
+MODELS_ENV = "IPFACEDIFF_COMFY_MODELS"  # without ComfyUI: a folder laid out like ComfyUI's models/
+MODEL_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def model_files(kind: str) -> list[str]:
+    """The files of one of ComfyUI's model folders (``checkpoints``, ``loras``) as its dropdowns list
+    them: ``folder_paths`` inside ComfyUI; else the folder ``$IPFACEDIFF_COMFY_MODELS/KIND``."""
+    try:
+        import folder_paths  # ComfyUI's
+    except ImportError:
+        import os
+        from pathlib import Path
+
+        root = os.environ.get(MODELS_ENV)
+        folder = Path(root) / kind if root else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in MODEL_EXTS)
+    return sorted(folder_paths.get_filename_list(kind))
+
+
+def model_path(kind: str, name: str) -> str:
+    """The full path of a file picked from :func:`model_files`."""
+    try:
+        import folder_paths
+    except ImportError:
+        import os
+        from pathlib import Path
+
+        return str(Path(os.environ.get(MODELS_ENV, ".")) / kind / name)
+    found = folder_paths.get_full_path(kind, name)
+    if found is None:
+        raise ValueError(f"{name}: not in ComfyUI's models/{kind} (refresh the node list, or pick another)")
+    return found
 
 
 def _registry():
@@ -138,6 +173,18 @@ class LoadBackbone:
                     "INT",
                     {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "0: the backbone's"},
                 ),
+                "checkpoint_name": (
+                    [NONE, *model_files("checkpoints")],
+                    {"default": NONE, "tooltip": "a Stable Diffusion checkpoint from models/checkpoints"},
+                ),
+                "identity_lora": (
+                    [NONE, *model_files("loras")],
+                    {"default": NONE, "tooltip": "the identity LoRA (eps1) from models/loras"},
+                ),
+                "edit_lora": (
+                    [NONE, *model_files("loras")],
+                    {"default": NONE, "tooltip": "the edit LoRA (eps2) from models/loras"},
+                ),
             },
         }
 
@@ -146,12 +193,30 @@ class LoadBackbone:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, backbone, device, checkpoint="", identity_adapter="", edit_adapter="", resolution=0):
+    def load(
+        self,
+        backbone,
+        device,
+        checkpoint="",
+        identity_adapter="",
+        edit_adapter="",
+        resolution=0,
+        checkpoint_name=NONE,
+        identity_lora=NONE,
+        edit_lora=NONE,
+    ):
+        """A typed path wins over a file picked from ComfyUI's model folders."""
         from ipfacediff.jobs.common import resolve_backbone
 
+        picked = lambda kind, name: model_path(kind, name) if name and name != NONE else ""  # noqa: E731
+        checkpoint = checkpoint or picked("checkpoints", checkpoint_name)
+        identity_adapter = identity_adapter or picked("loras", identity_lora)
+        edit_adapter = edit_adapter or picked("loras", edit_lora)
         sets: dict[str, Any] = {}
         if checkpoint:
             sets["path"] = checkpoint
+            if backbone == "auto":  # a checkpoint is a Stable Diffusion one
+                backbone = "stable-diffusion"
         adapters = {k: v for k, v in (("identity", identity_adapter), ("edit", edit_adapter)) if v}
         if adapters:
             sets["adapters"] = adapters
@@ -262,7 +327,7 @@ class EditKeyframes:
                 "prompt": ("STRING", {"default": "eyeglasses", "multiline": False}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 200}),
                 "guidance": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.5}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True}),
                 "source_prompt": ("STRING", {"default": "a photo of a face"}),
             }
         }
