@@ -4,8 +4,10 @@ Edit tab: upload a clip (or take the sample), prompt, pipeline, backbone, seed, 
 interval. **Preview keyframes** runs the preview job (detection, keyframe selection, the keyframe
 edit: :mod:`ipfacediff.jobs.preview`) and shows source vs edited keyframes with the face boxes;
 **Render** runs the edit job, which reuses every stage the preview cached, and offers the video,
-the strip and the report. Propagate tab: a clip and edited keyframe images named by frame index
-(the ``propagate`` job). One job runs at a time (the rest wait in the queue); each can be cancelled.
+the strip and the report. Propagate tab: a clip, a frame picker (a slider with a preview) that
+downloads the chosen frames full size, named by frame number (the ``frames`` job), and the frames
+edited elsewhere dropped back and carried to every frame (the ``propagate`` job). One job runs at a
+time (the rest wait in the queue); each can be cancelled.
 Bad input gets the jobs' one-line messages, shown in the page.
 """
 
@@ -95,6 +97,13 @@ class App:
             overwrite=True,
             show_progress=False,
         )
+
+    def frame(self, path: Path, index: int):
+        """Frame ``index`` of the clip (``uint8 [H, W, 3]``) for the picker's preview."""
+        from ipfacediff.runtime.video import open_frames
+
+        with open_frames(path) as src:
+            return src.get([min(max(int(index), 0), len(src) - 1)])[0]
 
     def backbone_note(self, backbone: str) -> str:
         """What the chosen backbone will be, said plainly when it has random weights."""
@@ -236,12 +245,27 @@ def build(app: App):
 
         with gr.Tab("Propagate", elem_id="tab-propagate"):
             gr.Markdown(
-                "Carry keyframes you edited elsewhere to every frame. Name each image by the 0-based frame index it "
-                "replaces (`8.png`, `00008.png`, `frame_0008.jpg`)."
+                "Carry frames you edited elsewhere to every frame: **1.** pick the frames to edit and download them "
+                "(full size, named by frame number), **2.** edit them in any tool, keeping the names, **3.** drop "
+                "them back here and propagate."
             )
             with gr.Row():
                 with gr.Column():
                     p_clip = gr.File(label="Clip (video)", file_types=["video"], elem_id="p-clip")
+                    p_frame = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="p-frame")
+                    p_frame_img = gr.Image(
+                        label="Frame preview", type="numpy", interactive=False, visible=False, elem_id="p-frame-image"
+                    )
+                    with gr.Row():
+                        p_at = gr.Textbox(label="Frames to edit (0-based numbers)", value="", elem_id="p-at")
+                        p_add = gr.Button("Add this frame", size="sm", elem_id="p-add")
+                    p_export = gr.Button("Download the frames to edit", elem_id="p-export")
+                    p_frames = gr.File(
+                        label="Frames to edit (full size, named by frame number)",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="p-frames",
+                    )
                     p_keys = gr.File(
                         label="Edited keyframes (images)",
                         file_count="multiple",
@@ -286,6 +310,50 @@ def build(app: App):
                     ),
                 )
 
+            def on_clip(c):
+                if not c:
+                    return gr.Slider(visible=False), gr.Image(visible=False), ""
+                try:
+                    path, n = app.clip(c, None)
+                except IPFaceDiffError as exc:
+                    raise gr.Error(str(exc).splitlines()[0]) from None
+                return (
+                    gr.Slider(minimum=0, maximum=max(n - 1, 1), value=0, step=1, visible=True),
+                    gr.Image(value=app.frame(path, 0), visible=True),
+                    "0",
+                )
+
+            def on_frame(c, i):
+                if not c:
+                    return None
+                try:
+                    return app.frame(app.clip(c, None)[0], int(i))
+                except IPFaceDiffError as exc:
+                    raise gr.Error(str(exc).splitlines()[0]) from None
+
+            def on_add(at, i):
+                numbers = sorted({*[int(x) for x in (at or "").replace(" ", "").split(",") if x.isdigit()], int(i)})
+                return ", ".join(map(str, numbers))
+
+            def on_export(c, at, progress=gr.Progress()):
+                from ipfacediff.jobs.frames import FramesRequest, export_frames, parse_indices
+
+                folder = app.new_dir("frames")
+                rep = _run(
+                    lambda: export_frames(
+                        FramesRequest(input=app.clip(c, None)[0], output=folder, at=parse_indices(at or ""))
+                    ),
+                    progress,
+                )
+                return [f["path"] for f in rep["frames"]], (
+                    f"{len(rep['frames'])} frames to edit: download them, edit them keeping their names, and drop "
+                    "them into *Edited keyframes*."
+                )
+
+            p_clip.change(on_clip, p_clip, [p_frame, p_frame_img, p_at])
+            p_frame.change(on_frame, [p_clip, p_frame], p_frame_img)
+            p_add.click(on_add, [p_at, p_frame], p_at)
+            p_export.click(on_export, [p_clip, p_at], [p_frames, p_status])
             ev_prop = p_btn.click(
                 on_propagate, [p_clip, p_keys], [p_video, p_files, p_status], concurrency_id=JOB, concurrency_limit=1
             )

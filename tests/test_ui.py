@@ -153,20 +153,50 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         _shot(page, shots, "4-new-prompt")
         said.append(page.locator("#status").inner_text().splitlines()[0])
 
-        key = tmp_path / "keys" / "00008.png"  # the Propagate tab: a keyframe edited elsewhere, named by its index
-        key.parent.mkdir()
-        with open_frames(sample_clip) as src:
-            frame = src.get([8])[0].copy()
-        frame[100:120, 90:170] = (20, 20, 20)  # a dark band across the mouth
-        cv2.imwrite(str(key), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        # the Propagate tab's round trip: pick a frame, download it, edit it "elsewhere", drop it back
         page.get_by_role("tab", name="Propagate").click()
         page.locator("#p-clip input[type=file]").set_input_files(str(sample_clip))
+        page.wait_for_selector("#p-frame-image img", timeout=60_000)
+        slider = page.locator("#p-frame input[type=number]")
+        slider.fill("8")
+        slider.press("Enter")
+        page.click("#p-add")
+        page.wait_for_function("() => document.querySelector('#p-at textarea, #p-at input').value === '0, 8'")
+        page.locator("#p-at textarea, #p-at input").first.fill("8")  # only frame 8 after all
+        page.click("#p-export")
+        link = page.locator('#p-frames a[download="00008.png"]')
+        link.wait_for(timeout=60_000)
+        _shot(page, shots, "5-frames")
+        with page.expect_download(timeout=60_000) as dl:
+            link.click()
+        key = tmp_path / "keys" / "00008.png"
+        key.parent.mkdir()
+        dl.value.save_as(str(key))
+        frame = cv2.cvtColor(cv2.imread(str(key)), cv2.COLOR_BGR2RGB)
+        with open_frames(sample_clip) as src:
+            assert np.array_equal(frame, src.get([8])[0])  # the full-size frame, as propagate reads it
+        frame[100:120, 90:170] = (20, 20, 20)  # the edit made elsewhere: a dark band across the mouth
+        cv2.imwrite(str(key), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         page.locator("#p-keys input[type=file]").set_input_files(str(key))
         page.wait_for_selector("#p-keys >> text=00008", timeout=30_000)
         page.click("#propagate")
         page.wait_for_selector("#p-status >> text=1 keyframes ([8]) carried to 24 frames", timeout=300_000)
-        _shot(page, shots, "5-propagate")
+        _shot(page, shots, "6-propagate")
         said.append(page.locator("#p-status").inner_text().splitlines()[0])
+        result = page.locator('#p-file a[download="propagated.mp4"]')
+        with page.expect_download(timeout=60_000) as dl:
+            result.click()
+        carried = tmp_path / "propagated.mp4"
+        dl.value.save_as(str(carried))
+
+        def darkest(f):  # the darkest band-sized (70 x 16) window over the lower face
+            return cv2.blur(f.astype(np.float32).mean(-1), (70, 16))[80:160, 60:200].min()
+
+        with open_frames(carried) as out, open_frames(sample_clip) as src:
+            assert len(out) == 24
+            near = [8, 9, 10, 11, 12]  # measured: 19-20 grey levels carried, 43-48 in the source
+            got, was = [darkest(f) for f in out.get(near)], [darkest(f) for f in src.get(near)]
+        assert all(g < w - 15 for g, w in zip(got, was)), (got, was)  # the band, on its frame and carried on
         (shots / "ui-status.txt").write_text("\n".join(said) + "\n")  # what the page said, timings included
 
         browser.close()
