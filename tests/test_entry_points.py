@@ -59,7 +59,7 @@ def test_the_comfyui_chain_edits_as_the_cli_does(sample_clip, cli_png):
         spec.loader.exec_module(pack)
     node = {name.removeprefix("IPFaceDiff"): cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
     settings = PipelineSettings()
-    images, _ = node["LoadVideo"].load(str(sample_clip), 10)
+    images, _, _ = node["LoadVideo"].load(str(sample_clip), 10)
     model, _ = node["LoadBackbone"].load("tiny", "cpu")
     faces, _ = node["DetectAlignFaces"].detect(images, model, "retinaface", 10, settings.landmark_smoothing)
     keys, _ = node["PickKeyframes"].pick(faces, "uniform", 8, 5)
