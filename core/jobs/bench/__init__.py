@@ -11,9 +11,11 @@ the same settings):
 * ``null-edit``: one (clip, pipeline) run with the source prompt only, for ``reconstruction``;
 * ``propagation``: one (clip, pipeline with a propagator): the keyframes' own latents propagated to
   the other frames, for ``propagation`` (what the propagator loses, independent of any edit).
-* ``ground-truth`` (``--ground-truth``): one (clip, synthetic edit) whose edited video is known on
-  every frame (:mod:`ipfacediff.jobs.bench.groundtruth`); pixel-space propagators and baselines get
-  the source frames and the edited keyframes (every 8 and 16 frames) and are scored on the others.
+* ``ground-truth`` (``--ground-truth``): one (clip, truth, synthetic edit) whose edited video is
+  known on every frame (:mod:`ipfacediff.jobs.bench.truth68`: moved by dlib's 68 landmarks, which no
+  propagator follows; :mod:`ipfacediff.jobs.bench.groundtruth`: by FaceMesh); pixel-space
+  propagators and baselines get the source frames and the edited keyframes (every 8 and 16 frames,
+  or the first alone) and are scored on the others.
   Results: ``groundtruth.md`` (a table per keyframe interval) and ``results.json``.
 
 Outputs in OUT: ``results.json`` (versioned schema, one row per job), a rich table in the terminal
@@ -129,6 +131,7 @@ def _run_groundtruth(req: BenchRequest, console=None) -> dict[str, Any]:
     write_atomic(req.output / "groundtruth.md", markdown)
     settings = {
         "videos": [str(v) for v in req.videos],
+        "truths": req.truths,
         "propagators": req.propagators,
         "intervals": req.intervals,
         "edits": req.edits,

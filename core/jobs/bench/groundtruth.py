@@ -10,7 +10,12 @@ frame by the piecewise-affine warp of the reference landmarks onto that frame's 
 * ``glasses``: thin dark eyeglass rims, bridge and temples (alpha 0.95, anti-aliased).
 
 A propagator given the source frames and the ground truth's keyframes should rebuild the other
-frames; it is scored over the face (the landmarks' hull) and over the edit alone.
+frames; it is scored over the face (the landmarks' hull), over the edit alone and over each of its
+layers, and by its temporal error against the truth.
+
+This FaceMesh truth moves by the landmarks ``mesh-flow`` follows, so that propagator grades itself on
+it (marked in every table). The default truth is the independent one of :mod:`.truth68`, which moves
+by dlib's 68 landmarks (``--truth dlib68``; ``--truth dlib68,facemesh`` runs both).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 from ipfacediff.runtime.facemesh import face_mesh, load_facemesh, piecewise_affine_map, triangulate
 
 EDITS = ("paint", "glasses")
+TRUTHS = {"dlib68": "dlib's 68 landmarks (independent)", "facemesh": "FaceMesh's 468 landmarks"}
+TRUTH_MODEL = {"dlib68": "dlib68", "facemesh": "facemesh"}  # a propagator following it grades itself
 NOSE_TIP, MOUTH_CORNERS, INNER_LIPS = 1, (61, 291), (13, 14)
 EYES = ((33, 133), (263, 362))  # (outer, inner) corner of each eye
 
@@ -175,7 +182,23 @@ def ground_truth(
 BASELINES = ("source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip")
 DEFAULT_PROPAGATORS = ("flow-residual", "mesh-flow")
 INTERVALS = (8, 16)
-SCORES = ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "warp_error")
+SCORES = ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "temporal_error", "warp_error")
+
+
+def keyframes_of(interval: int, n: int) -> list[int]:
+    """The keyframes of a scenario: every ``interval``-th frame from 0; interval 0: the first frame only."""
+    return [0] if interval == 0 else list(range(0, n, interval))
+
+
+def temporal_error(out: np.ndarray, gt: np.ndarray, masks: list[np.ndarray]) -> float:
+    """Mean absolute difference (grey levels) between the output's frame-to-frame change and the
+    truth's, over the face: flicker or lag the truth does not have."""
+    errs = []
+    for t in range(len(out) - 1):
+        d = (out[t + 1].astype(np.float32) - out[t]) - (gt[t + 1].astype(np.float32) - gt[t])
+        if masks[t].any():
+            errs.append(float(np.abs(d)[masks[t]].mean()))
+    return float(np.mean(errs)) if errs else float("nan")
 
 
 def _masked_scores(out: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -245,9 +268,29 @@ def _roundtrip(gt: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _truth(job: dict, frames: np.ndarray, track) -> dict:
+    """The job's ground truth: the edited clip, the face and edit masks per frame, and each layer's."""
+    shape = frames.shape[1:3]
+    grow = lambda m, f: cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & f  # noqa: E731
+    if job.get("truth", "facemesh") == "dlib68":
+        from ipfacediff.jobs.bench import truth68
+
+        lms = truth68.dlib68_landmarks(frames, track)
+        gt, where = truth68.ground_truth(frames, lms, job["edit"], seed=job["seed"])
+        faces = [truth68.face_mask(lm, shape) for lm in lms]
+        layers = {name: [grow(m, f) for m, f in zip(w, faces)] for name, w in where.items()}
+    else:
+        lms = track_landmarks(frames, track)
+        gt, alpha = ground_truth(frames, lms, job["edit"], seed=job["seed"])
+        faces = [face_mask(lm, shape) for lm in lms]
+        layers = {job["edit"]: [grow(a > 0.02, f) for a, f in zip(alpha, faces)]}
+    edits = [np.any([layers[k][t] for k in layers], 0) for t in range(len(frames))]
+    return {"gt": gt, "faces": faces, "edits": edits, "layers": layers}
+
+
 def run_groundtruth_job(job: dict, job_dir) -> dict:
-    """One clip and one synthetic edit: its ground truth, then every method at every keyframe
-    interval, scored on the non-key frames."""
+    """One clip, one truth and one synthetic edit: the truth, then every method at every keyframe
+    interval (0: the first frame only), scored on the non-key frames."""
     from pathlib import Path
 
     from ipfacediff.catalog import get_catalog
@@ -267,34 +310,39 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
         src.close()
     if track[0] is None:
         raise ValueError(f"{job['clip']}: no face in the first frame; the ground truth is drawn there")
-    lms = track_landmarks(frames, track)
-    gt, alpha = ground_truth(frames, lms, job["edit"], seed=job["seed"])
-    faces = [face_mask(lm, frames.shape[1:3]) for lm in lms]
-    edits = [
-        cv2.dilate((a > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & f
-        for a, f in zip(alpha, faces)
-    ]
+    truth = _truth(job, frames, track)
+    gt, faces, edits, layers = truth["gt"], truth["faces"], truth["edits"], truth["layers"]
     motion = source_motion(frames, faces)
     rows: list[dict] = []
     methods = list(BASELINES) + list(job["propagators"])
     shown: dict[str, np.ndarray] = {}
+    model = TRUTH_MODEL.get(job.get("truth", "facemesh"))
     for interval in job["intervals"]:
-        keys = list(range(0, n, interval))
+        keys = keyframes_of(interval, n)
         others = [t for t in range(n) if t not in keys]
         for m in methods:
             t0 = time.perf_counter()
-            out, marked = _method_output(m, job, catalog, frames, gt, faces, keys, track, processor, shown)
+            out, follows = _method_output(m, job, catalog, frames, gt, faces, keys, track, processor, shown)
             fs = [_masked_scores(out[t], gt[t], faces[t]) for t in others]
             es = [_masked_scores(out[t], gt[t], edits[t]) for t in others]
+            by_layer = {}
+            for name, masks in layers.items():
+                ls = [_masked_scores(out[t], gt[t], masks[t]) for t in others if masks[t].any()]
+                by_layer[name] = {
+                    "psnr": float(np.nanmean([a for a, _ in ls])) if ls else float("nan"),
+                    "ssim": float(np.nanmean([b for _, b in ls])) if ls else float("nan"),
+                }
             rows.append(
                 {
                     "method": m,
                     "interval": interval,
-                    "self_graded": marked,
+                    "self_graded": follows is not None and follows == model,
                     "face_psnr": float(np.nanmean([a for a, _ in fs])),
                     "face_ssim": float(np.nanmean([b for _, b in fs])),
                     "edit_psnr": float(np.nanmean([a for a, _ in es])),
                     "edit_ssim": float(np.nanmean([b for _, b in es])),
+                    "layers": by_layer,
+                    "temporal_error": temporal_error(out, gt, faces),
                     "warp_error": warp_error(out, motion),
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
@@ -304,26 +352,32 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
     rows.append(
         {"method": "ground truth", "interval": None, "self_graded": False, "warp_error": warp_error(gt, motion)}
     )
-    strip = _strip(frames, gt, shown, faces, job["intervals"][-1], n)
+    last = job["intervals"][-1]
+    strip = _strip(frames, gt, shown, faces, last if last else min(16, n - 1), n)
     cv2.imwrite(str(Path(job_dir) / "strip.png"), strip[..., ::-1])
-    return {"scores": rows, "frames": n, "strip": str(Path(job_dir) / "strip.png")}
+    return {
+        "scores": rows,
+        "frames": n,
+        "truth": job.get("truth", "facemesh"),
+        "strip": str(Path(job_dir) / "strip.png"),
+    }
 
 
 def _method_output(
     m: str, job: dict, catalog, frames, gt, faces, keys, track, processor, shown
 ) -> tuple[np.ndarray, bool]:
-    """One method's output clip given the ground truth's keyframes, and whether it follows FaceMesh."""
+    """One method's output clip given the ground truth's keyframes, and the landmark model it follows."""
     from ipfacediff.jobs.propagate import carry_edits
 
     n = len(frames)
     if m == "source":
-        return frames, False
+        return frames, None
     if m == "taesd-roundtrip":  # independent of the keyframes: computed once per job
         if "_rt" not in shown:
             shown["_rt"] = _roundtrip(gt, faces)
-        return shown["_rt"], False
+        return shown["_rt"], None
     if m == "copy-nearest":
-        return np.stack([gt[min(keys, key=lambda k: (abs(k - t), k))] for t in range(n)]), False
+        return np.stack([gt[min(keys, key=lambda k: (abs(k - t), k))] for t in range(n)]), None
     name, params = (
         ("flow-residual", {"carry": "pixels"})
         if m == "flow-warp-edited"
@@ -340,13 +394,13 @@ def _method_output(
         prop,
         on_frames=lambda first, f: chunks.append(f),
     )
-    return np.concatenate(chunks), prop.landmark_model == "facemesh"
+    return np.concatenate(chunks), prop.landmark_model
 
 
 def _strip(frames, gt, shown, faces, interval, n) -> np.ndarray:
     """The middle frame between the first two keyframes, cropped to the face: ground truth, then each
     method above its error (x4)."""
-    t = min(interval // 2, n - 1)
+    t = min(max(interval // 2, 1), n - 1)
     ys, xs = np.nonzero(faces[t])
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     scale = 160 / max(1, y1 - y0)

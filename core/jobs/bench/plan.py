@@ -49,8 +49,9 @@ class BenchRequest:
     show_progress: bool = True
     ground_truth: bool = False  # the ground-truth propagation benchmark instead of pipelines (groundtruth.py)
     propagators: list[str] = field(default_factory=lambda: ["flow-residual", "mesh-flow"])
-    intervals: list[int] = field(default_factory=lambda: [8, 16])
-    edits: list[str] = field(default_factory=lambda: ["paint", "glasses"])
+    intervals: list[int] = field(default_factory=lambda: [8, 16])  # 0: the first frame only
+    edits: list[str] = field(default_factory=lambda: ["paint+glasses", "lips", "smile"])
+    truths: list[str] = field(default_factory=lambda: ["dlib68"])  # groundtruth.TRUTHS
     # which networks score the identity metrics: auto (an independent one and the identity loss's),
     # independent, loss, or encoder names (see plan_identity)
     identity_encoders: list[str] = field(default_factory=lambda: ["auto"])
@@ -129,9 +130,12 @@ def slug(text: str) -> str:
 
 # -------------------------------------------------------------------------------------------- jobs
 def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
-    """One job per (clip, synthetic edit): every propagator and baseline at every keyframe interval."""
+    """One job per (clip, truth, synthetic edit): every propagator and baseline at every keyframe
+    interval. The dlib68 truth takes any edit of its layers (``paint+glasses``); the FaceMesh truth
+    runs each of the requested layers it has (paint, glasses) on its own."""
     from ipfacediff.catalog import get_catalog
-    from ipfacediff.jobs.bench.groundtruth import EDITS
+    from ipfacediff.jobs.bench import truth68
+    from ipfacediff.jobs.bench.groundtruth import EDITS, TRUTHS
 
     catalog = get_catalog()
     for p in req.propagators:
@@ -139,17 +143,29 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
             raise ParameterError(
                 f"--propagators {p}: the ground-truth benchmark runs pixel-space propagators (as `propagate` does)"
             )
+    for t in req.truths:
+        if t not in TRUTHS:
+            raise ParameterError(f"--truth {t}: one of {', '.join(TRUTHS)}")
     for e in req.edits:
-        if e not in EDITS:
-            raise ParameterError(f"--edits {e}: one of {', '.join(EDITS)}")
-    if not req.intervals or min(req.intervals) < 2:
-        raise ParameterError("--intervals: keyframe intervals of at least 2")
+        try:
+            truth68.parse_edit(e)
+        except ValueError:
+            raise ParameterError(
+                f"--edits {e}: layers {', '.join(truth68.LAYERS)}, one or several joined with + (paint+glasses)"
+            ) from None
+    if not req.intervals or any(i == 1 or i < 0 for i in req.intervals):
+        raise ParameterError("--intervals: keyframe intervals of at least 2 (or first: the first frame only)")
+    per_truth = {
+        "dlib68": list(req.edits),
+        "facemesh": [x for x in EDITS if any(x in truth68.parse_edit(e) for e in req.edits)],
+    }
     jobs = []
     for clip in req.videos:
-        for e in req.edits:
+        for truth, e in [(t, e) for t in req.truths for e in per_truth[t]]:
             j = {
                 "kind": "ground-truth",
                 "clip": str(clip),
+                "truth": truth,
                 "edit": e,
                 "prompt": None,
                 "pipeline": "ground-truth",
@@ -166,7 +182,7 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
                 "threads": None,
             }
             j["id"] = hashlib.sha256(json.dumps(j, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            j["dir"] = str(req.output / "jobs" / Path(j["clip"]).stem / "ground-truth" / e)
+            j["dir"] = str(req.output / "jobs" / Path(j["clip"]).stem / f"ground-truth-{truth}" / e)
             jobs.append(j)
     return jobs
 

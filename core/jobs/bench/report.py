@@ -282,63 +282,92 @@ up to {settings["max_frames"]} frames per clip; schema {SCHEMA}.</p>
 
 
 def groundtruth_tables(rows: list[dict[str, Any]], console=None) -> str:
-    """Markdown (and, with a console, rich) tables of the ground-truth benchmark: per keyframe
-    interval, a row per method, face-region PSNR per clip (mean of the edits), then the means over
-    clips of every score. Rows of propagators following the ground truth's own landmarks get a *."""
+    """Markdown (and, with a console, rich) tables of the ground-truth benchmark: per truth and
+    keyframe scenario, a row per method: face-region PSNR per clip (mean of the edits), then the
+    means over clips of every score, each layer's PSNR among them. Rows of propagators that follow
+    the truth's own landmarks get a * (they grade themselves)."""
     import numpy as np
 
-    scores = [dict(s, clip=r["clip"], edit=r["edit"]) for r in rows for s in r["scores"] if s["interval"] is not None]
-    clips = sorted({s["clip"] for s in scores})
-    methods = list(dict.fromkeys(s["method"] for s in scores))
-    marked = {s["method"] for s in scores if s.get("self_graded")}
-    gt_warp = [s["warp_error"] for r in rows for s in r["scores"] if s["interval"] is None]
-    lines = []
-    for interval in sorted({s["interval"] for s in scores}):
-        head = [
-            "method",
-            *[f"{c} face PSNR" for c in clips],
-            "face PSNR",
-            "face SSIM",
-            "edit PSNR",
-            "edit SSIM",
-            "warp error",
-        ]
-        table = []
-        for m in methods:
-            sel = [s for s in scores if s["method"] == m and s["interval"] == interval]
-            per_clip = [np.nanmean([s["face_psnr"] for s in sel if s["clip"] == c]) for c in clips]
-            means = [
-                np.nanmean([s[k] for s in sel])
-                for k in ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "warp_error")
-            ]
-            table.append(
-                [
-                    m + (" *" if m in marked else ""),
-                    *[f"{v:.2f}" for v in per_clip],
-                    f"{means[0]:.2f}",
-                    f"{means[1]:.4f}",
-                    f"{means[2]:.2f}",
-                    f"{means[3]:.4f}",
-                    f"{means[4]:.2f}",
-                ]
-            )
-        lines += [f"### keyframes every {interval}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in table] + [""]
-        if console is not None:
-            from rich.table import Table
+    from ipfacediff.jobs.bench.groundtruth import TRUTHS
 
-            t = Table(title=f"ground truth, keyframes every {interval}")
-            for h in head:
-                t.add_column(h, justify="left" if h == "method" else "right")
-            for r in table:
-                t.add_row(*r)
-            console.print(t)
-    lines.append(
-        f"Warp error of the ground truth itself: {np.nanmean(gt_warp):.2f}. PSNR and SSIM over the face (the "
-        "landmarks' hull) "
-        "and over the edit alone (its alpha > 0.02, dilated 2 px), on the non-key frames; mean over the edits (paint, "
-        "glasses)."
-    )
-    if marked:
-        lines.append("* follows FaceMesh landmarks, the model the ground truth is made with: it grades itself here.")
-    return "\n".join(lines) + "\n"
+    scores = [
+        dict(s, clip=r["clip"], edit=r["edit"], truth=r.get("truth", "facemesh"))
+        for r in rows
+        for s in r["scores"]
+        if s["interval"] is not None
+    ]
+    lines = []
+    for truth in [t for t in TRUTHS if any(s["truth"] == t for s in scores)]:
+        mine = [s for s in scores if s["truth"] == truth]
+        clips = sorted({s["clip"] for s in mine})
+        methods = list(dict.fromkeys(s["method"] for s in mine))
+        marked = {s["method"] for s in mine if s.get("self_graded")}
+        layers = list(dict.fromkeys(k for s in mine for k in s.get("layers", {})))
+        edits = sorted({s["edit"] for s in mine})
+        gt_warp = [
+            s["warp_error"]
+            for r in rows
+            if r.get("truth", "facemesh") == truth
+            for s in r["scores"]
+            if s["interval"] is None
+        ]
+        for interval in sorted({s["interval"] for s in mine}, key=lambda i: (i == 0, i)):
+            scenario = "the first frame only" if interval == 0 else f"every {interval}"
+            head = [
+                "method",
+                *[f"{c} face PSNR" for c in clips],
+                "face PSNR",
+                "face SSIM",
+                "edit PSNR",
+                *[f"{x} PSNR" for x in layers],
+                "temporal error",
+                "warp error",
+            ]
+            table = []
+            for m in methods:
+                sel = [s for s in mine if s["method"] == m and s["interval"] == interval]
+                per_clip = [np.nanmean([s["face_psnr"] for s in sel if s["clip"] == c]) for c in clips]
+                layer_psnr = [
+                    np.nanmean([s["layers"][x]["psnr"] for s in sel if x in s.get("layers", {})] or [np.nan])
+                    for x in layers
+                ]
+                means = [
+                    np.nanmean([s.get(k, np.nan) for s in sel])
+                    for k in ("face_psnr", "face_ssim", "edit_psnr", "temporal_error", "warp_error")
+                ]
+                table.append(
+                    [
+                        m + (" *" if m in marked else ""),
+                        *[f"{v:.2f}" for v in per_clip],
+                        f"{means[0]:.2f}",
+                        f"{means[1]:.4f}",
+                        f"{means[2]:.2f}",
+                        *[f"{v:.2f}" for v in layer_psnr],
+                        f"{means[3]:.2f}",
+                        f"{means[4]:.2f}",
+                    ]
+                )
+            title = f"truth: {TRUTHS[truth]}, keyframes {scenario}"
+            lines += [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(r) + " |" for r in table] + [""]
+            if console is not None:
+                from rich.table import Table
+
+                t = Table(title=title)
+                for h in head:
+                    t.add_column(h, justify="left" if h == "method" else "right")
+                for r in table:
+                    t.add_row(*r)
+                console.print(t)
+        lines.append(
+            f"Truth: {TRUTHS[truth]}; edits {', '.join(edits)}. Warp error of the ground truth itself: "
+            f"{np.nanmean(gt_warp):.2f}. PSNR and SSIM over the face and over the edit (and each layer) alone, on "
+            "the non-key frames; temporal error: the output's frame-to-frame change against the truth's, over "
+            "the face (grey levels); mean over the edits."
+        )
+        if marked:
+            lines.append(
+                f"* follows {TRUTHS[truth].split(' (')[0]}, the model this truth is made with: it grades itself here."
+            )
+        lines.append("")
+    return "\n".join(lines)

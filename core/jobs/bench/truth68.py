@@ -1,0 +1,271 @@
+"""An independent ground truth for propagation: synthetic edits that move by **dlib's 68-point
+landmarks**, a model that no propagator and no default component of ipfacediff uses (the propagators
+follow optical flow and FaceMesh; detection is RetinaFace), trained on another data set (iBUG 300-W).
+A propagator is therefore not graded against its own motion model here.
+
+The edit is drawn on the reference keyframe (the clip's first frame) in layers that move differently,
+each carried to every frame by its own motion:
+
+* ``paint`` (surface): a textured face paint over the cheeks, chin and nose, carried by a thin-plate
+  spline through the 68 landmarks (reference -> frame); it is never on the lips, and never inside
+  the frame's own open mouth (teeth and tongue show through);
+* ``glasses`` (rigid): eyeglass rims and bridge, carried by the similarity fitted to the stable
+  points (eye corners and nose bridge), so they do not bend when the eyes close;
+* ``lips`` (surface): lip colour, carried by the spline and kept on the frame's own lips (outer lip
+  minus the open mouth);
+* ``smile`` (geometric): no colour at all: the mouth corners pulled out and up by a displacement field
+  built on each frame's own landmarks; the truth is each source frame warped by it.
+
+An edit is one layer or several joined with ``+`` (``paint+glasses``). The landmarks are smoothed
+over 3 frames (dlib's jitter would otherwise be part of the truth).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+LAYERS = ("paint", "glasses", "lips", "smile")
+EDITS = ("paint+glasses", "paint", "glasses", "lips", "smile")
+JAW, BROWS, NOSE_BRIDGE = list(range(0, 17)), list(range(17, 27)), [27, 28, 29, 30]
+EYES = (list(range(36, 42)), list(range(42, 48)))
+OUTER_LIPS, INNER_LIPS = list(range(48, 60)), list(range(60, 68))
+STABLE = [27, 28, 29, 30, 31, 35, 36, 39, 42, 45]  # nose bridge, nostrils, eye corners: the rigid frame
+
+
+def parse_edit(edit: str) -> list[str]:
+    layers = [x.strip() for x in edit.split("+") if x.strip()]
+    bad = [x for x in layers if x not in LAYERS]
+    if not layers or bad:
+        raise ValueError(f"ground truth: unknown layer {bad[0] if bad else edit!r} ({', '.join(LAYERS)})")
+    return layers
+
+
+# ------------------------------------------------------------------------------------ landmarks
+def dlib68_landmarks(frames: np.ndarray, track, smooth: int = 3) -> np.ndarray:
+    """``float32 [T, 68, 2]``: dlib's 68 landmarks of the tracked face in each frame (in the track's
+    box; a frame without one takes the previous frame's), smoothed over ``smooth`` frames."""
+    import dlib
+
+    from ipfacediff.runtime import models
+
+    predictor = dlib.shape_predictor(str(models.resolve("dlib-68-landmarks")))
+    out, last = [], None
+    for f, d in zip(frames, track):
+        if d is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in d.box)
+            shape = predictor(np.ascontiguousarray(f), dlib.rectangle(x0, y0, x1, y1))
+            last = np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+        if last is None:
+            raise ValueError("ground truth: no face in the first frame")
+        out.append(last)
+    lms = np.stack(out)
+    if smooth > 1 and len(lms) > 2:
+        pad = smooth // 2
+        padded = np.concatenate([lms[:1].repeat(pad, 0), lms, lms[-1:].repeat(pad, 0)])
+        lms = np.stack([padded[t : t + smooth].mean(0) for t in range(len(lms))])
+    return lms
+
+
+def _poly(points: np.ndarray, shape) -> np.ndarray:
+    m = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.rint(points * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    return m.astype(bool)
+
+
+def face_mask(lms: np.ndarray, shape) -> np.ndarray:
+    """The face of one frame: the hull of the jaw and the brows (lifted by a fifth of the nose's length
+    to take in the forehead above them)."""
+    lift = 0.2 * np.linalg.norm(lms[30] - lms[27])
+    up = lms[BROWS] - [0, lift]
+    return _poly(cv2.convexHull(np.concatenate([lms[JAW], up]).astype(np.float32))[:, 0], shape)
+
+
+def mouth_opening(lms: np.ndarray, shape) -> np.ndarray:
+    """Inside the inner lips: teeth, tongue, the dark of the mouth."""
+    return _poly(lms[INNER_LIPS], shape)
+
+
+def lips_mask(lms: np.ndarray, shape) -> np.ndarray:
+    return _poly(lms[OUTER_LIPS], shape) & ~mouth_opening(lms, shape)
+
+
+# ------------------------------------------------------------------------------------ motion
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    m, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), dst.astype(np.float32), method=cv2.LMEDS)
+    return m if m is not None else np.float32([[1, 0, 0], [0, 1, 0]])
+
+
+def tps_map(at: np.ndarray, ref: np.ndarray, shape, step: int = 4, smoothing: float = 1e-3) -> np.ndarray:
+    """``float32 [h, w, 2]``: for every pixel of the frame whose landmarks are ``at``, where it lies in
+    the frame whose landmarks are ``ref``: a thin-plate spline through the landmark pairs, with the
+    frame's border moved by the similarity of the two (so the warp stays bounded far from the face).
+    Solved in coordinates scaled to the frame, evaluated every ``step`` pixels and interpolated."""
+    h, w = shape[:2]
+    m = _similarity(at, ref)
+    bx = np.linspace(0, w - 1, 6)
+    by = np.linspace(0, h - 1, 6)
+    border = np.array(
+        [(x, 0) for x in bx] + [(x, h - 1) for x in bx] + [(0, y) for y in by[1:-1]] + [(w - 1, y) for y in by[1:-1]],
+        np.float32,
+    )
+    src = np.concatenate([at, border])
+    dst = np.concatenate([ref, border @ m[:, :2].T + m[:, 2]])
+    scale = float(max(h, w))
+    p, q = src / scale, dst / scale
+
+    def kernel(a, b):
+        r2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        return np.where(r2 > 0, r2 * np.log(r2 + 1e-20), 0.0)
+
+    n = len(p)
+    mat = np.zeros((n + 3, n + 3))
+    mat[:n, :n] = kernel(p, p) + smoothing * np.eye(n)
+    mat[:n, n] = 1
+    mat[:n, n + 1 :] = p
+    mat[n, :n] = 1
+    mat[n + 1 :, :n] = p.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = q
+    coef = np.linalg.solve(mat, rhs)
+    gy, gx = np.mgrid[0 : h + step : step, 0 : w + step : step].astype(np.float64)
+    g = np.stack([gx.ravel(), gy.ravel()], -1) / scale
+    out = kernel(g, p) @ coef[:n] + coef[n] + g @ coef[n + 1 :]
+    coarse = (out * scale).reshape(gx.shape + (2,)).astype(np.float32)
+    up = np.float32([[1 / step, 0, 0], [0, 1 / step, 0]])  # pixel (x, y) reads the grid at (x, y) / step
+    full = cv2.warpAffine(coarse, up, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    return np.ascontiguousarray(full)
+
+
+def similarity_map(at: np.ndarray, ref: np.ndarray, shape) -> np.ndarray:
+    """Like :func:`tps_map`, by the similarity fitted to the stable points alone (a rigid accessory)."""
+    h, w = shape[:2]
+    m = _similarity(at[STABLE], ref[STABLE])
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2], m[1, 0] * xs + m[1, 1] * ys + m[1, 2]], -1).astype(
+        np.float32
+    )
+
+
+def smile_field(lms: np.ndarray, shape, strength: float = 0.12) -> np.ndarray:
+    """The backward map of the smile on one frame: each pixel near a mouth corner reads from further in
+    and lower down, so the corners move out and up by ``strength`` mouth widths (a smooth falloff that
+    reaches zero a mouth width from each corner: the rest of the face stays as it is)."""
+    h, w = shape[:2]
+    left, right = lms[48], lms[54]
+    width = float(np.linalg.norm(right - left))
+    across = (right - left) / max(width, 1e-6)
+    up = np.array([across[1], -across[0]])  # perpendicular, pointing up the face
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mp = np.stack([xs, ys], -1).astype(np.float32)
+    sigma = 0.5 * width  # the falloff's radius is 2 sigma
+    for corner, out in ((left, -across), (right, across)):
+        move = strength * width * (out + 0.6 * up)
+        r2 = ((xs - corner[0] - move[0]) ** 2 + (ys - corner[1] - move[1]) ** 2) / (2 * sigma) ** 2
+        fall = np.clip(1 - r2, 0, None) ** 2  # smooth, and zero a mouth width from the corner: the mouth alone
+        mp -= (fall[..., None] * move).astype(np.float32)
+    return np.ascontiguousarray(mp)
+
+
+# ------------------------------------------------------------------------------------ layers
+def _paint(lms: np.ndarray, shape, seed: int) -> np.ndarray:
+    """RGBA: a textured paint over the lower face (below the eyes), off the lips and the eyes."""
+    h, w = shape[:2]
+    eye_w = float(np.linalg.norm(lms[45] - lms[36]))
+    eyes_y = max(lms[EYES[0]][:, 1].max(), lms[EYES[1]][:, 1].max()) + 0.15 * eye_w
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    region = face_mask(lms, shape) & (ys > eyes_y)
+    region &= ~cv2.dilate(_poly(lms[OUTER_LIPS], shape).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    rng = np.random.default_rng(seed)
+    period = eye_w / 3.0
+    u, v = xs / period, ys / period
+    hue = (np.sin(u * 2.1 + v * 1.3) * 0.5 + 0.5) * 120 + (np.sin(v * 3.7) > 0.2) * 40
+    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    hsv = np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1).clip(0, 255)
+    color = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75
+    return np.concatenate([color, alpha[..., None]], -1)
+
+
+def _glasses(lms: np.ndarray, shape) -> np.ndarray:
+    """RGBA: thin dark rims around both eyes and a bridge, anti-aliased."""
+    h, w = shape[:2]
+    ss = 4
+    canvas = np.zeros((h * ss, w * ss), np.float32)
+    d = lms[45] - lms[36]
+    eye_w = float(np.linalg.norm(d))
+    ang = float(np.degrees(np.arctan2(d[1], d[0])))
+    thick = max(1, int(round(eye_w * 0.035 * ss)))
+    u = d / max(eye_w, 1e-6)
+    ends = []
+    for eye in EYES:
+        c = lms[eye].mean(0)
+        half = 0.95 * float(np.linalg.norm(lms[eye[3]] - lms[eye[0]]))
+        axes = (half, half * 0.72)
+        ends.append((c, half))
+        pt = tuple(int(round(x * ss)) for x in c)
+        cv2.ellipse(canvas, pt, tuple(int(round(a * ss)) for a in axes), ang, 0, 360, 1.0, thick, cv2.LINE_AA)
+    a_in, b_in = ends[0][0] + u * ends[0][1], ends[1][0] - u * ends[1][1]
+    cv2.line(
+        canvas,
+        tuple(int(round(x * ss)) for x in a_in),
+        tuple(int(round(x * ss)) for x in b_in),
+        1.0,
+        thick,
+        cv2.LINE_AA,
+    )
+    alpha = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95
+    color = np.empty((h, w, 3), np.float32)
+    color[:] = (22, 20, 24)
+    return np.concatenate([color, alpha[..., None]], -1)
+
+
+def _lips(lms: np.ndarray, shape) -> np.ndarray:
+    """RGBA: a red lip colour on the lips (alpha 0.6, soft edge)."""
+    h, w = shape[:2]
+    alpha = cv2.GaussianBlur(lips_mask(lms, shape).astype(np.float32), (0, 0), 1.0) * 0.6
+    color = np.empty((h, w, 3), np.float32)
+    color[:] = (190, 20, 60)
+    return np.concatenate([color, alpha[..., None]], -1)
+
+
+def ground_truth(
+    frames: np.ndarray, lms: np.ndarray, edit: str, ref: int = 0, seed: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The edited clip (``uint8 [T, H, W, 3]``) and, per layer, where it is in each frame (``bool
+    [T, H, W]``): the layers drawn on frame ``ref``, each carried by its motion, composited in the
+    order paint, lips, glasses (glasses on top); ``smile`` warps each source frame first."""
+    shape = frames.shape[1:3]
+    layers = parse_edit(edit)
+    drawn = {
+        "paint": _paint(lms[ref], shape, seed) if "paint" in layers else None,
+        "lips": _lips(lms[ref], shape) if "lips" in layers else None,
+        "glasses": _glasses(lms[ref], shape) if "glasses" in layers else None,
+    }
+    out = np.empty_like(frames)
+    where = {name: np.zeros(frames.shape[:3], bool) for name in layers}
+    for t, f in enumerate(frames):
+        img = f.astype(np.float32)
+        if "smile" in layers:
+            mp = smile_field(lms[t], shape)
+            img = cv2.remap(img, mp, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            moved = np.linalg.norm(mp - np.stack(np.mgrid[0 : shape[0], 0 : shape[1]][::-1], -1), axis=-1)
+            where["smile"][t] = moved > 0.25
+        surface = tps_map(lms[t], lms[ref], shape) if drawn["paint"] is not None or drawn["lips"] is not None else None
+        for name in ("paint", "lips", "glasses"):
+            layer = drawn[name]
+            if layer is None:
+                continue
+            mp = similarity_map(lms[t], lms[ref], shape) if name == "glasses" else surface
+            lt = cv2.remap(
+                layer, np.ascontiguousarray(mp, np.float32), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            )
+            a = lt[..., 3]
+            if name == "paint":  # never on the lips or in the open mouth of this frame
+                a = a * ~cv2.dilate(_poly(lms[t][OUTER_LIPS], shape).astype(np.uint8), np.ones((3, 3))).astype(bool)
+            if name == "lips":
+                a = a * lips_mask(lms[t], shape)
+            img = img * (1 - a[..., None]) + lt[..., :3] * a[..., None]
+            where[name][t] = a > 0.02
+        out[t] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return out, where

@@ -1,0 +1,144 @@
+"""The independent ground truth of ``bench --ground-truth`` (dlib's 68 landmarks): each layer moves
+by its own motion. On a real face (d0's first frame, its dlib landmarks) with landmark motion made by
+hand: the spline reproduces a similarity, eyeglasses do not bend when the eyes close, paint never
+lands in an opening mouth, the smile changes the mouth alone; and the benchmark end to end."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DATA, needs_data, needs_models, run_main
+
+pytestmark = [needs_data, needs_models]
+pytest.importorskip("dlib")
+
+
+@pytest.fixture(scope="module")
+def face(catalog):
+    from ipfacediff.jobs.bench.truth68 import dlib68_landmarks
+    from ipfacediff.runtime.video import open_frames
+
+    frame = open_frames(DATA / "videos" / "d0.mp4").get([0])[0]
+    det = catalog.build("face_processor", "retinaface", {"verify": "none"}).detect(frame)[0]
+    return frame, dlib68_landmarks(frame[None], [det], smooth=1)[0]
+
+
+def _similarity(angle=4.0, scale=1.03, shift=(6.0, -3.0), centre=(256, 256)):
+    m = cv2.getRotationMatrix2D(centre, angle, scale)
+    m[:, 2] += shift
+    return m
+
+
+def _move(lms, m):
+    return (lms @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+
+def test_the_spline_is_exact_on_a_similarity_and_the_identity(face):
+    from ipfacediff.jobs.bench.truth68 import tps_map
+
+    frame, lms = face
+    shape = frame.shape[:2]
+    same = tps_map(lms, lms, shape)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    assert np.abs(same - np.stack([xs, ys], -1)).max() < 0.01
+    m = _similarity()
+    back = cv2.invertAffineTransform(m)  # frame t's pixel -> where it was in the reference
+    got = tps_map(_move(lms, m), lms, shape)
+    want = np.stack(
+        [back[0, 0] * xs + back[0, 1] * ys + back[0, 2], back[1, 0] * xs + back[1, 1] * ys + back[1, 2]], -1
+    )
+    assert np.abs(got - want).max() < 0.05
+
+
+def test_eyeglasses_stay_rigid_when_the_eyes_close_and_paint_changes(face):
+    """Closing the eyelids (the upper lid landmarks moved onto the lower ones) moves the paint's
+    spline but not the eyeglasses: they follow the stable points only."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms = face
+    closed = lms.copy()
+    for up, low in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        closed[up] = closed[low] - [0, 1]
+    closed[8] += [0, 6]  # and the chin lower: the surface layer must follow it
+    frames, both = np.stack([frame, frame]), np.stack([lms, closed])
+    gt, where = ground_truth(frames, both, "glasses")
+    rims = where["glasses"][0]
+    assert rims.sum() > 500 and np.array_equal(where["glasses"][1], rims)
+    assert np.array_equal(gt[1], gt[0])  # the rims drawn the same, pixel for pixel
+    _, where = ground_truth(frames, both, "paint+glasses")
+    assert np.array_equal(where["glasses"][1], where["glasses"][0])
+    assert not np.array_equal(where["paint"][1], where["paint"][0])
+
+
+def test_eyeglasses_follow_the_head_by_its_similarity(face):
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms = face
+    m = _similarity()
+    moved = cv2.warpAffine(frame, m, frame.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    gt, where = ground_truth(np.stack([frame, moved]), np.stack([lms, _move(lms, m)]), "glasses")
+    rims_then = cv2.warpAffine(where["glasses"][0].astype(np.float32), m, frame.shape[1::-1]) > 0.5
+    inter = (rims_then & where["glasses"][1]).sum()
+    union = (rims_then | where["glasses"][1]).sum()
+    assert inter / union > 0.85  # thin rims: within a pixel of the similarity-moved ones
+
+
+def test_paint_never_lands_in_an_opening_mouth_and_the_smile_moves_the_mouth_alone(face):
+    from ipfacediff.jobs.bench.truth68 import INNER_LIPS, OUTER_LIPS, _poly, ground_truth
+
+    frame, lms = face
+    opened = lms.copy()
+    for i in (56, 57, 58, 65, 66, 67):  # the lower lip down: the mouth opens
+        opened[i] += [0, 14]
+    for i in (55, 59, 64, 60):
+        opened[i] += [0, 7]
+    frames = np.stack([frame, frame])
+    gt, where = ground_truth(frames, np.stack([lms, opened]), "paint")
+    mouth = _poly(opened[INNER_LIPS], frame.shape)
+    assert mouth.sum() > 200 and not where["paint"][1][mouth].any()
+    assert np.array_equal(gt[1][mouth], frame[mouth])  # the frame's own mouth shows through
+    gt, where = ground_truth(frames[:1], lms[None], "smile")
+    changed = np.abs(gt[0].astype(int) - frame).max(-1) > 2
+    centre, width = lms[OUTER_LIPS].mean(0), np.linalg.norm(lms[54] - lms[48])
+    ys, xs = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]]
+    far = np.hypot(xs - centre[0], ys - centre[1]) > 1.6 * width
+    assert changed.sum() > 200 and not changed[far].any()
+
+
+def test_ground_truth_benchmark_grades_no_propagator_against_its_own_landmarks(tmp_path):
+    """The default truth (dlib's 68 landmarks): no propagator follows it, so none is marked; every
+    layer and the temporal error are scored, for keyframes every 4 and the first frame alone."""
+    r = run_main(
+        "--quiet",
+        "bench",
+        "--ground-truth",
+        "--videos",
+        str(DATA / "videos" / "d0.mp4"),
+        "--max-frames",
+        "9",
+        "--intervals",
+        "4,first",
+        "--edits",
+        "paint+glasses",
+        "-o",
+        str(tmp_path / "b"),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["settings"]["truths"] == ["dlib68"] and [row["truth"] for row in res["rows"]] == ["dlib68"]
+    scores = res["rows"][0]["scores"]
+    for interval in (4, 0):
+        s = {x["method"]: x for x in scores if x["interval"] == interval}
+        assert not any(x["self_graded"] for x in s.values())
+        assert set(s["flow-residual"]["layers"]) == {"paint", "glasses"}
+        assert s["flow-residual"]["face_psnr"] > s["source"]["face_psnr"] + 5
+        assert 0 < s["flow-residual"]["temporal_error"] < s["copy-nearest"]["temporal_error"]
+    table = (tmp_path / "b" / "groundtruth.md").read_text()
+    assert "truth: dlib's 68 landmarks (independent), keyframes the first frame only" in table
+    assert "glasses PSNR" in table and "grades itself" not in table
+    r = run_main("bench", "--ground-truth", "--edits", "paint+hat", "-o", str(tmp_path / "c"))
+    assert r.returncode == 2 and "layers paint, glasses, lips, smile" in r.stderr
