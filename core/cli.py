@@ -648,6 +648,12 @@ def edit(
     help="Where the JSON report goes (default: OUT.json beside the output).",
 )
 @click.option("--no-cache", is_flag=True, help="Neither read nor keep the face track in the cache.")
+@click.option(
+    "--no-self-check",
+    is_flag=True,
+    help="Skip the self-check (each keyframe predicted from the others; the frames worth one more keyframe).",
+)
+@click.option("--suggest", type=int, default=3, show_default=True, help="Frames the self-check suggests.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
@@ -664,12 +670,14 @@ def propagate(
     registry_file: Path | None,
     report_path: Path | None,
     no_cache: bool,
+    no_self_check: bool,
+    suggest: int,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Carry keyframe edits made elsewhere (an image editor, another model) to every frame of a video
     or a folder of frames."""
-    from ipfacediff.jobs.propagate import PropagateRequest, run_propagate
+    from ipfacediff.jobs.propagate import PropagateRequest, describe_self_check, run_propagate
     from ipfacediff.runtime.video import is_sequence_output
 
     req = PropagateRequest(
@@ -687,6 +695,8 @@ def propagate(
         pipeline=pipeline_name,
         report=report_path,
         cache=not no_cache,
+        self_check=not no_self_check,
+        suggest=suggest,
     )
     report = run_propagate(req)
     if _json_or_warnings(report, as_json):
@@ -695,6 +705,7 @@ def propagate(
         f"{report['frames']} frames, keyframes {report['keyframes']} carried by {report['propagator']} in "
         f"{report['seconds']:.1f} s"
     )
+    out.print(describe_self_check(report["self_check"]))
     out.print(f"result: [bold]{report['output']}[/]  report: {report['report']}")
 
 
@@ -702,6 +713,14 @@ def propagate(
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--at", "at", default="", metavar="N,N,...", help="0-based frame numbers, comma-separated: 0,48,96.")
 @click.option("--every", type=int, default=None, metavar="N", help="Every N-th frame from frame 0.")
+@click.option(
+    "--suggest",
+    type=int,
+    default=0,
+    metavar="K",
+    help="Also the K frames where one more edited keyframe would help propagate most (the self-check's "
+    "suggestions, beside --at and the edited frames already in DIR).",
+)
 @click.option(
     "-o",
     "--output",
@@ -712,13 +731,31 @@ def propagate(
 )
 @click.option("--overwrite", is_flag=True, help="Replace frames already in the folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def frames(input_path: Path, at: str, every: int | None, output: Path, overwrite: bool, as_json: bool) -> None:
+@click.pass_context
+def frames(
+    ctx: click.Context,
+    input_path: Path,
+    at: str,
+    every: int | None,
+    suggest: int,
+    output: Path,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
     """Write full-size frames of a video (or a folder of frames) as PNGs named by their frame number,
     to edit anywhere and carry back with `ipfacediff propagate INPUT --keyframes DIR`."""
     from ipfacediff.jobs.frames import FramesRequest, export_frames, parse_indices
 
     report = export_frames(
-        FramesRequest(input=input_path, output=output, at=parse_indices(at), every=every, overwrite=overwrite)
+        FramesRequest(
+            input=input_path,
+            output=output,
+            at=parse_indices(at),
+            every=every,
+            suggest=suggest,
+            overwrite=overwrite,
+            show_progress=not (ctx.obj["quiet"] or as_json),
+        )
     )
     if as_json:
         _print_json(report)
@@ -728,6 +765,10 @@ def frames(input_path: Path, at: str, every: int | None, output: Path, overwrite
         + ", ".join(Path(f["path"]).name for f in report["frames"][:8])
         + ("..." if len(report["frames"]) > 8 else "")
     )
+    if report["suggested"]:
+        out.print(
+            "suggested by the self-check: " + ", ".join(f"{x['frame']} ({x['reason']})" for x in report["suggested"])
+        )
     out.print(report["next"])
 
 
@@ -965,6 +1006,13 @@ def finetune(
     "(paint, glasses, lips, smile).",
 )
 @click.option(
+    "--baselines",
+    default="source,copy-nearest,flow-warp-edited,taesd-roundtrip",
+    show_default=True,
+    help="--ground-truth: the baselines scored beside the propagators (taesd-roundtrip, the ceiling of a "
+    "latent-space propagator, costs a TAESD encode and decode per frame).",
+)
+@click.option(
     "--truth",
     "truths",
     default="dlib68",
@@ -995,6 +1043,7 @@ def bench(
     propagators: str,
     intervals: str,
     edits: str,
+    baselines: str,
     truths: str,
     as_json: bool,
 ) -> None:
@@ -1027,6 +1076,7 @@ def bench(
         edits=_csv(edits),
         intervals=_int_list(",".join("0" if x.strip() == "first" else x for x in intervals.split(",")), "--intervals"),
         truths=_csv(truths),
+        baselines=_csv(baselines),
     )
     result = run_bench(req, console=None if as_json else out)
     if as_json:

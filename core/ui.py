@@ -280,7 +280,7 @@ def build(app: App):
                     p_status = gr.Markdown("", elem_id="p-status")
 
             def on_propagate(c, keys, progress=gr.Progress()):
-                from ipfacediff.jobs.propagate import PropagateRequest, run_propagate
+                from ipfacediff.jobs.propagate import PropagateRequest, describe_self_check, run_propagate
 
                 path, _ = app.clip(c, None)
                 if not keys:
@@ -305,7 +305,7 @@ def build(app: App):
                     rep["output"],
                     _said(
                         f"{len(rep['keyframes'])} keyframes ({rep['keyframes']}) carried to {rep['frames']} frames "
-                        f"in {rep['seconds']:.1f} s.",
+                        f"in {rep['seconds']:.1f} s.\n\n{describe_self_check(rep['self_check'])}.",
                         rep,
                     ),
                 )

@@ -316,8 +316,9 @@ def test_propagate_keyframes_carries_any_edit_as_the_cli_does(pack, sample_clip,
     frame[100:120, 90:170] = (20, 20, 20)  # a dark band across the mouth, drawn by "another tool"
     edited = torch.from_numpy(frame).float()[None] / 255
     node = pack.NODE_CLASS_MAPPINGS["IPFaceDiffPropagateKeyframes"]()
-    out, summary = node.propagate(images, edited, "8", "default", "default", 240)
+    out, summary, check = node.propagate(images, edited, "8", "default", "default", 240)
     assert out.shape == images.shape and "keyframes [8]" in summary and "mesh-flow" in summary
+    assert "one keyframe: no leave-one-out check" in check and "would help most at frame" in check
 
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -331,7 +332,7 @@ def test_propagate_keyframes_carries_any_edit_as_the_cli_does(pack, sample_clip,
 
     # an image-edit model's output at its own resolution: resized to the clip's, said in the summary
     half = torch.nn.functional.interpolate(edited.movedim(-1, 1), size=(128, 128), mode="area").movedim(1, -1)
-    _, said = node.propagate(images, half, "8", "flow-residual", "default", 12)
+    _, said, _ = node.propagate(images, half, "8", "flow-residual", "default", 12)
     assert "frame 8 resized" in said and "flow-residual" in said and "cut at 12 of 24" in said
     for bad, frames, message in (
         (edited[:, :, :200], "8", "not the shape"),  # a crop, not the full frame

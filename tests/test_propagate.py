@@ -306,3 +306,73 @@ def test_frames_refuses_bad_requests_in_one_line(sample_clip, tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
     assert (keys / "00003.png").read_bytes() == before and not (tmp_path / "x.png").exists()
     assert run_main("frames", str(sample_clip), "--at", "3", "-o", str(keys), "--overwrite").returncode == 0
+
+
+def test_self_check_predicts_each_keyframe_from_the_others_and_flags_one_that_disagrees(moving, tmp_path):
+    """Leave-one-keyframe-out: keyframes drawn consistently (one edit under known motion) predict each
+    other well; a keyframe whose edit does not follow the face (its mark moved) stands out."""
+    src, gt, inp, keys = moving
+    r = run_main("--quiet", "propagate", str(inp), "--keyframes", str(keys), "-o", f"{tmp_path / 'a'}/", "--json")
+    assert r.returncode == 0, r.stderr
+    check = json.loads(r.stdout)["self_check"]
+    loo = {x["keyframe"]: x for x in check["leave_one_out"]}
+    assert sorted(loo) == KEYS and loo[8]["from"] == [0, 16] and loo[0]["from"] == [8]
+    good = loo[8]["psnr"]
+    assert good > 30, check
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for k in KEYS:
+        img = gt[k].copy()
+        if k == 8:  # the paint patch drawn 20 px to the side of where the face carries it
+            img = src[k].copy()
+            img[196:208, 132:164] = (200, 40, 160)
+        Image.fromarray(img).save(odd / f"{k:05d}.png")
+    r = run_main("--quiet", "propagate", str(inp), "--keyframes", str(odd), "-o", f"{tmp_path / 'b'}/", "--json")
+    loo = {x["keyframe"]: x["psnr"] for x in json.loads(r.stdout)["self_check"]["leave_one_out"]}
+    assert loo[8] < good - 6, (loo, good)
+    assert len(check["suggest"]) == 3 and all(s["frame"] not in KEYS for s in check["suggest"])
+    r = run_main(
+        "--quiet",
+        "propagate",
+        str(inp),
+        "--keyframes",
+        str(keys),
+        "-o",
+        f"{tmp_path / 'c'}/",
+        "--json",
+        "--no-self-check",
+    )
+    assert json.loads(r.stdout)["self_check"] is None
+
+
+def test_suggestions_rank_the_pose_furthest_from_every_keyframe_first():
+    from ipfacediff.interfaces import FaceDetection
+    from ipfacediff.jobs.propagate import suggest_keyframes
+
+    base = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], np.float64)
+    track = []
+    for t in range(40):
+        lm = base + [t * 0.5, 0]  # a slow drift: the same pose
+        if t == 27:  # a turned head: the features bunch to one side
+            lm = base.copy()
+            lm[:, 0] = 100 + (lm[:, 0] - 100) * 0.4
+        track.append(FaceDetection(np.array([80, 80, 160, 160.0]), 0.99, lm, "test"))
+    picks = suggest_keyframes(track, [0, 39], 2)
+    assert picks[0]["frame"] == 27 and picks[0]["reason"] == "pose or expression"
+    assert picks[1]["frame"] not in (0, 27, 39)
+    assert suggest_keyframes(track, [], 2) == []
+
+
+def test_frames_suggest_exports_the_frames_the_self_check_would_add(sample_clip, tmp_path):
+    keys = tmp_path / "keys"
+    r = run_main("frames", str(sample_clip), "--at", "0", "--suggest", "2", "-o", str(keys), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    picked = [s["frame"] for s in rep["suggested"]]
+    assert len(picked) == 2 and 0 not in picked
+    assert sorted(f["index"] for f in rep["frames"]) == sorted([0, *picked])
+    r = run_main("frames", str(sample_clip), "--suggest", "1", "-o", str(keys), "--json")  # what DIR holds counts
+    again = json.loads(r.stdout)["suggested"][0]["frame"]
+    assert again not in (0, *picked)
+    r = run_main("frames", str(sample_clip), "--suggest", "1", "-o", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "give the frames you have" in r.stderr

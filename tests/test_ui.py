@@ -181,6 +181,7 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         page.wait_for_selector("#p-keys >> text=00008", timeout=30_000)
         page.click("#propagate")
         page.wait_for_selector("#p-status >> text=1 keyframes ([8]) carried to 24 frames", timeout=300_000)
+        assert "one more edited keyframe would help most at frame" in page.locator("#p-status").inner_text()
         _shot(page, shots, "6-propagate")
         said.append(page.locator("#p-status").inner_text().splitlines()[0])
         result = page.locator('#p-file a[download="propagated.mp4"]')

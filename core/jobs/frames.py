@@ -25,7 +25,10 @@ class FramesRequest:
     output: Path
     at: list[int] = field(default_factory=list)  # frame indices (0-based)
     every: int | None = None  # or every N-th frame from 0
+    suggest: int = 0  # and the K frames the propagation self-check would add to those (and to DIR's)
     overwrite: bool = False
+    registry_file: str | Path | None = None
+    show_progress: bool = True
 
 
 def frame_name(index: int) -> str:
@@ -60,10 +63,16 @@ def export_frames(req: FramesRequest) -> dict[str, Any]:
         raise InputError(f"-o {req.output}: exists and is not a folder")
     if req.every is not None and req.every < 1:
         raise ParameterError(f"--every {req.every}: must be at least 1")
+    if req.suggest < 0:
+        raise ParameterError(f"--suggest {req.suggest}: 0 or more frames")
     source = open_frames(req.input)
+    suggested: list[dict[str, Any]] = []
     try:
         n = len(source)
         indices = sorted(set(req.at) | (set(range(0, n, req.every)) if req.every else set()))
+        if req.suggest:
+            suggested = _suggest(req, source, n, indices)
+            indices = sorted(set(indices) | {x["frame"] for x in suggested})
         if not indices:
             raise ParameterError("give the frames to export: --at 0,48 or --every 48")
         past = [i for i in indices if i >= n]
@@ -93,7 +102,35 @@ def export_frames(req: FramesRequest) -> dict[str, Any]:
         "frames": written,
         "size": [info.width, info.height],
         "clip_frames": n,
+        "suggested": suggested,
         "next": f"edit them, then: ipfacediff propagate {req.input} --keyframes {req.output} -o OUT",
     }
     write_atomic(req.output / "frames.json", json.dumps(report, indent=2))
     return report
+
+
+def _suggest(req: FramesRequest, source, n: int, indices: list[int]) -> list[dict[str, Any]]:
+    """The frames ``propagate``'s self-check would add to the keyframes: those asked for and those
+    already in the output folder (named by frame number), the face tracked as ``propagate`` tracks it."""
+    from ipfacediff.jobs.clip import ClipJob
+    from ipfacediff.jobs.propagate import keyframe_index, suggest_keyframes
+    from ipfacediff.registry import load_registry
+
+    have = set(indices)
+    if req.output.is_dir():
+        have |= {
+            i
+            for f in req.output.iterdir()
+            if f.suffix.lower() in IMAGE_EXTS and (i := keyframe_index(f)) is not None and i < n
+        }
+    if not have:
+        raise ParameterError(
+            "--suggest: give the frames you have (--at, or edited frames already in the -o folder) to suggest more"
+        )
+    pipeline = load_registry(req.registry_file).pipeline("ip-facediff")
+    with ClipJob(pipeline, input=req.input, show_progress=req.show_progress) as job:  # the track cached
+        job.check_request(extra_slots=("settings",))
+        job.open_source()
+        processor = job.build_components(["face_processor"])["face_processor"]
+        job.detect(processor, require_face=False)
+        return suggest_keyframes(job.track, sorted(have), req.suggest)

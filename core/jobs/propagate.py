@@ -58,6 +58,8 @@ class PropagateRequest:
     report: Path | None = None  # the JSON report (default: OUT.json beside the output)
     cache: bool = True  # keep the face track in the cache (a later edit or propagate of the clip reuses it)
     frames: Any = None  # the clip as a frame reader instead of ``input``
+    self_check: bool = True  # leave-one-keyframe-out PSNR and the frames worth one more keyframe
+    suggest: int = 3  # how many frames the self-check suggests
     keyframe_images: dict[int, np.ndarray] | None = None  # the keyframes in memory instead of ``keyframes``
 
 
@@ -211,6 +213,99 @@ def carry_edits(
     return {"outside_region": outside, "frames_without_face": sorted(set(no_face))}
 
 
+def leave_one_out(
+    get: Callable[[list[int]], np.ndarray],
+    keys: dict[int, np.ndarray],
+    track: list[FaceDetection | None],
+    processor: FaceProcessor,
+    propagator: Propagator,
+    full_frame: bool = False,
+) -> list[dict[str, Any]]:
+    """The self-check of a propagation: each keyframe predicted from the others (its nearest keyframe
+    on each side, or the one side it has) and compared with the edit the user gave, PSNR (dB) over the
+    face region. Needs two or more keyframes; a low value says the edit does not move the way the
+    propagator carries it between those keyframes (an occlusion, a turn, an edit that changes shape)."""
+    order = sorted(keys)
+    out = []
+    for pos, k in enumerate(order):
+        near = order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]  # the nearest keyframe on each side
+        if not near:
+            continue
+        lo, hi = min([k, *near]), max([k, *near])
+        idx = list(range(lo, hi + 1))
+        got: list[np.ndarray] = []
+        carry_edits(
+            lambda rows, idx=idx: get([idx[r] for r in rows]),
+            len(idx),
+            {x - lo: keys[x] for x in near},
+            [track[i] for i in idx],
+            processor,
+            propagator,
+            full_frame,
+            lambda first, frames, got=got: got.append(frames),
+        )
+        predicted = np.concatenate(got)[k - lo]
+        frame = get([k])[0]
+        region = np.ones(frame.shape[:2], np.float32) if full_frame else face_region(processor, frame, track[k])
+        weight = region[..., None]
+        mse = float((weight * (predicted.astype(np.float64) - keys[k]) ** 2).sum() / max(3 * weight.sum(), 1e-9))
+        out.append(
+            {
+                "keyframe": k,
+                "from": near,
+                "psnr": round(100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse)), 2),
+            }
+        )
+    return out
+
+
+def suggest_keyframes(track: list[FaceDetection | None], keys: list[int], count: int = 3) -> list[dict[str, Any]]:
+    """The frames where one more edited keyframe would help most, best first, each with its reason.
+    A frame's need grows with its distance in frames from the nearest keyframe (the carried edit
+    drifts with it) and with how far its pose or expression is from that keyframe's (its five
+    landmarks aligned to the keyframe's by a similarity: what is left, in eye distances, is a turn or
+    a changed expression): ``frames away x (1 + 10 x pose gap)``. The reason is ``pose or expression``
+    where the pose term at least doubles it, else ``far from a keyframe``. Chosen greedily: each pick
+    counts as a keyframe for the next."""
+    faces = {i: d.landmarks for i, d in enumerate(track) if d is not None and d.landmarks is not None}
+    chosen = [k for k in keys if k in faces]
+    if not chosen:
+        return []
+
+    def shape_gap(a: np.ndarray, b: np.ndarray) -> float:
+        m, _ = cv2.estimateAffinePartial2D(a.astype(np.float32), b.astype(np.float32))
+        if m is None:
+            return 0.0
+        moved = a @ m[:, :2].T + m[:, 2]
+        return float(np.linalg.norm(moved - b, axis=1).mean() / max(np.linalg.norm(b[1] - b[0]), 1e-6))
+
+    picks = []
+    for _ in range(count):
+        best = None
+        for i, lm in faces.items():
+            if i in chosen:
+                continue
+            near = min(chosen, key=lambda k: (abs(i - k), k))
+            away, gap = abs(i - near), shape_gap(lm, faces[near])
+            score = away * (1 + 10 * gap)
+            if best is None or score > best[0]:
+                best = (score, i, gap, away, near)
+        if best is None:
+            break
+        _, i, gap, away, near = best
+        picks.append(
+            {
+                "frame": i,
+                "reason": "pose or expression" if 10 * gap >= 1 else "far from a keyframe",
+                "nearest_keyframe": near,
+                "frames_away": away,
+                "pose_gap": round(gap, 4),
+            }
+        )
+        chosen.append(i)
+    return picks
+
+
 class PropagateJob(ClipJob):
     """One ``propagate`` run, its state in one object: the request checked (nothing built or written
     before the keyframes pass), the components built from the pipeline's slots, the face track
@@ -236,6 +331,8 @@ class PropagateJob(ClipJob):
     def check(self) -> None:
         """``--set``, the settings, the input, the keyframes and the output."""
         req = self.req
+        if req.suggest < 0:
+            raise ParameterError(f"--suggest {req.suggest}: 0 or more frames")
         unknown = sorted(set(req.sets) - {"propagator", "face_processor", "settings"})
         if unknown:
             raise ParameterError(
@@ -338,6 +435,21 @@ class PropagateJob(ClipJob):
                 self.source.get, self.n, self.keys, self.track, self.processor, self.propagator, self.full_frame, write
             )
 
+    def check_result(self) -> None:
+        """The self-check (:func:`leave_one_out`, :func:`suggest_keyframes`), or nothing when it is off."""
+        self.self_check = None
+        if not self.req.self_check:
+            return
+        with self.timer("self_check"):
+            loo = leave_one_out(
+                self.source.get, self.keys, self.track, self.processor, self.propagator, self.full_frame
+            )
+            self.self_check = {
+                "leave_one_out": loo,
+                "mean_psnr": round(float(np.mean([x["psnr"] for x in loo])), 2) if loo else None,
+                "suggest": suggest_keyframes(self.track, list(self.keys), self.req.suggest),
+            }
+
     def write_report(self) -> dict[str, Any]:
         """The report: what was carried, the warnings, timings and the rest every job reports; written
         as JSON beside the output (or to ``req.report``)."""
@@ -366,6 +478,7 @@ class PropagateJob(ClipJob):
             "landmark_model": self.propagator.landmark_model,
             "outside_region": {str(k): round(v, 5) for k, v in found["outside_region"].items()},
             "frames_without_face": no_face,
+            "self_check": getattr(self, "self_check", None),
             **self.report_fields(),
             "report": str(path) if path is not None else None,
         }
@@ -383,4 +496,26 @@ def run_propagate(req: PropagateRequest) -> dict[str, Any]:
         job.build()
         job.detect()
         job.carry()
+        job.check_result()
     return job.write_report()
+
+
+def describe_self_check(check: dict[str, Any] | None) -> str:
+    """The self-check in one line (the CLI, the app and the ComfyUI node say it so)."""
+    if not check:
+        return "self-check off"
+    loo = check["leave_one_out"]
+    parts = []
+    if loo:
+        parts.append(
+            "leave-one-out PSNR "
+            + ", ".join(f"keyframe {x['keyframe']} from {x['from']}: {x['psnr']:.1f} dB" for x in loo)
+        )
+    else:
+        parts.append("one keyframe: no leave-one-out check (give two or more)")
+    if check["suggest"]:
+        parts.append(
+            "one more edited keyframe would help most at frame "
+            + ", ".join(f"{x['frame']} ({x['reason']})" for x in check["suggest"])
+        )
+    return "self-check: " + "; ".join(parts)

@@ -474,7 +474,7 @@ class PropagateKeyframes:
     through the whole clip: the edited IMAGE (one frame or a batch) replaces the frames numbered in
     ``frames``, in order, and the edit follows the face's motion to every other frame. The same
     propagate job as ``ipfacediff propagate`` (face tracking, the face region, the pipeline's
-    propagator), on the IMAGE batch in memory."""
+    propagator, the self-check), on the IMAGE batch in memory."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -499,13 +499,15 @@ class PropagateKeyframes:
             }
         }
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "summary")
+    RETURN_TYPES = ("IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("images", "summary", "self_check")
     FUNCTION = "propagate"
     CATEGORY = CATEGORY
 
     def propagate(self, images, edited, frames, propagator, face_processor, max_frames):
-        from ipfacediff.jobs.propagate import PropagateJob, PropagateRequest
+        """The clip with the edit carried, a summary, and the self-check: each edited frame predicted from
+        the others (with two or more) and the frames where one more edited frame would help most."""
+        from ipfacediff.jobs.propagate import PropagateJob, PropagateRequest, describe_self_check
 
         indices = parse_frame_numbers(frames)
         if edited.ndim == 3:
@@ -540,6 +542,7 @@ class PropagateKeyframes:
             job.build()
             job.detect()
             job.carry(put)
+            job.check_result()
         report = job.write_report()
         notes = [*(f"frame {i} resized to the clip's size" for i in resized), *report["warnings"]]
         cut = f"; cut at {len(clip)} of {images.shape[0]} frames (max_frames)" if len(clip) < images.shape[0] else ""
@@ -547,7 +550,7 @@ class PropagateKeyframes:
             f"{report['frames']} frames, keyframes {report['keyframes']} carried by {report['propagator']}"
             f"{cut}" + "".join(f"; {n}" for n in notes)
         )
-        return result, summary
+        return result, summary, describe_self_check(report["self_check"])
 
 
 def _to_frame_size(img: np.ndarray, w: int, h: int, index: int, resized: list[int]) -> np.ndarray:

@@ -132,6 +132,7 @@ def _run_groundtruth(req: BenchRequest, console=None) -> dict[str, Any]:
     settings = {
         "videos": [str(v) for v in req.videos],
         "truths": req.truths,
+        "baselines": req.baselines,
         "propagators": req.propagators,
         "intervals": req.intervals,
         "edits": req.edits,

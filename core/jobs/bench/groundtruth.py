@@ -314,7 +314,7 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
     gt, faces, edits, layers = truth["gt"], truth["faces"], truth["edits"], truth["layers"]
     motion = source_motion(frames, faces)
     rows: list[dict] = []
-    methods = list(BASELINES) + list(job["propagators"])
+    methods = list(job.get("baselines", BASELINES)) + list(job["propagators"])
     shown: dict[str, np.ndarray] = {}
     model = TRUTH_MODEL.get(job.get("truth", "facemesh"))
     for interval in job["intervals"]:

@@ -52,6 +52,9 @@ class BenchRequest:
     intervals: list[int] = field(default_factory=lambda: [8, 16])  # 0: the first frame only
     edits: list[str] = field(default_factory=lambda: ["paint+glasses", "lips", "smile"])
     truths: list[str] = field(default_factory=lambda: ["dlib68"])  # groundtruth.TRUTHS
+    baselines: list[str] = field(
+        default_factory=lambda: ["source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip"]
+    )  # groundtruth.BASELINES
     # which networks score the identity metrics: auto (an independent one and the identity loss's),
     # independent, loss, or encoder names (see plan_identity)
     identity_encoders: list[str] = field(default_factory=lambda: ["auto"])
@@ -135,7 +138,7 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
     runs each of the requested layers it has (paint, glasses) on its own."""
     from ipfacediff.catalog import get_catalog
     from ipfacediff.jobs.bench import truth68
-    from ipfacediff.jobs.bench.groundtruth import EDITS, TRUTHS
+    from ipfacediff.jobs.bench.groundtruth import BASELINES, EDITS, TRUTHS
 
     catalog = get_catalog()
     for p in req.propagators:
@@ -143,6 +146,9 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
             raise ParameterError(
                 f"--propagators {p}: the ground-truth benchmark runs pixel-space propagators (as `propagate` does)"
             )
+    for b in req.baselines:
+        if b not in BASELINES:
+            raise ParameterError(f"--baselines {b}: one of {', '.join(BASELINES)}")
     for t in req.truths:
         if t not in TRUTHS:
             raise ParameterError(f"--truth {t}: one of {', '.join(TRUTHS)}")
@@ -167,6 +173,7 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
                 "clip": str(clip),
                 "truth": truth,
                 "edit": e,
+                "baselines": list(req.baselines),
                 "prompt": None,
                 "pipeline": "ground-truth",
                 "propagators": list(req.propagators),
