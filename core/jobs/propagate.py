@@ -229,7 +229,7 @@ def leave_one_out(
     out = []
     for pos, k in enumerate(order):
         near = order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]  # the nearest keyframe on each side
-        if not near:
+        if not near or (track[k] is None and not full_frame):  # no face there: nothing to compare
             continue
         lo, hi = min([k, *near]), max([k, *near])
         idx = list(range(lo, hi + 1))
