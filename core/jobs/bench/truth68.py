@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 
 LAYERS = ("paint", "glasses", "lips", "smile")
-EDITS = ("paint+glasses", "paint", "glasses", "lips", "smile")
 JAW, BROWS, NOSE_BRIDGE = list(range(0, 17)), list(range(17, 27)), [27, 28, 29, 30]
 EYES = (list(range(36, 42)), list(range(42, 48)))
 OUTER_LIPS, INNER_LIPS = list(range(48, 60)), list(range(60, 68))
