@@ -271,7 +271,10 @@ def _roundtrip(gt: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
 def _truth(job: dict, frames: np.ndarray, track) -> dict:
     """The job's ground truth: the edited clip, the face and edit masks per frame, and each layer's."""
     shape = frames.shape[1:3]
-    grow = lambda m, f: cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & f  # noqa: E731
+
+    def grow(mask: np.ndarray, face: np.ndarray) -> np.ndarray:  # a layer's pixels, 2 px wider, in the face
+        return cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & face
+
     if job.get("truth", "facemesh") == "dlib68":
         from ipfacediff.jobs.bench import truth68
 
