@@ -276,7 +276,7 @@ def _truth(job: dict, frames: np.ndarray, track) -> dict:
         return cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & face
 
     if job.get("truth", "facemesh") == "dlib68":
-        from ipfacediff.jobs.bench import truth68
+        import ipfacediff.jobs.bench.truth68 as truth68
 
         lms = truth68.dlib68_landmarks(frames, track)
         gt, where = truth68.ground_truth(frames, lms, job["edit"], seed=job["seed"])

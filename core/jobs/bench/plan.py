@@ -136,8 +136,8 @@ def plan_groundtruth(req: BenchRequest) -> list[dict[str, Any]]:
     """One job per (clip, truth, synthetic edit): every propagator and baseline at every keyframe
     interval. The dlib68 truth takes any edit of its layers (``paint+glasses``); the FaceMesh truth
     runs each of the requested layers it has (paint, glasses) on its own."""
+    import ipfacediff.jobs.bench.truth68 as truth68
     from ipfacediff.catalog import get_catalog
-    from ipfacediff.jobs.bench import truth68
     from ipfacediff.jobs.bench.groundtruth import BASELINES, EDITS, TRUTHS
 
     catalog = get_catalog()
