@@ -25,6 +25,8 @@ import time
 import cv2
 import numpy as np
 
+import ipfacediff.jobs.bench.truth68 as truth68
+from ipfacediff.jobs.bench.truth68 import paint_texture, rgba
 from ipfacediff.runtime.facemesh import face_mesh, load_facemesh, piecewise_affine_map, triangulate
 
 EDITS = ("paint", "glasses")
@@ -78,19 +80,9 @@ def _paint_layer(lms: np.ndarray, shape, seed: int) -> np.ndarray:
     mh = max(np.linalg.norm(pts[INNER_LIPS[0]] - pts[INNER_LIPS[1]]), 0.15 * mw) + 0.3 * mw
     mu = mouth @ rot.T
     region &= ((up[..., 0] - mu[0]) / mw) ** 2 + ((up[..., 1] - mu[1]) / mh) ** 2 > 1.0
-    rng = np.random.default_rng(seed)
     period = eye_w / 3.0
-    u, v = up[..., 0] / period, up[..., 1] / period
-    hue = (np.sin(u * 2.1 + v * 1.3) * 0.5 + 0.5) * 120 + (np.sin(v * 3.7) > 0.2) * 40
-    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    hsv = (
-        np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1)
-        .clip(0, 255)
-        .astype(np.uint8)
-    )
-    color = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
-    alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75
-    return np.concatenate([color, alpha[..., None]], -1)
+    color = paint_texture(up[..., 0] / period, up[..., 1] / period, shape, seed)
+    return rgba(color, cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75)
 
 
 def _glasses_layer(lms: np.ndarray, shape) -> np.ndarray:
@@ -143,10 +135,7 @@ def _glasses_layer(lms: np.ndarray, shape) -> np.ndarray:
             thick,
             cv2.LINE_AA,
         )
-    alpha = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95
-    color = np.empty((h, w, 3), np.float32)
-    color[:] = (22, 20, 24)
-    return np.concatenate([color, alpha[..., None]], -1)
+    return rgba((22, 20, 24), cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95)
 
 
 def edit_layer(lms: np.ndarray, shape, kind: str, seed: int = 0) -> np.ndarray:
@@ -276,8 +265,6 @@ def _truth(job: dict, frames: np.ndarray, track) -> dict:
         return cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & face
 
     if job.get("truth", "facemesh") == "dlib68":
-        import ipfacediff.jobs.bench.truth68 as truth68
-
         lms = truth68.dlib68_landmarks(frames, track)
         gt, where = truth68.ground_truth(frames, lms, job["edit"], seed=job["seed"])
         faces = [truth68.face_mask(lm, shape) for lm in lms]

@@ -167,6 +167,24 @@ def smile_field(lms: np.ndarray, shape, strength: float = 0.12) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ layers
+def paint_texture(u: np.ndarray, v: np.ndarray, shape, seed: int) -> np.ndarray:
+    """``float32 [h, w, 3]`` RGB: the synthetic face paint's colour at texture coordinates ``(u, v)``
+    (in stripes' periods): hue bands with steps and a smooth random tint (both truths draw it)."""
+    h, w = shape[:2]
+    rng = np.random.default_rng(seed)
+    hue = (np.sin(u * 2.1 + v * 1.3) * 0.5 + 0.5) * 120 + (np.sin(v * 3.7) > 0.2) * 40
+    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    hsv = np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1).clip(0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+
+
+def rgba(color, alpha: np.ndarray) -> np.ndarray:
+    """``float32 [h, w, 4]``: a colour (an RGB image or one RGB triple) with ``alpha``."""
+    rgb = np.empty((*alpha.shape, 3), np.float32)
+    rgb[:] = color
+    return np.concatenate([rgb, alpha[..., None].astype(np.float32)], -1)
+
+
 def _paint(lms: np.ndarray, shape, seed: int) -> np.ndarray:
     """RGBA: a textured paint over the lower face (below the eyes), off the lips and the eyes."""
     h, w = shape[:2]
@@ -175,15 +193,9 @@ def _paint(lms: np.ndarray, shape, seed: int) -> np.ndarray:
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     region = face_mask(lms, shape) & (ys > eyes_y)
     region &= ~cv2.dilate(_poly(lms[OUTER_LIPS], shape).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    rng = np.random.default_rng(seed)
     period = eye_w / 3.0
-    u, v = xs / period, ys / period
-    hue = (np.sin(u * 2.1 + v * 1.3) * 0.5 + 0.5) * 120 + (np.sin(v * 3.7) > 0.2) * 40
-    noise = cv2.resize(rng.random((16, 16)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    hsv = np.stack([(hue + 30 * noise) % 180, np.full_like(hue, 200), 150 + 80 * noise], -1).clip(0, 255)
-    color = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-    alpha = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75
-    return np.concatenate([color, alpha[..., None]], -1)
+    color = paint_texture(xs / period, ys / period, shape, seed)
+    return rgba(color, cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75)
 
 
 def _glasses(lms: np.ndarray, shape) -> np.ndarray:
@@ -213,19 +225,12 @@ def _glasses(lms: np.ndarray, shape) -> np.ndarray:
         thick,
         cv2.LINE_AA,
     )
-    alpha = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95
-    color = np.empty((h, w, 3), np.float32)
-    color[:] = (22, 20, 24)
-    return np.concatenate([color, alpha[..., None]], -1)
+    return rgba((22, 20, 24), cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95)
 
 
 def _lips(lms: np.ndarray, shape) -> np.ndarray:
     """RGBA: a red lip colour on the lips (alpha 0.6, soft edge)."""
-    h, w = shape[:2]
-    alpha = cv2.GaussianBlur(lips_mask(lms, shape).astype(np.float32), (0, 0), 1.0) * 0.6
-    color = np.empty((h, w, 3), np.float32)
-    color[:] = (190, 20, 60)
-    return np.concatenate([color, alpha[..., None]], -1)
+    return rgba((190, 20, 60), cv2.GaussianBlur(lips_mask(lms, shape).astype(np.float32), (0, 0), 1.0) * 0.6)
 
 
 def ground_truth(
