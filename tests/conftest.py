@@ -57,6 +57,18 @@ def catalog():
     return get_catalog()
 
 
+@pytest.fixture(scope="session")
+def d0_face68(catalog):
+    """A real face and its landmarks, for synthetic motion made by hand: d0's first frame and dlib's
+    68 landmarks on it (unsmoothed)."""
+    from ipfacediff.jobs.bench.truth68 import dlib68_landmarks
+    from ipfacediff.runtime.video import open_frames
+
+    frame = open_frames(DATA / "videos" / "d0.mp4").get([0])[0]
+    det = catalog.build("face_processor", "retinaface", {"verify": "none"}).detect(frame)[0]
+    return frame, dlib68_landmarks(frame[None], [det], smooth=1)[0], det
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``ipfacediff`` console script in a subprocess (``env`` values of ``None``
     remove the variable)."""

@@ -17,13 +17,9 @@ pytest.importorskip("dlib")
 
 
 @pytest.fixture(scope="module")
-def face(catalog):
-    from ipfacediff.jobs.bench.truth68 import dlib68_landmarks
-    from ipfacediff.runtime.video import open_frames
-
-    frame = open_frames(DATA / "videos" / "d0.mp4").get([0])[0]
-    det = catalog.build("face_processor", "retinaface", {"verify": "none"}).detect(frame)[0]
-    return frame, dlib68_landmarks(frame[None], [det], smooth=1)[0]
+def face(d0_face68):
+    frame, lms, _ = d0_face68
+    return frame, lms
 
 
 def _similarity(angle=4.0, scale=1.03, shift=(6.0, -3.0), centre=(256, 256)):

@@ -16,8 +16,9 @@ each carried to every frame by its own motion:
 * ``smile`` (geometric): no colour at all: the mouth corners pulled out and up by a displacement field
   built on each frame's own landmarks; the truth is each source frame warped by it.
 
-An edit is one layer or several joined with ``+`` (``paint+glasses``). The landmarks are smoothed
-over 3 frames (dlib's jitter would otherwise be part of the truth).
+An edit is one layer or several joined with ``+`` (``paint+glasses``). The landmarks are smoothed in
+time where the head is still (:func:`smooth_landmarks`: dlib's jitter would otherwise be part of the
+truth) and kept as they are where it moves.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def parse_edit(edit: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ landmarks
-def dlib68_landmarks(frames: np.ndarray, track, smooth: int = 3) -> np.ndarray:
+def dlib68_landmarks(frames: np.ndarray, track, smooth: int = 7, sigma: float = 0.02) -> np.ndarray:
     """``float32 [T, 68, 2]``: dlib's 68 landmarks of the tracked face in each frame (in the track's
-    box; a frame without one takes the previous frame's), smoothed over ``smooth`` frames."""
+    box; a frame without one takes the previous frame's), smoothed by :func:`smooth_landmarks`."""
     import dlib
 
     from ipfacediff.runtime import models
@@ -58,12 +59,29 @@ def dlib68_landmarks(frames: np.ndarray, track, smooth: int = 3) -> np.ndarray:
         if last is None:
             raise ValueError("ground truth: no face in the first frame")
         out.append(last)
-    lms = np.stack(out)
-    if smooth > 1 and len(lms) > 2:
-        pad = smooth // 2
-        padded = np.concatenate([lms[:1].repeat(pad, 0), lms, lms[-1:].repeat(pad, 0)])
-        lms = np.stack([padded[t : t + smooth].mean(0) for t in range(len(lms))])
-    return lms
+    return smooth_landmarks(np.stack(out), smooth, sigma)
+
+
+def smooth_landmarks(lms: np.ndarray, window: int = 7, sigma: float = 0.02) -> np.ndarray:
+    """dlib's frame-to-frame jitter taken out, not the face's motion: each frame's landmarks averaged
+    with those of the frames within ``window`` whose stable points lie close to its own (a weight
+    ``exp(-d^2 / 2 s^2)``, ``d`` the stable points' mean distance, ``s`` = ``sigma`` eye widths). A
+    head at rest is averaged over the window; a fast move, a cut or a repeated frame (clips converted
+    from another frame rate) is kept as it is. Measured (benchmarks/README.md): on a clip with
+    repeated frames a plain 3-frame average made the truth's warp error 18.1 grey levels (the source's
+    own: 1.2; this filter: 5.4); on the still clips it took 2.4 -> 1.8 and 1.8 -> 1.3."""
+    if window <= 1 or len(lms) < 2:
+        return lms
+    eye = float(np.linalg.norm(lms[:, 45] - lms[:, 36], axis=-1).mean())
+    s2 = 2 * max(sigma * eye, 1e-3) ** 2
+    stable = lms[:, STABLE]
+    out = np.empty_like(lms)
+    for t in range(len(lms)):
+        idx = np.arange(max(0, t - window // 2), min(len(lms), t + window // 2 + 1))
+        d2 = ((stable[idx] - stable[t]) ** 2).sum(-1).mean(-1)
+        w = np.exp(-d2 / s2)
+        out[t] = np.tensordot(w / w.sum(), lms[idx], 1)
+    return out.astype(np.float32)
 
 
 def _poly(points: np.ndarray, shape) -> np.ndarray:

@@ -1,0 +1,345 @@
+"""Propagator ``layered``: the keyframes' edit split into parts that move differently, each carried
+by its own motion, on the source frames' motion.
+
+Each keyframe's edit is decomposed into
+
+* a **geometric** part: where the edit displaces the face rather than recolouring it (a smile, a
+  slimmer jaw), the displacement field from the unedited to the edited keyframe (optical flow between
+  the two), kept where warping the unedited keyframe by it explains the edit; it is carried to every
+  frame as a field and applied to that frame's own pixels, so a frame keeps its own teeth, eyes and
+  light under the edited shape;
+* what remains, an intensity **residual**, split per connected part into
+  - **rigid** parts (an accessory: eyeglasses, a hat, an earring): moved by the head's similarity
+    motion, fitted robustly (RANSAC) to the optical flow over the face, so they do not bend when the
+    eyes close or the mouth opens, and not hidden where the skin under them changes;
+  - **surface** parts (paint, make-up, lip colour, skin, beard): moved by the skin, a confidence-weighted
+    smoothing of the optical flow around the head's motion (flow noise on smooth skin is averaged out,
+    the motion of the jaw and lips is kept); where the frame shows what no keyframe saw (a mouth or
+    eyes opening, a turning head: the source motion fails the forward-backward test or does not
+    explain the source pixels) the frame keeps its own source pixels.
+
+Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's parts
+are predicted from the other keyframe both ways (rigid and surface), and a part takes the motion that
+predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot tell apart takes
+``prior``. Long runs with one keyframe use, per pixel, the direct or the chained (frame to frame)
+motion, whichever explains the source better. Where nothing was edited the output is the source,
+byte for byte. It uses no landmark model (the face box only bounds the head-motion fit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+import ipfacediff
+from ipfacediff.interfaces import PropagationInput, Propagator
+from ipfacediff.runtime.flow import grid, optical_flow, valid_mask, warp_back
+from ipfacediff.runtime.tokens import neighbour_keys
+
+#: grey levels below which a residual pixel counts as unedited (parts are the connected rest)
+EDITED_LEVEL = 6.0
+
+
+@dataclass
+class _Motion:
+    """Motion from one frame to one keyframe, as flows (pixel -> its offset in the keyframe)."""
+
+    dense: np.ndarray  # optical flow, direct or chained per pixel
+    rigid: np.ndarray  # the head's similarity
+    surface: np.ndarray  # smoothed flow around the similarity
+    seen: np.ndarray  # float [H, W]: 1 where the keyframe sees this pixel, 0 where it is disoccluded
+    similarity: np.ndarray  # [2, 3] the head's similarity, pixel -> keyframe
+
+
+class Layered(Propagator):
+    """Geometric, rigid and surface parts of each keyframe's edit, each carried by its own motion."""
+
+    description = (
+        "edit split into a displacement field, rigid accessories (head similarity) and surface parts "
+        "(smoothed optical flow, disocclusions left as the source); chosen per part from the keyframes"
+    )
+    space = "pixels"
+    needs = ("source_pixels", "edited_pixels", "reconstructed_pixels")
+
+    @dataclass
+    class Params:
+        flow: Literal["dis", "farneback"] = field(
+            default="dis", metadata={"help": "OpenCV optical flow on the source frames"}
+        )
+        prior: Literal["surface", "rigid"] = field(
+            default="surface",
+            metadata={"help": "motion of a part the keyframes cannot tell apart (or with one keyframe)"},
+        )
+        decide: float = field(
+            default=0.0,
+            metadata={
+                "range": (0.0, 255.0),
+                "help": "grey levels one motion must predict a keyframe's part better by to be chosen",
+            },
+        )
+        smooth: float = field(
+            default=0.03,
+            metadata={
+                "range": (0.0, 1.0),
+                "help": "width of the surface motion's smoothing, as a fraction of the face size (0: raw flow)",
+            },
+        )
+        disocclusion: float = field(
+            default=24.0,
+            metadata={
+                "range": (0.0, 255.0),
+                "help": "grey levels of photometric error above which the keyframe is taken not to see "
+                "a pixel (the frame keeps its source there)",
+            },
+        )
+        align: float = field(
+            default=0.05,
+            metadata={
+                "range": (0.0, 1.0),
+                "help": "largest shift, as a fraction of the edit's size, by which the two keyframes' carried "
+                "edits are moved onto each other before blending (0: blend as they land)",
+            },
+        )
+        geometric: bool = field(default=True, metadata={"help": "carry displacement edits as a displacement field"})
+
+    # ------------------------------------------------------------------------------ motion
+    def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return optical_flow(a, b, self.params.flow)
+
+    @staticmethod
+    def _window(shape, box) -> tuple[int, int, int, int]:
+        h, w = shape[:2]
+        if box is None:
+            return 0, 0, w, h
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        return max(0, x0), max(0, y0), max(min(w, x1), max(0, x0) + 1), max(min(h, y1), max(0, y0) + 1)
+
+    @classmethod
+    def _similarity(cls, flow: np.ndarray, ok: np.ndarray, box) -> np.ndarray:
+        """The similarity ``[2, 3]`` fitted by RANSAC to ``flow`` at grid points inside ``box``."""
+        x0, y0, x1, y1 = cls._window(flow.shape, box)
+        step = max(2, int(max(x1 - x0, y1 - y0) / 48))
+        ys, xs = np.mgrid[y0:y1:step, x0:x1:step]
+        keep = ok[ys, xs]
+        if keep.sum() < 12:
+            keep = np.ones_like(keep)
+        p = np.stack([xs[keep], ys[keep]], -1).astype(np.float32)
+        q = p + flow[ys[keep], xs[keep]]
+        m = None
+        if len(p) >= 3:
+            m, _ = cv2.estimateAffinePartial2D(
+                p, q, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000, confidence=0.995
+            )
+        return np.float64([[1, 0, 0], [0, 1, 0]]) if m is None else m.astype(np.float64)
+
+    @staticmethod
+    def _as_flow(m: np.ndarray, shape) -> np.ndarray:
+        g = grid(*shape[:2])
+        return (g @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32) - g).astype(np.float32)
+
+    @staticmethod
+    def _then(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """The similarity ``second(first(x))``."""
+        a = np.vstack([first, [0, 0, 1]])
+        b = np.vstack([second, [0, 0, 1]])
+        return (b @ a)[:2]
+
+    def _surface(self, flow: np.ndarray, rigid: np.ndarray, ok: np.ndarray, size: float) -> np.ndarray:
+        """The flow's departure from the head's motion, smoothed where the flow is trustworthy."""
+        sigma = self.params.smooth * size
+        if sigma < 0.5:
+            return flow
+        wgt = ok.astype(np.float32) + 1e-3
+        num = cv2.GaussianBlur((flow - rigid) * wgt[..., None], (0, 0), sigma)
+        den = cv2.GaussianBlur(wgt, (0, 0), sigma)
+        return (rigid + num / den[..., None]).astype(np.float32)
+
+    def _seen(self, a: np.ndarray, b: np.ndarray, fwd: np.ndarray) -> np.ndarray:
+        """Soft visibility in ``b`` of each pixel of ``a``: 1 where the flow explains the pixels, falling to 0
+        where the photometric error exceeds twice ``disocclusion`` (teeth where the keyframe had lips).
+        The forward-backward test alone is not used: it fails on fast but visible motion."""
+        lim = self.params.disocclusion
+        if lim <= 0:
+            return np.ones(a.shape[:2], np.float32)
+        err = np.abs(warp_back(b, fwd).astype(np.float32) - a.astype(np.float32)).mean(-1)
+        err = cv2.GaussianBlur(err, (0, 0), 1.5)
+        return np.clip((2 * lim - err) / lim, 0, 1).astype(np.float32)
+
+    def _motion(
+        self, a: np.ndarray, b: np.ndarray, box, chain: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> _Motion:
+        """Motion from frame ``a`` to keyframe ``b``; ``chain``: the same motion through the frames between
+        (flow and similarity), used per pixel (flow) or as a whole (similarity) where it explains ``a`` better."""
+        fwd, bwd = self._flow(a, b), self._flow(b, a)
+        ok = valid_mask(fwd, bwd)
+        if chain is not None:  # per pixel, the direct or the chained flow: the one explaining the pixels
+            err_d = cv2.GaussianBlur(np.abs(warp_back(b, fwd).astype(np.float32) - a).mean(-1), (0, 0), 2.0)
+            err_c = cv2.GaussianBlur(np.abs(warp_back(b, chain[0]).astype(np.float32) - a).mean(-1), (0, 0), 2.0)
+            use = err_c < err_d
+            fwd = np.where(use[..., None], chain[0], fwd).astype(np.float32)
+            ok = np.where(use, err_c < 8.0, ok)
+        m = self._similarity(fwd, ok, box)
+        if chain is not None:  # the chained similarity where it fits the face better (no drift of the direct fit)
+            x0, y0, x1, y1 = self._window(a.shape, box)
+
+            def misfit(mat: np.ndarray) -> float:
+                moved = warp_back(b, self._as_flow(mat, a.shape))[y0:y1, x0:x1].astype(np.float32)
+                return float(np.median(np.abs(moved - a[y0:y1, x0:x1]).mean(-1)))
+
+            if misfit(chain[1]) < misfit(m):
+                m = chain[1]
+        rigid = self._as_flow(m, a.shape)
+        size = float(box[2] - box[0]) if box is not None else float(max(a.shape[:2])) / 2
+        return _Motion(fwd, rigid, self._surface(fwd, rigid, ok, size), self._seen(a, b, fwd), m)
+
+    # ------------------------------------------------------------------------------ the edit's parts
+    def _geometric(self, recon: np.ndarray, edited: np.ndarray) -> np.ndarray | None:
+        """The displacement (flow from the edited keyframe into the unedited one) where it explains the edit."""
+        if not self.params.geometric:
+            return None
+        disp = self._flow(edited, recon)
+        before = cv2.GaussianBlur(np.abs(edited.astype(np.float32) - recon).mean(-1), (0, 0), 2.0)
+        after = cv2.GaussianBlur(np.abs(edited.astype(np.float32) - warp_back(recon, disp)).mean(-1), (0, 0), 2.0)
+        fits = (after < 0.5 * before) & (before > 2.0) & (np.linalg.norm(disp, axis=-1) > 0.3)
+        w = cv2.GaussianBlur(fits.astype(np.float32), (0, 0), 2.0) * fits
+        if w.max() <= 0:
+            return None
+        return (disp * w[..., None]).astype(np.float32)
+
+    @staticmethod
+    def _parts(residual: np.ndarray) -> tuple[np.ndarray, int]:
+        edited = (np.abs(residual).max(-1) > EDITED_LEVEL).astype(np.uint8)
+        edited = cv2.dilate(edited, np.ones((7, 7), np.uint8))
+        n, labels = cv2.connectedComponents(edited, connectivity=8)
+        return labels, n
+
+    def _rigidity(
+        self, residual: np.ndarray, other: np.ndarray, to_other: _Motion, labels: np.ndarray, n: int
+    ) -> np.ndarray:
+        """Per part of ``residual`` (a keyframe's), 1 where moving ``other`` (the other keyframe's) rigidly
+        predicts it better than moving it with the skin, 0 where the skin does, else the prior."""
+        prior = 1.0 if self.params.prior == "rigid" else 0.0
+        rho = np.full(residual.shape[:2], prior, np.float32)
+        if other is None:
+            return rho
+        e_r = np.abs(warp_back(other, to_other.rigid) - residual).mean(-1)
+        e_s = np.abs(warp_back(other, to_other.surface) - residual).mean(-1)
+        for part in range(1, n):
+            where = labels == part
+            gain = float((e_s[where] - e_r[where]).mean())
+            if gain > self.params.decide:
+                rho[where] = 1.0
+            elif gain < -self.params.decide:
+                rho[where] = 0.0
+        return cv2.GaussianBlur(rho, (0, 0), 1.5) if 0 < rho.max() and rho.min() < 1 else rho
+
+    def _aligned(self, frame: np.ndarray, carried: list) -> list:
+        """The two keyframes' edits carried to ``frame``, moved onto each other in proportion to the
+        temporal weights where they disagree (a rim a few pixels apart), so the blend has no double edges."""
+        (wa, ra, sa, na), (wb, rb, sb, nb) = carried
+        la, lb = ra + sa * na[..., None], rb + sb * nb[..., None]
+        support = (np.abs(la).max(-1) > EDITED_LEVEL) | (np.abs(lb).max(-1) > EDITED_LEVEL)
+        if not support.any():
+            return carried
+        base = frame.astype(np.float32)
+        img_a = np.clip(base + la, 0, 255).astype(np.uint8)
+        img_b = np.clip(base + lb, 0, 255).astype(np.uint8)
+        delta = self._flow(img_b, img_a)  # b's edit at x is a's at x + delta
+        ys, xs = np.nonzero(support)
+        size = float(max(ys.max() - ys.min(), xs.max() - xs.min(), 1))
+        wgt = cv2.dilate(support.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(np.float32)
+        sigma = max(1.0, 0.01 * size)
+        delta = (
+            cv2.GaussianBlur(delta * wgt[..., None], (0, 0), sigma)
+            / np.maximum(cv2.GaussianBlur(wgt, (0, 0), sigma), 1e-3)[..., None]
+        )
+        cap = self.params.align * size
+        norm = np.linalg.norm(delta, axis=-1, keepdims=True)
+        delta = (delta * np.minimum(1.0, cap / np.maximum(norm, 1e-6)) * wgt[..., None]).astype(np.float32)
+        to_a, to_b = wb * delta, -wa * delta
+        return [
+            (wa, warp_back(ra, to_a), warp_back(sa, to_a), warp_back(na, to_a)),
+            (wb, warp_back(rb, to_b), warp_back(sb, to_b), warp_back(nb, to_b)),
+        ]
+
+    # ------------------------------------------------------------------------------ propagate
+    def propagate(self, inp: PropagationInput) -> np.ndarray:
+        src, edited = np.asarray(inp.source_pixels), np.asarray(inp.edited_pixels)
+        recon = np.asarray(inp.reconstructed_pixels) if inp.reconstructed_pixels is not None else None
+        keys, at = list(inp.key_rows), list(inp.frames)
+        recon = src[keys] if recon is None else recon
+        if edited.shape != (len(keys), *src.shape[1:]) or recon.shape != edited.shape:
+            raise ValueError(
+                f"{self.name}: edited {edited.shape} / reconstructed {recon.shape} keyframes do not fit source "
+                f"{src.shape} at rows {keys}"
+            )
+        faces = inp.faces or [None] * len(src)
+        boxes = [None if f is None else np.asarray(f.box, np.float32) for f in faces]
+        out = src.copy()
+        out[keys] = edited
+        if np.array_equal(edited, recon):
+            return out
+        disp = [self._geometric(recon[j], edited[j]) for j in range(len(keys))]
+        base = [recon[j] if d is None else warp_back(recon[j], d) for j, d in enumerate(disp)]
+        resid = [edited[j].astype(np.float32) - b for j, b in enumerate(base)]
+        parts = [self._parts(r) for r in resid]
+        rigidity: dict[tuple[int, int | None], np.ndarray] = {}
+
+        def rho(j: int, o: int | None) -> np.ndarray:
+            """Keyframe ``j``'s parts, rigid (1) or surface (0), told by keyframe ``o`` (None: the prior).
+            Per pair, so a run between two keyframes is the same whether propagated alone or in a clip."""
+            if (j, o) not in rigidity:
+                move = None if o is None else self._motion(src[keys[j]], src[keys[o]], boxes[keys[j]])
+                rigidity[(j, o)] = self._rigidity(resid[j], None if o is None else resid[o], move, *parts[j])
+            return rigidity[(j, o)]
+
+        key_times = [at[k] for k in keys]
+        # (keyframe, row) -> that row's flow and similarity to the keyframe, for the next row out
+        chained: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        order = sorted(
+            (i for i in range(len(src)) if i not in keys), key=lambda i: min(abs(at[i] - t) for t in key_times)
+        )
+        for i in order:
+            carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
+            dacc = np.zeros((*src.shape[1:3], 2), np.float32)
+            dw = 0.0
+            near = neighbour_keys(at[i], key_times, "two-nearest")
+            for j, wt in near:
+                k = keys[j]
+                other = next((o for o, _ in near if o != j), None)
+                step = -1 if i > k else 1
+                prev = chained.pop((j, i + step), None)
+                chain = None
+                if prev is not None:
+                    link = self._flow(src[i], src[i + step])
+                    link_m = self._similarity(link, np.ones(link.shape[:2], bool), boxes[i])
+                    chain = ((link + warp_back(prev[0], link)).astype(np.float32), self._then(link_m, prev[1]))
+                m = self._motion(src[i], src[k], boxes[i] if boxes[i] is not None else boxes[k], chain)
+                if 0 <= i - step < len(src) and i - step not in keys:
+                    chained[(j, i)] = (m.dense, m.similarity)
+                r = rho(j, other)[..., None]
+                rigid = warp_back(resid[j] * r, m.rigid)
+                surface = warp_back(resid[j] * (1 - r), m.surface)
+                carried.append((wt, rigid, surface, m.seen))
+                if disp[j] is not None:
+                    dacc += wt * warp_back(disp[j], m.surface)
+                    dw += wt
+            if len(carried) == 2 and self.params.align:
+                carried = self._aligned(src[i], carried)
+            wsum = sum(wt * seen for wt, _, _, seen in carried)
+            seen = np.maximum.reduce([c[3] for c in carried])
+            rigid = sum(wt * rp for wt, rp, _, _ in carried)
+            surface = sum((wt * sn)[..., None] * sp for wt, _, sp, sn in carried)
+            # surface parts: blended over the keyframes that see the pixel, faded where none does
+            surface = surface * (seen / np.maximum(wsum, 1e-6))[..., None]
+            frame = src[i] if dw == 0 else warp_back(src[i], dacc / dw)
+            out[i] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
+        return out
+
+
+@ipfacediff.hookimpl
+def register_propagators(register):
+    register(Layered, name="layered")

@@ -1,0 +1,204 @@
+"""The ``layered`` propagator on synthetic clips with a known answer, made from a real face (d0's first
+frame) whose dlib landmarks are moved by hand and the frame warped with them (the truth's thin-plate
+spline): a rigid accessory stays on the head while the eyes close, an opening mouth keeps its own
+teeth, a smile is carried as a displacement, and an edit of nothing gives the source byte for byte."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import needs_data, needs_models
+
+from ipfacediff.interfaces import FaceDetection, PropagationInput
+
+pytestmark = [needs_data, needs_models]
+pytest.importorskip("dlib")
+
+
+def _clip(frame, lms, moves) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of ``frame`` warped so that its landmarks ``lms`` go to each of ``moves(t, lms)``."""
+    from ipfacediff.jobs.bench.truth68 import tps_map
+
+    out_lms = [moves(t, lms.copy()).astype(np.float32) for t in range(17)]
+    frames = [
+        cv2.remap(frame, tps_map(m, lms, frame.shape), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        for m in out_lms
+    ]
+    return np.stack(frames), np.stack(out_lms)
+
+
+def _head(t: int, lms: np.ndarray) -> np.ndarray:
+    """A slow turn and drift of the whole head: the similarity of frame ``t``."""
+    m = cv2.getRotationMatrix2D((256.0, 256.0), 0.25 * t, 1.0 + 0.002 * t)
+    m[:, 2] += (0.8 * t, -0.4 * t)
+    return lms @ m[:, :2].T + m[:, 2]
+
+
+def _crop(frames, *more, box):
+    x0, y0, x1, y1 = box
+    return [np.ascontiguousarray(a[:, y0:y1, x0:x1]) for a in (frames, *more)]
+
+
+def _propagate(catalog, name, src, gt, keys, det, box, **params):
+    x0, y0 = box[:2]
+    face = FaceDetection(box=np.asarray(det.box, np.float32) - [x0, y0, x0, y0], score=1.0)
+    inp = PropagationInput(
+        key_rows=keys,
+        frames=list(range(len(src))),
+        source_pixels=src,
+        edited_pixels=gt[keys],
+        reconstructed_pixels=src[keys],
+        faces=[face] * len(src),
+    )
+    return catalog.build("propagator", name, params).propagate(inp)
+
+
+def _window(lms, shape, margin=0.35):
+    x0, y0 = lms.min(0)
+    x1, y1 = lms.max(0)
+    m = margin * (x1 - x0)
+    return (
+        int(max(0, x0 - m)),
+        int(max(0, y0 - 2 * m)),
+        int(min(shape[1], x1 + m)),
+        int(min(shape[0], y1 + m)),
+    )
+
+
+def test_a_rigid_accessory_stays_within_a_pixel_of_the_head_while_the_eyes_close(catalog, d0_face68):
+    """Eyeglasses follow the head's similarity (the truth's rigid layer) while the upper lids come down
+    (closed at keyframe 8, open at 0 and 16): the rims of every propagated frame lie within 1 px of
+    the truth's, where the skin's optical flow bends them (the brows come down with the lids)."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms, det = d0_face68
+
+    def moves(t, p):
+        shut = max(0.0, 1 - abs(t - 8) / 6)  # 0 open ... 1 closed at frame 8
+        for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
+            p[upper] += shut * 0.85 * (p[lower] - p[upper])
+        p[17:27] += [0, 8 * shut]  # the brows come down with them (a squeeze): the skin under the rims moves
+        return _head(t, p)
+
+    frames, track = _clip(frame, lms, moves)
+    gt, where = ground_truth(frames, track, "glasses")
+    box = _window(lms, frame.shape)
+    src, gt, rims = _crop(frames, gt, where["glasses"], box=box)
+    keys = [0, 8, 16]
+    others = [t for t in range(17) if t not in keys]
+
+    def misplaced(out) -> float:
+        """The 95th percentile distance (px) of the output's rim pixels from the truth's and back, at the
+        worst propagated frame."""
+        dists = []
+        for t in others:
+            mine = (src[t].astype(int).sum(-1) - out[t].astype(int).sum(-1)) > 120  # clearly darkened: a rim
+            truth = rims[t] & ((src[t].astype(int).sum(-1) - gt[t].astype(int).sum(-1)) > 120)
+            to_truth = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, 5)
+            to_mine = cv2.distanceTransform((~mine).astype(np.uint8), cv2.DIST_L2, 5)
+            dists.append(max(np.percentile(to_truth[mine], 95), np.percentile(to_mine[truth], 95)))
+        return float(np.max(dists))
+
+    layered = misplaced(_propagate(catalog, "layered", src, gt, keys, det, box))
+    flow = misplaced(_propagate(catalog, "flow-residual", src, gt, keys, det, box))
+    print(f"rims misplaced (px, 95th percentile, worst frame): layered {layered:.2f}, flow-residual {flow:.2f}")
+    assert layered <= 1.0
+    assert layered < flow
+
+
+def test_an_opening_mouth_keeps_the_source_teeth(catalog, d0_face68):
+    """Lip colour on keyframes with the mouth closed (0 and 8); between them the mouth opens on teeth no
+    keyframe saw: they stay the frame's own, while the lips around them take the colour."""
+    from ipfacediff.jobs.bench.truth68 import INNER_LIPS, _poly, ground_truth
+
+    frame, lms, det = d0_face68
+
+    def moves(t, p):
+        drop = max(0.0, 1 - abs(t - 4) / 3)  # open at frame 4, closed at 0 and 8
+        for i in (56, 57, 58, 65, 66, 67):
+            p[i] += [0, 14 * drop]
+        for i in (55, 59, 64, 60):
+            p[i] += [0, 7 * drop]
+        return p
+
+    frames, track = _clip(frame, lms, moves)
+    frames, track = frames[:9], track[:9]
+    before = cv2.dilate(_poly(lms[INNER_LIPS], frame.shape).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    openings = [_poly(p[INNER_LIPS], frame.shape) & ~before for p in track]  # what the keyframes never show
+    rng = np.random.default_rng(0)
+    for f, mouth in zip(frames, openings):  # teeth: bright, with dark gaps
+        teeth = np.full(f.shape, 235, np.uint8)
+        teeth[:, ::9] = 60
+        teeth = np.clip(teeth.astype(int) + rng.integers(-10, 10, f.shape), 0, 255).astype(np.uint8)
+        f[mouth] = teeth[mouth]
+    gt, where = ground_truth(frames, track, "lips")
+    box = _window(lms, frame.shape)
+    src, gt, mouths, lips = _crop(frames, gt, np.stack(openings), where["lips"], box=box)
+    assert mouths[4].sum() > 150 and not mouths[0].any() and not mouths[8].any()
+    keys = [0, 8]
+
+    def errors(out):
+        teeth = np.mean([np.abs(out[t].astype(int) - src[t])[mouths[t]].mean() for t in (3, 4, 5)])
+        colour = np.mean([np.abs(out[t].astype(int) - gt[t])[lips[t]].mean() for t in (3, 4, 5)])
+        return float(teeth), float(colour)
+
+    layered = errors(_propagate(catalog, "layered", src, gt, keys, det, box))
+    flow = errors(_propagate(catalog, "flow-residual", src, gt, keys, det, box))
+    print(f"teeth off the source / lips off the truth (grey levels): layered {layered}, flow-residual {flow}")
+    assert layered[0] < 6.0  # the teeth are the source's
+    assert layered[0] < flow[0]
+    assert layered[1] < 25.0  # and the lips still coloured (the source's lips are ~60 levels off)
+
+
+def test_a_smile_is_carried_as_a_displacement(catalog, d0_face68):
+    """A geometric edit (the truth's smile warp) on keyframes 0, 8, 16 of a moving head: carried as a
+    displacement field it is closer to the truth than the intensity residual warped by the flow."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms, det = d0_face68
+    frames, track = _clip(frame, lms, _head)
+    gt, where = ground_truth(frames, track, "smile")
+    box = _window(lms, frame.shape)
+    src, gt, region = _crop(frames, gt, where["smile"], box=box)
+    keys = [0, 8, 16]
+    others = [t for t in range(17) if t not in keys]
+
+    def psnr(out):
+        d = np.concatenate([(out[t].astype(float) - gt[t])[region[t]] for t in others])
+        return float(10 * np.log10(255**2 / max(np.mean(d**2), 1e-10)))
+
+    layered = psnr(_propagate(catalog, "layered", src, gt, keys, det, box))
+    flow = psnr(_propagate(catalog, "flow-residual", src, gt, keys, det, box))
+    print(f"smile region PSNR (dB): layered {layered:.2f}, flow-residual {flow:.2f}")
+    assert layered > flow + 1.0
+
+
+def test_nothing_edited_is_the_source_byte_for_byte(catalog, d0_face68):
+    frame, lms, det = d0_face68
+    frames, _ = _clip(frame, lms, _head)
+    box = _window(lms, frame.shape)
+    (src,) = _crop(frames[:9], box=box)
+    keys = [0, 8]
+    assert np.array_equal(_propagate(catalog, "layered", src, src, keys, det, box), src)
+    edited = src.copy()
+    edited[keys, :24, :24] = 255  # an edit in one corner only
+    out = _propagate(catalog, "layered", src, edited, keys, det, box)
+    assert np.array_equal(out[keys], edited[keys])
+    assert np.array_equal(out[:, 80:, 80:], src[:, 80:, 80:])  # far from it nothing was carried
+
+
+def test_a_run_between_two_keyframes_is_the_same_alone_or_in_the_clip(catalog, d0_face68):
+    """Edits stream long clips chunk by chunk: each run between two keyframes, propagated alone, gives
+    the frames the whole clip gives (the parts' motion is told per pair of keyframes)."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms, det = d0_face68
+    frames, track = _clip(frame, lms, _head)
+    gt, _ = ground_truth(frames, track, "paint+glasses")
+    box = _window(lms, frame.shape)
+    src, gt = _crop(frames, gt, box=box)
+    whole = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box)
+    first = _propagate(catalog, "layered", src[:9], gt[:9], [0, 8], det, box)
+    second = _propagate(catalog, "layered", src[8:], gt[8:], [0, 8], det, box)
+    assert np.array_equal(whole[:9], first) and np.array_equal(whole[8:], second)
