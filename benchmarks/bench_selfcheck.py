@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=24, help="the starting keyframes: every N-th frame")
     ap.add_argument("--add", type=int, default=2, help="keyframes added by each strategy")
     ap.add_argument("--edit", default="paint+glasses")
-    ap.add_argument("--propagator", default="mesh-flow")
+    ap.add_argument("--propagator", default="layered")
     ap.add_argument("-o", "--output", type=Path, default=root / "benchmarks" / "results" / "selfcheck.json")
     args = ap.parse_args()
     catalog = get_catalog()

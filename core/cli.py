@@ -988,7 +988,7 @@ def finetune(
 )
 @click.option(
     "--propagators",
-    default="flow-residual,mesh-flow",
+    default="flow-residual,mesh-flow,layered",
     show_default=True,
     help="--ground-truth: pixel-space propagators, comma-separated.",
 )

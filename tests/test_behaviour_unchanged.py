@@ -14,7 +14,8 @@ History: 0.1.0's cases were recorded before the 0.2 layout move; re-recorded on 
 TokenFlow as published, when eps1 refinement started from each frame's own inversion, and when the
 sample clip stopped showing a mirrored border (see CHANGELOG.md). 0.4 (the house issue) recorded
 them with thumbnails on the CI machine of that session from 0.3.0's code, unchanged, and added the
-default pipeline (``ip-facediff``, mesh-flow); the cases are named by the pipeline they run.
+default pipeline (``ip-facediff``, then mesh-flow); the cases are named by the pipeline they run. 0.4
+re-recorded the ``ip-facediff`` case when its propagator became ``layered`` (issue 21).
 ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew (only when a
 change of output is intended, and said so in the commit and the changelog).
 """
@@ -38,7 +39,7 @@ GOLDEN = Path(__file__).with_name("golden_edits.json")
 THUMB = 32
 TOLERANCE = 1.5  # mean grey levels between thumbnails, on a CPU of another capability than the recording's
 CASES = {
-    "ip-facediff": ["--pipeline", "ip-facediff"],  # the default: mesh-flow, pixel-space propagation
+    "ip-facediff": ["--pipeline", "ip-facediff"],  # the default: layered, pixel-space propagation
     "ip-facediff-paper": ["--pipeline", "ip-facediff-paper"],  # latent-nn, 0.1's ip-facediff
     "ip-facediff-paper-eps1-refine": [
         "--pipeline",

@@ -247,7 +247,7 @@ def test_example_workflow_runs_on_the_sample_clip(pack, sample_clip):
     by_type = {n["type"]: nid for nid, n in run["nodes"].items()}
     res = run["results"]
     faces, edits = res[by_type["IPFaceDiffDetectAlignFaces"]][0], res[by_type["IPFaceDiffEditKeyframes"]][0]
-    crops = pack.NODE_CLASS_MAPPINGS["IPFaceDiffPropagate"]().propagate(source, faces, edits, "mesh-flow", 5)[0]
+    crops = pack.NODE_CLASS_MAPPINGS["IPFaceDiffPropagate"]().propagate(source, faces, edits, "layered", 5)[0]
     again = pack.NODE_CLASS_MAPPINGS["IPFaceDiffPasteBack"]().paste(source, faces, crops, 3)[0]
     assert torch.equal(again, frames)
     _thumbnail([[source[0], frames[0], source[12], frames[12]]], "ipfacediff_edit_video")  # source, edited

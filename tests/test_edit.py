@@ -442,7 +442,7 @@ def test_a_frames_latent_does_not_depend_on_what_the_cache_encoded_before(sample
 
 
 def test_pixel_propagation_edit_codes_only_the_keyframes(sample_clip, tmp_path):
-    """ip-facediff (mesh-flow) and ip-facediff-flow: the same UNet work as ip-facediff-paper
+    """ip-facediff (layered) and ip-facediff-flow: the same UNet work as ip-facediff-paper
     (latent-nn); the VAE encodes and decodes the keyframes only (counted in the report); the output
     has every frame."""
     reps = {}
@@ -477,7 +477,7 @@ def test_pixel_propagation_edit_codes_only_the_keyframes(sample_clip, tmp_path):
     assert "decode" not in c["timings_s"] and "decode_keyframes" in c["timings_s"]
     assert (
         b["components"]["propagator"]["component"] == "flow-residual"
-        and c["components"]["propagator"]["component"] == "mesh-flow"
+        and c["components"]["propagator"]["component"] == "layered"
     )
     assert a["vae_evaluations"]["encode"] == a["vae_evaluations"]["decode"] == 17  # latent-nn: every frame, each way
     for rep in (b, c):  # three keyframes encoded; each decoded twice (the edit and the unedited reconstruction)

@@ -57,7 +57,7 @@ def moving(tmp_path_factory):
     return src, gt, _write(root / "in", src), _write(root / "keys", gt, lambda i: f"{i:05d}.png", KEYS)
 
 
-@pytest.mark.parametrize("propagator", ["mesh-flow", "flow-residual"])
+@pytest.mark.parametrize("propagator", ["layered", "mesh-flow", "flow-residual"])
 def test_propagate_reproduces_a_known_edit_under_known_motion(moving, tmp_path, propagator):
     src, gt, inp, keys = moving
     r = run_main(
@@ -245,7 +245,7 @@ def test_propagate_writes_a_report_and_reuses_the_face_track(moving, tmp_path):
     rep = json.loads((tmp_path / "a.json").read_text())
     assert rep["job"] == "propagate" and rep["report"] == str(tmp_path / "a.json")
     assert {"detect", "propagate", "load_models", "total"} <= set(rep["timings_s"])
-    assert rep["components"]["propagator"]["component"] == "mesh-flow" and rep["pipeline"] == "ip-facediff"
+    assert rep["components"]["propagator"]["component"] == "layered" and rep["pipeline"] == "ip-facediff"
     assert rep["settings"]["landmark_smoothing"] >= 1 and rep["versions"]["ipfacediff"]
     assert "detect" not in rep["reused_stages"]
     r = run_main(

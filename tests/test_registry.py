@@ -131,7 +131,7 @@ pipelines:
     )
     reg = load_registry(f, catalog=catalog)
     base, one, two = reg.pipeline("ip-facediff"), reg.pipeline("ip-facediff-exact"), reg.pipeline("exact-dense")
-    assert one.components["propagator"].name == "exact-nn" and base.components["propagator"].name == "mesh-flow"
+    assert one.components["propagator"].name == "exact-nn" and base.components["propagator"].name == "layered"
     assert {k: v.name for k, v in one.components.items() if k != "propagator"} == {
         k: v.name for k, v in base.components.items() if k != "propagator"
     }
@@ -142,7 +142,7 @@ pipelines:
     assert two.components["propagator"].name == "exact-nn"
     # the built-in ip-facediff-fast extends ip-facediff too
     fast = reg.pipeline("ip-facediff-fast")
-    assert fast.settings.keyframe_interval == 16 and fast.components["propagator"].name == "mesh-flow"
+    assert fast.settings.keyframe_interval == 16 and fast.components["propagator"].name == "layered"
 
 
 @pytest.mark.parametrize(

@@ -381,7 +381,7 @@ class EditKeyframes:
 
 class Propagate:
     """Carry the keyframes' edit to every face frame by the pipeline's strategy (pixel space:
-    ``mesh-flow`` or ``flow-residual``), ``chunk`` frames at a time with the keyframes on both sides of
+    ``layered``, ``mesh-flow`` or ``flow-residual``), ``chunk`` frames at a time with the keyframes on both sides of
     each chunk: what ``ipfacediff edit`` does."""
 
     @classmethod
@@ -391,7 +391,7 @@ class Propagate:
                 "images": ("IMAGE",),
                 "faces": ("IPFD_FACES",),
                 "edits": ("IPFD_EDITS",),
-                "propagator": (["mesh-flow", "flow-residual"], {"default": "mesh-flow"}),
+                "propagator": (["layered", "mesh-flow", "flow-residual"], {"default": "layered"}),
                 "chunk": ("INT", {"default": 32, "min": 2, "max": 1024}),
             }
         }

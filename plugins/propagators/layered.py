@@ -15,14 +15,14 @@ Each keyframe's edit is decomposed into
   - **surface** parts (paint, make-up, lip colour, skin, beard): moved by the skin, a confidence-weighted
     smoothing of the optical flow around the head's motion (flow noise on smooth skin is averaged out,
     the motion of the jaw and lips is kept); where the frame shows what no keyframe saw (a mouth or
-    eyes opening, a turning head: the source motion fails the forward-backward test or does not
-    explain the source pixels) the frame keeps its own source pixels.
+    eyes opening, a turning head: the source motion does not explain the source pixels) the frame
+    keeps its own source pixels.
 
 Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's parts
 are predicted from the other keyframe both ways (rigid and surface), and a part takes the motion that
 predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot tell apart takes
-``prior``. Long runs with one keyframe use, per pixel, the direct or the chained (frame to frame)
-motion, whichever explains the source better. Where nothing was edited the output is the source,
+``prior``. Motion is estimated directly from each frame to its keyframes (a frame's result depends on
+it and its keyframes alone, so chunked propagation equals whole-clip). Where nothing was edited the output is the source,
 byte for byte. It uses no landmark model (the face box only bounds the head-motion fit).
 """
 
@@ -47,11 +47,10 @@ EDITED_LEVEL = 6.0
 class _Motion:
     """Motion from one frame to one keyframe, as flows (pixel -> its offset in the keyframe)."""
 
-    dense: np.ndarray  # optical flow, direct or chained per pixel
+    dense: np.ndarray  # optical flow
     rigid: np.ndarray  # the head's similarity
     surface: np.ndarray  # smoothed flow around the similarity
     seen: np.ndarray  # float [H, W]: 1 where the keyframe sees this pixel, 0 where it is disoccluded
-    similarity: np.ndarray  # [2, 3] the head's similarity, pixel -> keyframe
 
 
 class Layered(Propagator):
@@ -140,13 +139,6 @@ class Layered(Propagator):
         g = grid(*shape[:2])
         return (g @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32) - g).astype(np.float32)
 
-    @staticmethod
-    def _then(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """The similarity ``second(first(x))``."""
-        a = np.vstack([first, [0, 0, 1]])
-        b = np.vstack([second, [0, 0, 1]])
-        return (b @ a)[:2]
-
     def _surface(self, flow: np.ndarray, rigid: np.ndarray, ok: np.ndarray, size: float) -> np.ndarray:
         """The flow's departure from the head's motion, smoothed where the flow is trustworthy."""
         sigma = self.params.smooth * size
@@ -168,32 +160,14 @@ class Layered(Propagator):
         err = cv2.GaussianBlur(err, (0, 0), 1.5)
         return np.clip((2 * lim - err) / lim, 0, 1).astype(np.float32)
 
-    def _motion(
-        self, a: np.ndarray, b: np.ndarray, box, chain: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> _Motion:
-        """Motion from frame ``a`` to keyframe ``b``; ``chain``: the same motion through the frames between
-        (flow and similarity), used per pixel (flow) or as a whole (similarity) where it explains ``a`` better."""
+    def _motion(self, a: np.ndarray, b: np.ndarray, box) -> _Motion:
+        """Motion from frame ``a`` to keyframe ``b``, direct: a frame's result depends on that frame and its
+        keyframes alone, so chunked propagation equals whole-clip propagation."""
         fwd, bwd = self._flow(a, b), self._flow(b, a)
         ok = valid_mask(fwd, bwd)
-        if chain is not None:  # per pixel, the direct or the chained flow: the one explaining the pixels
-            err_d = cv2.GaussianBlur(np.abs(warp_back(b, fwd).astype(np.float32) - a).mean(-1), (0, 0), 2.0)
-            err_c = cv2.GaussianBlur(np.abs(warp_back(b, chain[0]).astype(np.float32) - a).mean(-1), (0, 0), 2.0)
-            use = err_c < err_d
-            fwd = np.where(use[..., None], chain[0], fwd).astype(np.float32)
-            ok = np.where(use, err_c < 8.0, ok)
-        m = self._similarity(fwd, ok, box)
-        if chain is not None:  # the chained similarity where it fits the face better (no drift of the direct fit)
-            x0, y0, x1, y1 = self._window(a.shape, box)
-
-            def misfit(mat: np.ndarray) -> float:
-                moved = warp_back(b, self._as_flow(mat, a.shape))[y0:y1, x0:x1].astype(np.float32)
-                return float(np.median(np.abs(moved - a[y0:y1, x0:x1]).mean(-1)))
-
-            if misfit(chain[1]) < misfit(m):
-                m = chain[1]
-        rigid = self._as_flow(m, a.shape)
+        rigid = self._as_flow(self._similarity(fwd, ok, box), a.shape)
         size = float(box[2] - box[0]) if box is not None else float(max(a.shape[:2])) / 2
-        return _Motion(fwd, rigid, self._surface(fwd, rigid, ok, size), self._seen(a, b, fwd), m)
+        return _Motion(fwd, rigid, self._surface(fwd, rigid, ok, size), self._seen(a, b, fwd))
 
     # ------------------------------------------------------------------------------ the edit's parts
     def _geometric(self, recon: np.ndarray, edited: np.ndarray) -> np.ndarray | None:
@@ -297,11 +271,7 @@ class Layered(Propagator):
             return rigidity[(j, o)]
 
         key_times = [at[k] for k in keys]
-        # (keyframe, row) -> that row's flow and similarity to the keyframe, for the next row out
-        chained: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        order = sorted(
-            (i for i in range(len(src)) if i not in keys), key=lambda i: min(abs(at[i] - t) for t in key_times)
-        )
+        order = [i for i in range(len(src)) if i not in keys]
         for i in order:
             carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
             dacc = np.zeros((*src.shape[1:3], 2), np.float32)
@@ -310,16 +280,7 @@ class Layered(Propagator):
             for j, wt in near:
                 k = keys[j]
                 other = next((o for o, _ in near if o != j), None)
-                step = -1 if i > k else 1
-                prev = chained.pop((j, i + step), None)
-                chain = None
-                if prev is not None:
-                    link = self._flow(src[i], src[i + step])
-                    link_m = self._similarity(link, np.ones(link.shape[:2], bool), boxes[i])
-                    chain = ((link + warp_back(prev[0], link)).astype(np.float32), self._then(link_m, prev[1]))
-                m = self._motion(src[i], src[k], boxes[i] if boxes[i] is not None else boxes[k], chain)
-                if 0 <= i - step < len(src) and i - step not in keys:
-                    chained[(j, i)] = (m.dense, m.similarity)
+                m = self._motion(src[i], src[k], boxes[i] if boxes[i] is not None else boxes[k])
                 r = rho(j, other)[..., None]
                 rigid = warp_back(resid[j] * r, m.rigid)
                 surface = warp_back(resid[j] * (1 - r), m.surface)

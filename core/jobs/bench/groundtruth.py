@@ -169,7 +169,7 @@ def ground_truth(
 
 # ------------------------------------------------------------------------------ the benchmark job
 BASELINES = ("source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip")
-DEFAULT_PROPAGATORS = ("flow-residual", "mesh-flow")
+DEFAULT_PROPAGATORS = ("flow-residual", "mesh-flow", "layered")
 INTERVALS = (8, 16)
 SCORES = ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "temporal_error", "warp_error")
 

@@ -48,7 +48,7 @@ class BenchRequest:
     executor: str = "local"
     show_progress: bool = True
     ground_truth: bool = False  # the ground-truth propagation benchmark instead of pipelines (groundtruth.py)
-    propagators: list[str] = field(default_factory=lambda: ["flow-residual", "mesh-flow"])
+    propagators: list[str] = field(default_factory=lambda: ["flow-residual", "mesh-flow", "layered"])
     intervals: list[int] = field(default_factory=lambda: [8, 16])  # 0: the first frame only
     edits: list[str] = field(default_factory=lambda: ["paint+glasses", "lips", "smile"])
     truths: list[str] = field(default_factory=lambda: ["dlib68"])  # groundtruth.TRUTHS
