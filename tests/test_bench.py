@@ -143,7 +143,7 @@ def test_bench_on_the_shared_videos_writes_results_table_and_report(bench_run):
     clips = sorted(p.stem for p in videos.glob("*.mp4"))
     pipelines = ["ip-facediff", "per-frame", "tokenflow", "sdedit"]
     assert res["schema"] == "ipfacediff.jobs.bench/1"
-    # per clip: 4 edits, 4 null edits; no latent propagation job (ip-facediff's mesh-flow carries
+    # per clip: 4 edits, 4 null edits; no latent propagation job (ip-facediff's layered carries
     # pixels; the Ray test runs ip-facediff-paper's)
     assert res["jobs"] == len(clips) * 8 and res["jobs_skipped"] == 0
     edits = [row for row in res["rows"] if row["kind"] == "edit"]

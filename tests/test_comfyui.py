@@ -317,7 +317,7 @@ def test_propagate_keyframes_carries_any_edit_as_the_cli_does(pack, sample_clip,
     edited = torch.from_numpy(frame).float()[None] / 255
     node = pack.NODE_CLASS_MAPPINGS["IPFaceDiffPropagateKeyframes"]()
     out, summary, check = node.propagate(images, edited, "8", "default", "default", 240)
-    assert out.shape == images.shape and "keyframes [8]" in summary and "mesh-flow" in summary
+    assert out.shape == images.shape and "keyframes [8]" in summary and "layered" in summary
     assert "one keyframe: no leave-one-out check" in check and "would help most at frame" in check
 
     keys = tmp_path / "keys"
