@@ -22,8 +22,8 @@ Which parts are rigid is learnt from the keyframes: with a keyframe on each side
 are predicted from the other keyframe both ways (rigid and surface), and a part takes the motion that
 predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot tell apart takes
 ``prior``. Motion is estimated directly from each frame to its keyframes (a frame's result depends on
-it and its keyframes alone, so chunked propagation equals whole-clip). Where nothing was edited the output is the source,
-byte for byte. It uses no landmark model (the face box only bounds the head-motion fit).
+it and its keyframes alone, so chunked propagation equals whole-clip). Where nothing was edited the
+output is the source, byte for byte. It uses no landmark model (the face box only bounds the head-motion fit).
 """
 
 from __future__ import annotations
