@@ -66,7 +66,7 @@ def test_the_comfyui_chain_edits_as_the_cli_does(sample_clip, cli_png):
     edits, _, _ = node["EditKeyframes"].edit(
         model, images, faces, keys, "eyeglasses", 3, 7.5, 7, settings.source_prompt
     )
-    crops, _ = node["Propagate"].propagate(images, faces, edits, "mesh-flow", 4)
+    crops, _ = node["Propagate"].propagate(images, faces, edits, "layered", 4)
     (result,) = node["PasteBack"].paste(images, faces, crops, 3)
     got = (result.clamp(0, 1) * 255).round().byte().numpy()
     assert got.shape == cli_png.shape
