@@ -145,6 +145,14 @@ class FaceProcessor(Component):
     def detect(self, frame: np.ndarray) -> list[FaceDetection]:
         """Faces in ``frame`` (RGB uint8 HxWx3), best first; ``[]`` when none."""
 
+    def detect_next(self, frame: np.ndarray, previous: FaceDetection | None) -> list[FaceDetection]:
+        """Faces in ``frame``, the next frame of a clip whose face in the frame before was ``previous``
+        (``None``: a track starts, or was lost). What tracking calls frame after frame; the default is
+        :meth:`detect`. A processor may use ``previous`` to search less of the frame or to skip a costly
+        confirmation of a face that continues the track (and return ``[]`` or detect afresh when it does
+        not find it there)."""
+        return self.detect(frame)
+
     @abc.abstractmethod
     def align(self, frame: np.ndarray, detection: FaceDetection, size: int = 512) -> AlignedFace:
         """The face of ``detection`` warped to a ``size`` x ``size`` crop."""

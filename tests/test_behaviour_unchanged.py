@@ -15,7 +15,10 @@ TokenFlow as published, when eps1 refinement started from each frame's own inver
 sample clip stopped showing a mirrored border (see CHANGELOG.md). 0.4 (the house issue) recorded
 them with thumbnails on the CI machine of that session from 0.3.0's code, unchanged, and added the
 default pipeline (``ip-facediff``, then mesh-flow); the cases are named by the pipeline they run. 0.4
-re-recorded the ``ip-facediff`` case when its propagator became ``layered`` (issue 21).
+re-recorded the ``ip-facediff`` case when its propagator became ``layered`` (issue 21), and then the
+``ip-facediff``, ``ip-facediff-paper-fast`` and ``sdedit`` cases when RetinaFace began tracking (the
+next frame searched around the previous face: landmarks move by a fraction of a pixel) and ``layered``
+began estimating motion at a face width of 160 px.
 ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew (only when a
 change of output is intended, and said so in the commit and the changelog).
 """

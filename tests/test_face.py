@@ -158,3 +158,60 @@ def test_in_the_wild_paste_back_only_changes_the_face_region(retinaface):
     assert changed.sum() > 0
     assert np.abs(xs - cx).max() < 2.5 * face and np.abs(ys - cy).max() < 2.5 * face
     assert changed.mean() < 0.1  # a small face in a 720x1080 frame
+
+
+class _Counting:
+    """Wraps a face processor's ``detect`` to count the calls (the MTCNN confirmations)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def detect(self, frame):
+        self.calls += 1
+        return self.inner.detect(frame)
+
+    def to(self, device):
+        return self
+
+
+@needs_models
+@needs_data
+def test_tracking_confirms_a_face_when_its_track_starts_not_on_every_frame(catalog):
+    """RetinaFace's tracking (``confirm=track``): the face found in a square around the previous one, the
+    MTCNN confirmation run when the track starts (and every ``reconfirm`` frames), not per frame; the
+    faces are where confirming every frame puts them."""
+    from ipfacediff.runtime.face import box_iou, detect_track
+
+    src = open_frames(DATA / "videos" / "s18.mp4")
+    every = catalog.build("face_processor", "retinaface", {"confirm": "frame", "track_region": 0})
+    tracked = catalog.build("face_processor", "retinaface", {"reconfirm": 20})
+    for p in (every, tracked):
+        p.detect(src.get([0])[0])  # builds the verifier
+        p._verifier = _Counting(p._verifier)
+    n = 30
+    a, b = detect_track(every, src, n, 1, False), detect_track(tracked, src, n, 1, False)
+    assert every._verifier.calls == n
+    assert tracked._verifier.calls == 2  # frame 0 (the track starts) and frame 20 (reconfirm)
+    assert all(x is not None and y is not None for x, y in zip(a, b))
+    ious = [box_iou(x.box, y.box) for x, y in zip(a, b)]
+    eye = np.linalg.norm(a[0].landmarks[1] - a[0].landmarks[0])
+    moved = max(float(np.abs(x.landmarks - y.landmarks).max()) for x, y in zip(a, b))
+    assert min(ious) > 0.85 and moved < 0.15 * eye, (min(ious), moved, eye)
+
+
+@needs_models
+@needs_data
+def test_tracking_lost_face_is_searched_afresh_and_confirmed(catalog):
+    """A frame without the face ends the track (nothing found around the old place); the next face is
+    searched in the whole frame and confirmed, so an animal that appears is not taken for the face."""
+    retina = catalog.build("face_processor", "retinaface")
+    face = open_frames(DATA / "videos" / "d0.mp4").get([0])[0]
+    first = retina.detect_next(face, None)
+    assert len(first) == 1
+    blank = np.full_like(face, 128)
+    assert retina.detect_next(blank, first[0]) == []
+    animals = sorted((DATA / "images" / "non-human").glob("*.jpg"))
+    for p in animals:  # each after a tracked face in the same place: lost there, then confirmed (rejected)
+        img = read_image(p)
+        assert retina.detect_next(img, FaceDetection(np.array([0.0, 0, img.shape[1], img.shape[0]]), 1.0)) == []
+    assert len(retina.detect_next(face, None)) == 1

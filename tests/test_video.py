@@ -97,3 +97,39 @@ def test_real_clip_streams_by_index():
     a = src.get([100])
     b = src.get([0, 100])[1:]
     assert frame_hash(a) == frame_hash(b)
+
+
+def _rss_mb() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+
+@needs_data
+def test_forward_reads_give_decords_frames_and_keep_nothing_ahead():
+    """Reads that move forward (the detection pass, keyframe intervals) are decoded frame by frame, and
+    give the frames decord gives for any pattern of reads: chunks, an interval's first frame again, a
+    jump back to the start, a skip ahead, a read far back (decord's path). Nothing decodes the rest of
+    the clip in the background after a read (decord alone did, keeping every frame: +280 MB for this
+    clip, growing with the clip's length)."""
+    import gc
+    import time
+
+    import decord
+
+    path = DATA / "videos" / "d3.mp4"  # 354 frames, 512 x 512
+    reads = [list(range(0, 16)), list(range(16, 40)), list(range(39, 60)), [0, 1, 2], list(range(2, 30))]
+    reads += [[40, 90], [100], list(range(100, 120)), [10, 300], [5], [353], [3, 2]]
+    want_reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    want = [want_reader.get_batch(idx).asnumpy() for idx in reads]
+    del want_reader
+    gc.collect()
+    time.sleep(0.5)
+    before = _rss_mb()
+    src = open_frames(path)
+    for idx, expected in zip(reads, want):
+        assert np.array_equal(src.get(idx), expected), idx
+    assert src._forward_ok is True  # the forward path was taken and matched decord's frames
+    assert len(src._recent) <= 16
+    time.sleep(1.5)  # a reader decoding ahead would have filled memory by now
+    grown = _rss_mb() - before
+    src.close()
+    assert grown < 120, f"memory grew by {grown:.0f} MB after the reads: a reader decodes ahead"

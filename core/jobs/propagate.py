@@ -116,24 +116,40 @@ def face_region(processor: FaceProcessor, frame: np.ndarray, det: FaceDetection 
         return np.zeros((h, w), np.float32)
     m = processor.align(frame, det, REGION_SIZE).matrix
     inv = cv2.invertAffineTransform(np.asarray(m, np.float64))
-    return cv2.warpAffine(
-        feather_mask(REGION_SIZE, 0.1),
-        inv,
-        (w, h),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
+    corners = np.float64([[0, 0, 1], [REGION_SIZE, 0, 1], [0, REGION_SIZE, 1], [REGION_SIZE, REGION_SIZE, 1]]) @ inv.T
+    x0, y0 = np.clip(np.floor(corners.min(0)).astype(int) - 1, 0, [w, h])
+    x1, y1 = np.clip(np.ceil(corners.max(0)).astype(int) + 2, 0, [w, h])
+    region = np.zeros((h, w), np.float32)
+    if x1 > x0 and y1 > y0:  # only the crop's footprint is warped
+        inv[:, 2] -= [x0, y0]
+        region[y0:y1, x0:x1] = cv2.warpAffine(
+            feather_mask(REGION_SIZE, 0.1),
+            inv,
+            (int(x1 - x0), int(y1 - y0)),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+    return region
 
 
 def _window(regions: list[np.ndarray], pad: int = 8) -> tuple[int, int, int, int] | None:
     """The box ``(x0, y0, x1, y1)`` around every region's support, padded."""
-    support = np.any(np.stack(regions) > 0, 0)
-    ys, xs = np.nonzero(support)
-    if not len(xs):
+    boxes = []
+    for r in regions:
+        cols, rows = np.flatnonzero(r.max(0) > 0), np.flatnonzero(r.max(1) > 0)
+        if len(cols):
+            boxes.append((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
+    if not boxes:
         return None
-    h, w = support.shape
-    return max(0, xs.min() - pad), max(0, ys.min() - pad), min(w, xs.max() + 1 + pad), min(h, ys.max() + 1 + pad)
+    h, w = regions[0].shape
+    b = np.array(boxes)
+    return (
+        int(max(0, b[:, 0].min() - pad)),
+        int(max(0, b[:, 1].min() - pad)),
+        int(min(w, b[:, 2].max() + pad)),
+        int(min(h, b[:, 3].max() + pad)),
+    )
 
 
 def _in_window(det: FaceDetection | None, x0: int, y0: int, full_frame: bool) -> FaceDetection | None:
@@ -143,6 +159,51 @@ def _in_window(det: FaceDetection | None, x0: int, y0: int, full_frame: bool) ->
     if full_frame and lm is not None:  # the box is the frame: a face box from the landmarks instead
         return face_from_landmarks(lm, det.score, det.source)
     return FaceDetection(det.box - [x0, y0, x0, y0], det.score, lm, det.source)
+
+
+def carry_rows(
+    frames: np.ndarray,
+    times: list[int],
+    keys: dict[int, np.ndarray],
+    faces: list[FaceDetection | None],
+    processor: FaceProcessor,
+    propagator: Propagator,
+    full_frame: bool = False,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One call of the propagator: ``frames`` (``uint8 [T, H, W, 3]``, the clip's frames ``times``,
+    in order) with the edits ``keys`` (row -> edited full frame) carried to the other rows, cut to one
+    window around the face and blended back through each row's face region. Returns the rows and
+    their face regions; key rows are the edited frames as given."""
+    regions = [
+        np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, det)
+        for f, det in zip(frames, faces)
+    ]
+    out = frames.copy()
+    group_keys = sorted(keys)
+    win = _window(regions)
+    if win is not None:
+        x0, y0, x1, y1 = win
+        src = np.ascontiguousarray(frames[:, y0:y1, x0:x1])
+        edited = np.stack([keys[r][y0:y1, x0:x1] for r in group_keys])
+        carried = propagator.propagate(
+            PropagationInput(
+                key_rows=group_keys,
+                frames=list(times),
+                source_pixels=src,
+                edited_pixels=edited,
+                reconstructed_pixels=src[group_keys],
+                faces=[_in_window(d, x0, y0, full_frame) for d in faces],
+            )
+        )
+        for r in range(len(frames)):
+            if r in keys:
+                continue
+            m = regions[r][y0:y1, x0:x1, None]
+            blended = src[r].astype(np.float32) + m * (carried[r].astype(np.float32) - src[r])
+            out[r, y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    for r in group_keys:
+        out[r] = keys[r]
+    return out, regions
 
 
 def carry_edits(
@@ -170,42 +231,14 @@ def carry_edits(
             near = min(key_idx, key=lambda k: abs(k - a) if k < a else abs(k - b))
             idx = [near] + idx if near < a else idx + [near]
         frames = get(idx)
-        regions = [
-            np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, track[i])
-            for i, f in zip(idx, frames)
-        ]
-        group_keys = [r for r, i in enumerate(idx) if i in keys]
-        for r in group_keys:
+        group = {r: keys[i] for r, i in enumerate(idx) if i in keys}
+        out, regions = carry_rows(frames, idx, group, [track[i] for i in idx], processor, propagator, full_frame)
+        for r in group:
             i = idx[r]
             if i not in outside:
-                changed = np.abs(keys[i].astype(np.int16) - frames[r]).max(-1) > CHANGED_LEVEL
+                changed = cv2.absdiff(keys[i], frames[r]).max(-1) > CHANGED_LEVEL
                 outside[i] = float(np.mean(changed & (regions[r] <= 1e-3)))
-        out = frames.copy()
-        win = _window(regions)
-        if win is not None:
-            x0, y0, x1, y1 = win
-            src = np.ascontiguousarray(frames[:, y0:y1, x0:x1])
-            edited = np.stack([keys[idx[r]][y0:y1, x0:x1] for r in group_keys])
-            faces = [_in_window(track[i], x0, y0, full_frame) for i in idx]
-            carried = propagator.propagate(
-                PropagationInput(
-                    key_rows=group_keys,
-                    frames=idx,
-                    source_pixels=src,
-                    edited_pixels=edited,
-                    reconstructed_pixels=src[group_keys],
-                    faces=faces,
-                )
-            )
-            for r in range(len(idx)):
-                m = regions[r][y0:y1, x0:x1, None]
-                blended = src[r].astype(np.float32) + m * (carried[r].astype(np.float32) - src[r])
-                out[r, y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-        for r, i in enumerate(idx):
-            if i in keys:
-                out[r] = keys[i]
-            elif track[i] is None and not full_frame:
-                no_face.append(i)
+        no_face += [i for i in idx if i not in keys and track[i] is None and not full_frame]
         lo = idx.index(first)
         hi = idx.index(b) + 1
         if on_frames is not None:
@@ -224,30 +257,21 @@ def leave_one_out(
     """The self-check of a propagation: each keyframe predicted from the others (its nearest keyframe
     on each side, or the one side it has) and compared with the edit the user gave, PSNR (dB) over the
     face region. Needs two or more keyframes; a low value says the edit does not move the way the
-    propagator carries it between those keyframes (an occlusion, a turn, an edit that changes shape)."""
+    propagator carries it between those keyframes (an occlusion, a turn, an edit that changes shape).
+    A propagator's result for a frame depends on that frame and its keyframes alone (its contract), so
+    each prediction propagates only the keyframe and the keyframes it is predicted from."""
     order = sorted(keys)
     out = []
     for pos, k in enumerate(order):
         near = order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]  # the nearest keyframe on each side
         if not near or (track[k] is None and not full_frame):  # no face there: nothing to compare
             continue
-        lo, hi = min([k, *near]), max([k, *near])
-        idx = list(range(lo, hi + 1))
-        got: list[np.ndarray] = []
-        carry_edits(
-            lambda rows, idx=idx: get([idx[r] for r in rows]),
-            len(idx),
-            {x - lo: keys[x] for x in near},
-            [track[i] for i in idx],
-            processor,
-            propagator,
-            full_frame,
-            lambda first, frames, got=got: got.append(frames),
-        )
-        predicted = np.concatenate(got)[k - lo]
-        frame = get([k])[0]
-        region = np.ones(frame.shape[:2], np.float32) if full_frame else face_region(processor, frame, track[k])
-        weight = region[..., None]
+        idx = sorted([k, *near])
+        frames = get(idx)
+        group = {r: keys[i] for r, i in enumerate(idx) if i != k}
+        rows, regions = carry_rows(frames, idx, group, [track[i] for i in idx], processor, propagator, full_frame)
+        r = idx.index(k)
+        predicted, weight = rows[r], regions[r][..., None]
         mse = float((weight * (predicted.astype(np.float64) - keys[k]) ** 2).sum() / max(3 * weight.sum(), 1e-9))
         out.append(
             {

@@ -181,13 +181,14 @@ def smooth_track(dets: Sequence[FaceDetection | None], window: int) -> list[Face
 def detect_track(
     processor: FaceProcessor, source, n: int, smoothing: int, show_progress: bool
 ) -> list[FaceDetection | None]:
-    """Pass 1: the primary face of each of the first ``n`` frames, landmarks smoothed over time."""
+    """Pass 1: the primary face of each of the first ``n`` frames, landmarks smoothed over time. Each
+    frame is searched knowing the face of the frame before (:meth:`FaceProcessor.detect_next`)."""
     raw: list[FaceDetection | None] = []
     previous = None
     with progress_bar("detect", n, show_progress) as bar:
         for _, chunk in source.iter_chunks(source.batch, n):
             for f in chunk:
-                d = pick_primary(processor.detect(f), previous)
+                d = pick_primary(processor.detect_next(f, raw[-1] if raw else None), previous)
                 raw.append(d)
                 previous = d or previous
                 bar.advance()

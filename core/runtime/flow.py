@@ -3,20 +3,22 @@ forward-backward consistency test that marks occluded pixels."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 
 def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis") -> np.ndarray:
-    """Dense flow ``[H, W, 2]`` from RGB frame ``a`` to ``b`` (OpenCV DIS or Farneback)."""
+    """Dense flow ``[H, W, 2]`` from RGB frame ``a`` to ``b``: OpenCV DIS (``dis``: its medium preset;
+    ``dis-fast``: its fast preset, about 4x cheaper) or Farneback."""
     import cv2
 
     ga, gb = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
     if method == "farneback":
         return cv2.calcOpticalFlowFarneback(ga, gb, None, 0.5, 4, 15, 3, 5, 1.2, 0)
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(ga, gb, None)
+    preset = cv2.DISOPTICAL_FLOW_PRESET_FAST if method == "dis-fast" else cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+    return cv2.DISOpticalFlow_create(preset).calc(ga, gb, None)
 
 
 def warp_back(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -35,17 +37,22 @@ def valid_mask(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
     bwd_w = warp_back(bwd, fwd)
     diff = np.sum((fwd + bwd_w) ** 2, -1)
     bound = 0.01 * (np.sum(fwd**2, -1) + np.sum(bwd_w**2, -1)) + 0.5
-    xs, ys = np.meshgrid(np.arange(w), np.arange(h))
-    inside = (
-        (xs + fwd[..., 0] >= 0) & (xs + fwd[..., 0] <= w - 1) & (ys + fwd[..., 1] >= 0) & (ys + fwd[..., 1] <= h - 1)
-    )
+    to = grid(h, w) + fwd
+    inside = (to[..., 0] >= 0) & (to[..., 0] <= w - 1) & (to[..., 1] >= 0) & (to[..., 1] <= h - 1)
     return (diff < bound) & inside
 
 
 def grid(h: int, w: int) -> np.ndarray:
-    """``[h, w, 2]`` float32 pixel coordinates (x, y)."""
+    """``[h, w, 2]`` float32 pixel coordinates (x, y); read-only (shared between calls of one size)."""
+    return _grid(int(h), int(w))
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(h: int, w: int) -> np.ndarray:
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return np.stack([xs, ys], -1)
+    g = np.stack([xs, ys], -1)
+    g.flags.writeable = False
+    return g
 
 
 def photometric_error(frame: np.ndarray, other: np.ndarray, flow: np.ndarray, blur: float = 3.0) -> np.ndarray:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -25,6 +27,9 @@ from ipfacediff.errors import InputError, OutputExistsError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+ENCODE_QUEUE = 16  # frames a video writer holds while its encoder thread catches up
+FORWARD_KEEP = 8  # frames a video source keeps behind its forward decoder (a keyframe interval's first frame)
+FORWARD_SKIP = 64  # frames a forward read may skip to reach what it is asked for (further: decord seeks)
 
 
 @dataclass
@@ -86,10 +91,18 @@ class FrameSource:
 
 
 class _DecordSource(FrameSource):
+    """A video file's frames. Reads that move forward through the clip (the detection pass, the
+    propagation's keyframe intervals) are decoded one frame after another by PyAV, holding nothing
+    ahead of what was asked for plus the last few frames; any other read seeks with decord. decord alone
+    would do, but after a read it goes on decoding the rest of the clip in the background and keeps
+    every frame (dmlc/decord#197, #157): memory then grows with the clip's length, not with the batch.
+    The forward path is checked once against decord's frame and left for decord's where they differ."""
+
     def __init__(self, path: Path, info: VideoInfo):
         import decord
 
         self.info = info
+        self._path = path
         try:
             self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=2)
         except Exception as exc:  # decord raises DECORDError / RuntimeError
@@ -98,18 +111,94 @@ class _DecordSource(FrameSource):
         if n == 0:
             raise InputError(f"{path}: the video has no frames")
         self.info.n_frames = n
+        self._forward: _ForwardDecoder | None = None
+        self._forward_ok: bool | None = None if info.rotation == 0 else False  # None: not checked yet
+        self._recent: dict[int, np.ndarray] = {}  # the last frames decoded forward, by index
 
-    def get(self, indices: Sequence[int]) -> np.ndarray:
+    def _decord(self, indices: list[int]) -> np.ndarray:
         try:
-            return self._vr.get_batch(list(indices)).asnumpy()
+            frames = self._vr.get_batch(indices).asnumpy()
         except Exception as exc:
             raise InputError(
                 f"{self.info.path}: cannot decode frames {indices[0]}..{indices[-1]} "
                 f"({str(exc).splitlines()[0][:200]})"
             ) from exc
+        self._vr.seek(0)  # stops decord decoding (and keeping) the rest of the clip in the background
+        return frames
+
+    def _ahead(self, i: int) -> bool:
+        """Frame ``i`` is kept, a short way forward of the forward decoder, or near the clip's start
+        (the decoder starts again from there)."""
+        if i in self._recent or i <= FORWARD_SKIP:
+            return True
+        pos = self._forward.pos if self._forward is not None else 0
+        return pos <= i <= pos + FORWARD_SKIP
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        idx = [int(i) for i in indices]
+        if self._forward_ok is not False and idx and all(0 <= i < len(self) for i in idx):
+            if all(b > a for a, b in zip(idx, idx[1:])) and all(self._ahead(i) for i in idx):
+                frames = self._read_forward(idx)
+                if frames is not None:
+                    return frames
+        return self._decord(idx)
+
+    def _read_forward(self, idx: list[int]) -> np.ndarray | None:
+        if self._forward is None:
+            try:
+                self._forward = _ForwardDecoder(self._path)
+            except Exception:  # noqa: BLE001 - decord reads what PyAV cannot open
+                self._forward_ok = False
+                return None
+        if idx[0] not in self._recent and idx[0] < self._forward.pos:  # back near the start: decode again
+            self._forward.close()
+            self._forward, self._recent = _ForwardDecoder(self._path), {}
+        out = []
+        try:
+            for i in idx:
+                while i not in self._recent:
+                    pos = self._forward.pos
+                    self._recent[pos] = self._forward.next()
+                    for old in [k for k in self._recent if k < pos - FORWARD_KEEP]:
+                        del self._recent[old]
+                out.append(self._recent[i])
+        except Exception:  # noqa: BLE001 - a frame PyAV cannot give: decord's path from here on
+            self._forward_ok, self._forward, self._recent = False, None, {}
+            return None
+        if self._forward_ok is None:  # once: the forward path gives decord's frames
+            self._forward_ok = bool(np.array_equal(out[0], self._decord([idx[0]])[0]))
+            if not self._forward_ok:
+                self._forward, self._recent = None, {}
+                return None
+        return np.stack(out)
 
     def close(self) -> None:
         self._vr = None
+        if self._forward is not None:
+            self._forward.close()
+            self._forward = None
+        self._recent = {}
+
+
+class _ForwardDecoder:
+    """A video decoded frame after frame with PyAV from its first frame (``pos``: the next frame's index)."""
+
+    def __init__(self, path: Path):
+        import av
+
+        self._container = av.open(str(path))
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self._frames = self._container.decode(stream)
+        self.pos = 0
+
+    def next(self) -> np.ndarray:
+        frame = next(self._frames).to_ndarray(format="rgb24")
+        self.pos += 1
+        return frame
+
+    def close(self) -> None:
+        self._container.close()
 
 
 class _ImageSource(FrameSource):
@@ -344,23 +433,56 @@ class VideoWriter(_Writer):
             self._stream.time_base = self._stream.codec_context.time_base = time_base
         self.n_written = 0
         self._closed = False
+        # frames are encoded on a thread of their own (the encoder releases the GIL), so that encoding
+        # overlaps the work that makes the next frames; the queue bounds what waits (memory stays flat)
+        self._queue: queue.Queue = queue.Queue(maxsize=ENCODE_QUEUE)
+        self._failed: BaseException | None = None
+        self._encoder = threading.Thread(target=self._encode_loop, name="ipfacediff-encode", daemon=True)
+        self._encoder.start()
+
+    def _encode_loop(self) -> None:
+        import av
+
+        try:
+            while (item := self._queue.get()) is not None:
+                frame, pts = item
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                vf.pts = pts
+                vf.time_base = self._stream.codec_context.time_base
+                for pkt in self._stream.encode(vf):
+                    self._container.mux(pkt)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's next write or close
+            self._failed = exc
+
+    def _put(self, item) -> None:
+        while True:
+            if self._failed is not None or not self._encoder.is_alive():
+                raise self._failed or RuntimeError(f"{self.path}: the video encoder stopped")
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _finish_encoding(self) -> None:
+        if self._encoder.is_alive():
+            self._put(None)
+            self._encoder.join()
+        if self._failed is not None:
+            raise self._failed
 
     def write(self, frames: np.ndarray) -> None:
         """Append frames: ``uint8 [H, W, 3]`` or ``[B, H, W, 3]`` RGB of the writer's size."""
-        import av
-
         frames = self._frames(frames)
         for f in frames:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            vf.pts = self.timestamps[self.n_written] if self.timestamps is not None else self.n_written
-            vf.time_base = self._stream.codec_context.time_base
-            for pkt in self._stream.encode(vf):
-                self._container.mux(pkt)
+            pts = self.timestamps[self.n_written] if self.timestamps is not None else self.n_written
+            self._put((np.array(f, np.uint8, order="C", copy=True), pts))
             self.n_written += 1
 
     def close(self) -> Path:
         if self._closed:
             return self.path
+        self._finish_encoding()
         for pkt in self._stream.encode():
             self._container.mux(pkt)
         self._container.close()
@@ -377,10 +499,24 @@ class VideoWriter(_Writer):
 
     def abort(self) -> None:
         if not self._closed:
-            try:
-                self._container.close()
-            except Exception:  # noqa: BLE001 - best effort on an already failing path
-                pass
+            for _ in range(3):  # drop what waits, stop the encoder
+                if not self._encoder.is_alive():
+                    break
+                while not self._queue.empty():
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                try:
+                    self._queue.put_nowait(None)
+                except queue.Full:
+                    pass
+                self._encoder.join(timeout=5)
+            if not self._encoder.is_alive():
+                try:
+                    self._container.close()
+                except Exception:  # noqa: BLE001 - best effort on an already failing path
+                    pass
             self._closed = True
         self._tmp.unlink(missing_ok=True)
 

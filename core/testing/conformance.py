@@ -78,6 +78,21 @@ def face_detect_returns_detections(c) -> None:
     assert isinstance(dets, list) and all(isinstance(d, FaceDetection) for d in dets)
 
 
+@contract("face_processor", "tracking_finds_the_face_detect_finds")
+def face_tracking_finds_the_face_detect_finds(c) -> None:
+    from ipfacediff.runtime.face import box_iou
+
+    frame, _ = synthetic_face_frame()
+    started = _unchanged(lambda: c.detect_next(frame, None), frame)
+    assert isinstance(started, list) and all(isinstance(d, FaceDetection) for d in started)
+    found = c.detect(frame)
+    if found:  # the same frame again, its face as the previous one: tracking finds it where it is
+        again = _unchanged(lambda: c.detect_next(frame, found[0]), frame)
+        assert again and max(box_iou(d.box, found[0].box) for d in again) > 0.5, (
+            "detect_next lost the face it was given on the same frame"
+        )
+
+
 @contract("face_processor", "paste_back_keeps_pixels_outside_the_crop")
 def face_paste_back_keeps_pixels_outside_the_crop(c) -> None:
     import cv2

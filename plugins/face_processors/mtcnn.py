@@ -43,8 +43,10 @@ class MTCNNProcessor(LandmarkFaceProcessor):
         return self._mtcnn
 
     def to(self, device):  # type: ignore[override]
+        """Loads the model on ``device`` (a job's ``load_models``, not its first frame)."""
         self.device = torch.device(device)
         self._mtcnn = None
+        self._model()
         return self
 
     def detect(self, frame: np.ndarray) -> list[FaceDetection]:

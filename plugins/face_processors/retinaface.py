@@ -10,7 +10,6 @@ model separates human faces from those much better); ``verify: none`` turns that
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import product
 from typing import Literal
 
 import numpy as np
@@ -23,6 +22,10 @@ from ipfacediff.interfaces import FaceDetection
 from ipfacediff.plugins.face_processors._landmarks import LandmarkFaceProcessor
 from ipfacediff.runtime import models
 from ipfacediff.runtime.face import box_iou
+
+#: mean grey-level change of a 32x32 thumbnail between two frames above which tracking takes a scene cut
+#: (the face is then searched in the whole frame and confirmed again)
+SCENE_CUT = 30.0
 
 
 def _conv_bn(inp: int, oup: int, stride: int = 1, leaky: float = 0.0) -> nn.Sequential:
@@ -142,20 +145,33 @@ class RetinaFaceNet(nn.Module):
         return loc, F.softmax(conf, -1), lm
 
     def priors(self, h: int, w: int) -> torch.Tensor:
-        anchors = []
+        """The anchors ``[N, 4]`` (centre x, y, width, height, as fractions of the image) of an ``h`` x ``w``
+        input, level by level, row by row, then by anchor size (the order of the heads' outputs)."""
+        levels = []
         for k, step in enumerate(self.steps):
             fh, fw = -(-h // step), -(-w // step)
-            for i, j in product(range(fh), range(fw)):
-                for ms in self.min_sizes[k]:
-                    anchors.append([(j + 0.5) * step / w, (i + 0.5) * step / h, ms / w, ms / h])
-        return torch.tensor(anchors, dtype=torch.float32)
+            sizes = np.asarray(self.min_sizes[k], np.float64)
+            i, j, ms = np.meshgrid(np.arange(fh), np.arange(fw), sizes, indexing="ij")
+            levels.append(np.stack([(j + 0.5) * step / w, (i + 0.5) * step / h, ms / w, ms / h], -1).reshape(-1, 4))
+        return torch.from_numpy(np.concatenate(levels).astype(np.float32))
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
-    import torchvision
-
-    keep = torchvision.ops.nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(), thresh)
-    return keep.tolist()
+    """Greedy non-maximum suppression: the boxes kept, best score first (a box is dropped when it
+    overlaps a better kept one by more than ``thresh`` IoU)."""
+    order = list(np.argsort(-scores, kind="stable"))
+    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    keep: list[int] = []
+    while order:
+        i, rest = order[0], np.asarray(order[1:], int)
+        keep.append(int(i))
+        if not len(rest):
+            break
+        w = (np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])).clip(0)
+        h = (np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])).clip(0)
+        iou = w * h / np.maximum(area[i] + area[rest] - w * h, 1e-9)
+        order = [int(j) for j in rest[iou <= thresh]]
+    return keep
 
 
 class RetinaFace(LandmarkFaceProcessor):
@@ -177,6 +193,28 @@ class RetinaFace(LandmarkFaceProcessor):
         verify_threshold: float = field(
             default=0.99, metadata={"range": (0.0, 1.0), "help": "minimum MTCNN probability when verifying"}
         )
+        confirm: Literal["track", "frame"] = field(
+            default="track",
+            metadata={
+                "help": "when tracking a clip, confirm a face with the verifier when its track starts or is lost "
+                "(track; a face that continues the track is not confirmed again) or on every frame (frame)"
+            },
+        )
+        reconfirm: int = field(
+            default=50,
+            metadata={
+                "range": (0, 100000),
+                "help": "confirm=track: confirm the tracked face again every this many frames (0: never)",
+            },
+        )
+        track_region: float = field(
+            default=2.0,
+            metadata={
+                "range": (0.0, 10.0),
+                "help": "when tracking, search the next frame in a square this many face sizes wide around the "
+                "previous face (0: the whole frame)",
+            },
+        )
         zoom: float = field(default=0.45, metadata={"range": (0.1, 1.0), "help": "face size in the editing crop"})
         feather: float = field(
             default=0.1, metadata={"range": (0.0, 0.5), "help": "paste-back border feather, fraction of the crop"}
@@ -194,10 +232,13 @@ class RetinaFace(LandmarkFaceProcessor):
         self.net.eval()
         self._verifier = None
         self._prior_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._unconfirmed = 0  # frames tracked since the last confirmation
+        self._thumb: np.ndarray | None = None  # the last tracked frame, 32x32 grey (a scene cut confirms afresh)
 
-    def _raw_detect(self, frame: np.ndarray) -> list[FaceDetection]:
+    def _raw_detect(self, frame: np.ndarray, scale: float | None = None) -> list[FaceDetection]:
+        """RetinaFace's faces in ``frame`` downscaled by ``scale`` (default: to ``max_side``)."""
         h0, w0 = frame.shape[:2]
-        scale = min(1.0, self.params.max_side / max(h0, w0))
+        scale = min(1.0, self.params.max_side / max(h0, w0)) if scale is None else min(1.0, scale)
         img = frame
         if scale < 1.0:
             import cv2
@@ -213,6 +254,8 @@ class RetinaFace(LandmarkFaceProcessor):
         with torch.inference_mode():
             loc, conf, lms = self.net(x)
         if (h, w) not in self._prior_cache:
+            if len(self._prior_cache) >= 64:  # tracked squares come in many sizes
+                self._prior_cache.clear()
             self._prior_cache[(h, w)] = self.net.priors(h, w)
         pri = self._prior_cache[(h, w)]
         loc, conf, lms = loc[0].cpu(), conf[0, :, 1].cpu(), lms[0].cpu()
@@ -240,8 +283,50 @@ class RetinaFace(LandmarkFaceProcessor):
         confirmed = self._verifier.detect(frame)
         return [d for d in dets if any(box_iou(d.box, c.box) > 0.3 for c in confirmed)]
 
+    def detect_next(self, frame: np.ndarray, previous: FaceDetection | None) -> list[FaceDetection]:
+        """Tracking: the face that continues ``previous``, searched in a square around it (``track_region``)
+        and not confirmed again (``confirm=track``, until ``reconfirm`` frames have passed); the whole
+        frame, confirmed, when a track starts, after a scene cut (the frame, 32x32 grey, differs from the
+        last one by more than ``SCENE_CUT`` grey levels on average) or when the face is not found there."""
+        import cv2
+
+        p = self.params
+        thumb = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+        thumb, last = thumb.astype(np.float32), self._thumb
+        self._thumb = thumb
+        cut = last is None or float(np.abs(thumb - last).mean()) > SCENE_CUT
+        due = p.verify != "none" and (
+            cut or p.confirm == "frame" or (p.reconfirm and self._unconfirmed >= p.reconfirm)
+        )
+        if previous is None or p.track_region <= 0 or due:
+            self._unconfirmed = 0
+            return self.detect(frame)
+        h, w = frame.shape[:2]
+        x0, y0, x1, y1 = np.asarray(previous.box, np.float64)
+        half = 0.5 * p.track_region * max(x1 - x0, y1 - y0)
+        cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+        rx0, ry0 = int(max(0, np.floor(cx - half))), int(max(0, np.floor(cy - half)))
+        rx1, ry1 = int(min(w, np.ceil(cx + half))), int(min(h, np.ceil(cy + half)))
+        found = []
+        if rx1 - rx0 >= 16 and ry1 - ry0 >= 16:
+            scale = min(1.0, p.max_side / max(h, w))  # the whole frame's detection scale: the same landmarks
+            for d in self._raw_detect(np.ascontiguousarray(frame[ry0:ry1, rx0:rx1]), scale):
+                moved = FaceDetection(d.box + [rx0, ry0, rx0, ry0], d.score, d.landmarks + [rx0, ry0], d.source)
+                if box_iou(moved.box, previous.box) > 0.3:
+                    found.append(moved)
+        if not found:  # lost: the whole frame, confirmed
+            self._unconfirmed = 0
+            return self.detect(frame)
+        self._unconfirmed += 1
+        return found
+
     def to(self, device):  # type: ignore[override]
+        """Also builds the verifier (with the models: a job's ``load_models``, not its first frame)."""
         super().to(device)
+        if self._verifier is None and self.params.verify != "none" and self._build is not None:
+            self._verifier = self.component(
+                "face_processor", self.params.verify, {"threshold": self.params.verify_threshold}
+            )
         if self._verifier is not None:
             self._verifier.to(device)
         return self

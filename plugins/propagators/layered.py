@@ -36,21 +36,44 @@ import numpy as np
 
 import ipfacediff
 from ipfacediff.interfaces import PropagationInput, Propagator
-from ipfacediff.runtime.flow import grid, optical_flow, valid_mask, warp_back
+from ipfacediff.runtime.flow import grid, optical_flow, warp_back
 from ipfacediff.runtime.tokens import neighbour_keys
 
 #: grey levels below which a residual pixel counts as unedited (parts are the connected rest)
 EDITED_LEVEL = 6.0
 
+#: grey levels of photometric error under which a pixel's flow is trusted (head-motion fit, skin smoothing)
+TRUSTED_LEVEL = 8.0
+
+#: the box a frame is worked in: where its keyframes' edits land, padded by this many face widths
+LANDING_PAD = 0.5
+
+
+def _peak(x: np.ndarray) -> np.ndarray:
+    """``|x|`` largest over the channels (the last axis): what ``np.abs(x).max(-1)`` gives, faster."""
+    a = np.abs(x)
+    return np.maximum.reduce([a[..., c] for c in range(a.shape[-1])])
+
+
+def _mean_abs(x: np.ndarray) -> np.ndarray:
+    """``|x|`` averaged over the channels (the last axis), float32."""
+    a = np.abs(x.astype(np.float32, copy=False))
+    return sum(a[..., c] for c in range(a.shape[-1])) / np.float32(a.shape[-1])
+
 
 @dataclass
 class _Motion:
-    """Motion from one frame to one keyframe, as flows (pixel -> its offset in the keyframe)."""
+    """Motion from one frame to one keyframe (pixel -> its place in the keyframe)."""
 
-    dense: np.ndarray  # optical flow
-    rigid: np.ndarray  # the head's similarity
-    surface: np.ndarray  # smoothed flow around the similarity
+    rigid: np.ndarray  # the head's similarity, ``[2, 3]``
+    surface: np.ndarray  # smoothed flow around the similarity, ``[H, W, 2]``
     seen: np.ndarray  # float [H, W]: 1 where the keyframe sees this pixel, 0 where it is disoccluded
+
+    def move_rigidly(self, img: np.ndarray) -> np.ndarray:
+        """``img`` (in the keyframe) sampled where the head's similarity puts each pixel of the frame."""
+        h, w = self.seen.shape
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        return cv2.warpAffine(img, self.rigid, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
 
 
 class Layered(Propagator):
@@ -65,8 +88,8 @@ class Layered(Propagator):
 
     @dataclass
     class Params:
-        flow: Literal["dis", "farneback"] = field(
-            default="dis", metadata={"help": "OpenCV optical flow on the source frames"}
+        flow: Literal["dis", "dis-fast", "farneback"] = field(
+            default="dis", metadata={"help": "OpenCV optical flow on the source frames (dis-fast: DIS's fast preset)"}
         )
         prior: Literal["surface", "rigid"] = field(
             default="surface",
@@ -103,6 +126,14 @@ class Layered(Propagator):
             },
         )
         geometric: bool = field(default=True, metadata={"help": "carry displacement edits as a displacement field"})
+        motion_size: int = field(
+            default=160,
+            metadata={
+                "range": (0, 4096),
+                "help": "face width in px at which the motion is estimated (frames are downscaled to it, the "
+                "motion brought back to full size; the edit is always moved at full size); 0: full size",
+            },
+        )
 
     # ------------------------------------------------------------------------------ motion
     def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,11 +145,13 @@ class Layered(Propagator):
         if box is None:
             return 0, 0, w, h
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        return max(0, x0), max(0, y0), max(min(w, x1), max(0, x0) + 1), max(min(h, y1), max(0, y0) + 1)
+        x0, y0 = min(max(0, x0), w - 1), min(max(0, y0), h - 1)  # the box may reach past the frame
+        return x0, y0, max(min(w, x1), x0 + 1), max(min(h, y1), y0 + 1)
 
     @classmethod
-    def _similarity(cls, flow: np.ndarray, ok: np.ndarray, box) -> np.ndarray:
-        """The similarity ``[2, 3]`` fitted by RANSAC to ``flow`` at grid points inside ``box``."""
+    def _similarity(cls, flow: np.ndarray, ok: np.ndarray, box, scale: float = 1.0) -> np.ndarray:
+        """The similarity ``[2, 3]`` fitted by RANSAC to ``flow`` at grid points inside ``box`` (inliers within
+        a pixel of the full-size frame: ``scale`` px of ``flow``'s, which is downscaled by ``scale``)."""
         x0, y0, x1, y1 = cls._window(flow.shape, box)
         step = max(2, int(max(x1 - x0, y1 - y0) / 48))
         ys, xs = np.mgrid[y0:y1:step, x0:x1:step]
@@ -130,7 +163,7 @@ class Layered(Propagator):
         m = None
         if len(p) >= 3:
             m, _ = cv2.estimateAffinePartial2D(
-                p, q, method=cv2.RANSAC, ransacReprojThreshold=1.0, maxIters=2000, confidence=0.995
+                p, q, method=cv2.RANSAC, ransacReprojThreshold=scale, maxIters=2000, confidence=0.995
             )
         return np.float64([[1, 0, 0], [0, 1, 0]]) if m is None else m.astype(np.float64)
 
@@ -149,25 +182,55 @@ class Layered(Propagator):
         den = cv2.GaussianBlur(wgt, (0, 0), sigma)
         return (rigid + num / den[..., None]).astype(np.float32)
 
-    def _seen(self, a: np.ndarray, b: np.ndarray, fwd: np.ndarray) -> np.ndarray:
-        """Soft visibility in ``b`` of each pixel of ``a``: 1 where the flow explains the pixels, falling to 0
-        where the photometric error exceeds twice ``disocclusion`` (teeth where the keyframe had lips).
-        The forward-backward test alone is not used: it fails on fast but visible motion."""
-        lim = self.params.disocclusion
-        if lim <= 0:
-            return np.ones(a.shape[:2], np.float32)
-        err = np.abs(warp_back(b, fwd).astype(np.float32) - a.astype(np.float32)).mean(-1)
+    def _fit(self, a: np.ndarray, b: np.ndarray, fwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How well the flow explains the pixels: where it is trusted (photometric error under
+        ``TRUSTED_LEVEL`` grey levels and landing inside ``b``: the head-motion fit and the skin smoothing
+        use those pixels) and the soft visibility in ``b`` of each pixel of ``a`` (1 where the flow explains
+        it, falling to 0 where the error exceeds twice ``disocclusion``: teeth where the keyframe had lips).
+        A forward-backward test is not used: it fails on fast but visible motion, and on faces it chose the
+        same pixels as this test (the same PSNR on the dlib truth, at twice the optical flow)."""
+        h, w = a.shape[:2]
+        err = _mean_abs(warp_back(b, fwd).astype(np.float32) - a.astype(np.float32))
         err = cv2.GaussianBlur(err, (0, 0), 1.5)
-        return np.clip((2 * lim - err) / lim, 0, 1).astype(np.float32)
+        to = grid(h, w) + fwd
+        inside = (to[..., 0] >= 0) & (to[..., 0] <= w - 1) & (to[..., 1] >= 0) & (to[..., 1] <= h - 1)
+        lim = self.params.disocclusion
+        seen = np.ones((h, w), np.float32) if lim <= 0 else np.clip((2 * lim - err) / lim, 0, 1).astype(np.float32)
+        return (err < TRUSTED_LEVEL) & inside, seen
 
-    def _motion(self, a: np.ndarray, b: np.ndarray, box) -> _Motion:
+    def _scale(self, box) -> float:
+        """The factor frames are downscaled by to estimate motion to a keyframe whose face is ``box``."""
+        size = self.params.motion_size
+        if not size or box is None:
+            return 1.0
+        return min(1.0, size / max(float(box[2] - box[0]), 1.0))
+
+    def _motion(self, a: np.ndarray, b: np.ndarray, box, scale: float = 1.0) -> _Motion:
         """Motion from frame ``a`` to keyframe ``b``, direct: a frame's result depends on that frame and its
-        keyframes alone, so chunked propagation equals whole-clip propagation."""
-        fwd, bwd = self._flow(a, b), self._flow(b, a)
-        ok = valid_mask(fwd, bwd)
-        rigid = self._as_flow(self._similarity(fwd, ok, box), a.shape)
-        size = float(box[2] - box[0]) if box is not None else float(max(a.shape[:2])) / 2
-        return _Motion(fwd, rigid, self._surface(fwd, rigid, ok, size), self._seen(a, b, fwd))
+        keyframes alone, so chunked propagation equals whole-clip propagation. Estimated on the frames
+        downscaled by ``scale`` and brought back to full size."""
+        h, w = a.shape[:2]
+        small = (max(8, round(w * scale)), max(8, round(h * scale)))
+        if scale < 1.0:
+            a, b = (cv2.resize(x, small, interpolation=cv2.INTER_AREA) for x in (a, b))
+        sx, sy = small[0] / w if scale < 1.0 else 1.0, small[1] / h if scale < 1.0 else 1.0
+        low_box = None if box is None else np.asarray(box, np.float64) * [sx, sy, sx, sy]
+        fwd = self._flow(a, b)
+        ok, seen = self._fit(a, b, fwd)
+        sim = self._similarity(fwd, ok, low_box, min(sx, sy))
+        size = float(low_box[2] - low_box[0]) if low_box is not None else float(max(a.shape[:2])) / 2
+        surface = self._surface(fwd, self._as_flow(sim, a.shape), ok, size)
+        if scale < 1.0:
+            # a full-size pixel p is at p_low = S p + c in the small frame (pixel centres), so the small
+            # frame's similarity q = A p_low + t is, at full size, A p + S^-1 (A c + t - c)
+            s = np.diag([sx, sy])
+            c = 0.5 * np.array([sx, sy]) - 0.5
+            a_full = np.linalg.inv(s) @ sim[:, :2] @ s
+            t_full = np.linalg.inv(s) @ (sim[:, :2] @ c + sim[:, 2] - c)
+            sim = np.hstack([a_full, t_full[:, None]])
+            surface = cv2.resize(surface, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([1 / sx, 1 / sy])
+            seen = cv2.resize(seen, (w, h), interpolation=cv2.INTER_LINEAR)
+        return _Motion(sim, surface.astype(np.float32), seen)
 
     # ------------------------------------------------------------------------------ the edit's parts
     def _geometric(self, recon: np.ndarray, edited: np.ndarray) -> np.ndarray | None:
@@ -175,8 +238,8 @@ class Layered(Propagator):
         if not self.params.geometric:
             return None
         disp = self._flow(edited, recon)
-        before = cv2.GaussianBlur(np.abs(edited.astype(np.float32) - recon).mean(-1), (0, 0), 2.0)
-        after = cv2.GaussianBlur(np.abs(edited.astype(np.float32) - warp_back(recon, disp)).mean(-1), (0, 0), 2.0)
+        before = cv2.GaussianBlur(_mean_abs(edited.astype(np.float32) - recon), (0, 0), 2.0)
+        after = cv2.GaussianBlur(_mean_abs(edited.astype(np.float32) - warp_back(recon, disp)), (0, 0), 2.0)
         fits = (after < 0.5 * before) & (before > 2.0) & (np.linalg.norm(disp, axis=-1) > 0.3)
         w = cv2.GaussianBlur(fits.astype(np.float32), (0, 0), 2.0) * fits
         if w.max() <= 0:
@@ -185,7 +248,7 @@ class Layered(Propagator):
 
     @staticmethod
     def _parts(residual: np.ndarray) -> tuple[np.ndarray, int]:
-        edited = (np.abs(residual).max(-1) > EDITED_LEVEL).astype(np.uint8)
+        edited = (_peak(residual) > EDITED_LEVEL).astype(np.uint8)
         edited = cv2.dilate(edited, np.ones((7, 7), np.uint8))
         n, labels = cv2.connectedComponents(edited, connectivity=8)
         return labels, n
@@ -199,8 +262,8 @@ class Layered(Propagator):
         rho = np.full(residual.shape[:2], prior, np.float32)
         if other is None:
             return rho
-        e_r = np.abs(warp_back(other, to_other.rigid) - residual).mean(-1)
-        e_s = np.abs(warp_back(other, to_other.surface) - residual).mean(-1)
+        e_r = _mean_abs(to_other.move_rigidly(other) - residual)
+        e_s = _mean_abs(warp_back(other, to_other.surface) - residual)
         for part in range(1, n):
             where = labels == part
             gain = float((e_s[where] - e_r[where]).mean())
@@ -210,19 +273,27 @@ class Layered(Propagator):
                 rho[where] = 0.0
         return cv2.GaussianBlur(rho, (0, 0), 1.5) if 0 < rho.max() and rho.min() < 1 else rho
 
-    def _aligned(self, frame: np.ndarray, carried: list) -> list:
+    def _aligned(self, frame: np.ndarray, carried: list, scale: float = 1.0) -> list:
         """The two keyframes' edits carried to ``frame``, moved onto each other in proportion to the
-        temporal weights where they disagree (a rim a few pixels apart), so the blend has no double edges."""
+        temporal weights where they disagree (a rim a few pixels apart), so the blend has no double edges.
+        The shift between them is estimated on the frames downscaled by ``scale``."""
         (wa, ra, sa, na), (wb, rb, sb, nb) = carried
         la, lb = ra + sa * na[..., None], rb + sb * nb[..., None]
-        support = (np.abs(la).max(-1) > EDITED_LEVEL) | (np.abs(lb).max(-1) > EDITED_LEVEL)
+        support = (_peak(la) > EDITED_LEVEL) | (_peak(lb) > EDITED_LEVEL)
         if not support.any():
             return carried
+        h, w = frame.shape[:2]
         base = frame.astype(np.float32)
         img_a = np.clip(base + la, 0, 255).astype(np.uint8)
         img_b = np.clip(base + lb, 0, 255).astype(np.uint8)
+        if scale < 1.0:
+            small = (max(8, round(w * scale)), max(8, round(h * scale)))
+            img_a, img_b = (cv2.resize(x, small, interpolation=cv2.INTER_AREA) for x in (img_a, img_b))
+            support = cv2.resize(support.astype(np.uint8), small, interpolation=cv2.INTER_NEAREST) > 0
         delta = self._flow(img_b, img_a)  # b's edit at x is a's at x + delta
         ys, xs = np.nonzero(support)
+        if not len(ys):
+            return carried
         size = float(max(ys.max() - ys.min(), xs.max() - xs.min(), 1))
         wgt = cv2.dilate(support.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(np.float32)
         sigma = max(1.0, 0.01 * size)
@@ -233,6 +304,9 @@ class Layered(Propagator):
         cap = self.params.align * size
         norm = np.linalg.norm(delta, axis=-1, keepdims=True)
         delta = (delta * np.minimum(1.0, cap / np.maximum(norm, 1e-6)) * wgt[..., None]).astype(np.float32)
+        if delta.shape[:2] != (h, w):
+            fx, fy = w / delta.shape[1], h / delta.shape[0]
+            delta = cv2.resize(delta, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([fx, fy])
         to_a, to_b = wb * delta, -wa * delta
         return [
             (wa, warp_back(ra, to_a), warp_back(sa, to_a), warp_back(na, to_a)),
@@ -266,39 +340,92 @@ class Layered(Propagator):
             """Keyframe ``j``'s parts, rigid (1) or surface (0), told by keyframe ``o`` (None: the prior).
             Per pair, so a run between two keyframes is the same whether propagated alone or in a clip."""
             if (j, o) not in rigidity:
-                move = None if o is None else self._motion(src[keys[j]], src[keys[o]], boxes[keys[j]])
+                k, ko = keys[j], None if o is None else keys[o]
+                move = None if o is None else self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]))
                 rigidity[(j, o)] = self._rigidity(resid[j], None if o is None else resid[o], move, *parts[j])
             return rigidity[(j, o)]
 
         key_times = [at[k] for k in keys]
-        order = [i for i in range(len(src)) if i not in keys]
-        for i in order:
-            carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
-            dacc = np.zeros((*src.shape[1:3], 2), np.float32)
-            dw = 0.0
+        support = [self._support(r, d) for r, d in zip(resid, disp)]
+        for i in range(len(src)):
+            if i in keys:
+                continue
             near = neighbour_keys(at[i], key_times, "two-nearest")
+            box = self._landing(src.shape, [(support[j], boxes[keys[j]]) for j, _ in near], boxes[i])
+            if box is None:  # nothing edited near this frame's keyframes
+                continue
+            x0, y0, x1, y1 = box
+            crop = np.s_[y0:y1, x0:x1]
+            here = None if boxes[i] is None else boxes[i] - [x0, y0, x0, y0]
+            carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
+            dacc = np.zeros((y1 - y0, x1 - x0, 2), np.float32)
+            dw = 0.0
             for j, wt in near:
                 k = keys[j]
                 other = next((o for o, _ in near if o != j), None)
-                m = self._motion(src[i], src[k], boxes[i] if boxes[i] is not None else boxes[k])
-                r = rho(j, other)[..., None]
-                rigid = warp_back(resid[j] * r, m.rigid)
-                surface = warp_back(resid[j] * (1 - r), m.surface)
+                there = None if boxes[k] is None else boxes[k] - [x0, y0, x0, y0]
+                m = self._motion(
+                    src[i][crop], src[k][crop], here if here is not None else there, self._scale(boxes[k])
+                )
+                r = rho(j, other)[crop][..., None]
+                rigid = m.move_rigidly(resid[j][crop] * r)
+                surface = warp_back(resid[j][crop] * (1 - r), m.surface)
                 carried.append((wt, rigid, surface, m.seen))
                 if disp[j] is not None:
-                    dacc += wt * warp_back(disp[j], m.surface)
+                    dacc += wt * warp_back(disp[j][crop], m.surface)
                     dw += wt
             if len(carried) == 2 and self.params.align:
-                carried = self._aligned(src[i], carried)
+                scale = min(self._scale(boxes[keys[j]]) for j, _ in near)
+                carried = self._aligned(src[i][crop], carried, scale)
             wsum = sum(wt * seen for wt, _, _, seen in carried)
             seen = np.maximum.reduce([c[3] for c in carried])
             rigid = sum(wt * rp for wt, rp, _, _ in carried)
             surface = sum((wt * sn)[..., None] * sp for wt, _, sp, sn in carried)
             # surface parts: blended over the keyframes that see the pixel, faded where none does
             surface = surface * (seen / np.maximum(wsum, 1e-6))[..., None]
-            frame = src[i] if dw == 0 else warp_back(src[i], dacc / dw)
-            out[i] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
+            frame = src[i][crop] if dw == 0 else warp_back(src[i][crop], dacc / dw)
+            out[i][crop] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
         return out
+
+    @staticmethod
+    def _support(residual: np.ndarray, disp: np.ndarray | None) -> tuple[int, int, int, int] | None:
+        """The box ``(x0, y0, x1, y1)`` of a keyframe's edit: where its residual could change a pixel
+        (half a grey level or more) or its displacement moves one; None when it changes nothing."""
+        where = _peak(residual) >= 0.5
+        if disp is not None:
+            where |= _peak(disp) > 0
+        ys, xs = np.nonzero(where)
+        if not len(xs):
+            return None
+        return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+    @staticmethod
+    def _landing(shape, keyframes, face) -> tuple[int, int, int, int] | None:
+        """The box of a frame in which its keyframes' edits land: each edit's box (``keyframes``: pairs of
+        the box and the keyframe's face) where it is and moved and scaled as the face moved from the
+        keyframe to this frame (``face``), padded by a quarter of the face; None when nothing was edited."""
+        h, w = shape[1:3]
+        corners, pad = [], 8.0
+        for sup, key_face in keyframes:
+            if sup is None:
+                continue
+            b = np.asarray(sup, np.float64)
+            corners.append(b)
+            if key_face is not None and face is not None:
+                k, f = np.asarray(key_face, np.float64), np.asarray(face, np.float64)
+                zoom = (f[2] - f[0]) / max(k[2] - k[0], 1.0)
+                kc, fc = 0.5 * (k[:2] + k[2:]), 0.5 * (f[:2] + f[2:])
+                corners.append(np.concatenate([fc + zoom * (b[:2] - kc), fc + zoom * (b[2:] - kc)]))
+                pad = max(pad, 8.0 + LANDING_PAD * max(f[2] - f[0], k[2] - k[0]))
+            else:
+                pad = max(pad, 0.25 * max(h, w))
+        if not corners:
+            return None
+        c = np.stack(corners)
+        x0, y0 = np.floor(c[:, :2].min(0) - pad).astype(int)
+        x1, y1 = np.ceil(c[:, 2:].max(0) + pad).astype(int)
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        return (x0, y0, x1, y1) if x1 - x0 >= 8 and y1 - y0 >= 8 else None
 
 
 @ipfacediff.hookimpl
