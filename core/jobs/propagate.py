@@ -32,6 +32,7 @@ from ipfacediff.runtime.video import IMAGE_EXTS, check_output, is_sequence_outpu
 CHANGED_LEVEL = 12  # grey levels: a keyframe pixel differing more than this from the source was edited
 OUTSIDE_WARN = 0.002  # fraction of a keyframe's pixels edited outside the face region that is worth a warning
 REGION_SIZE = 256  # side of the face processor's crop used as the face region (its shape, not its pixels, matters)
+CARRY_RUN = 32  # frames propagated per call (with their keyframes): what memory holds at a time
 
 
 @dataclass
@@ -228,21 +229,35 @@ def carry_edits(
         first = a if a_pos == 0 else a + 1  # frame a was written with the previous run
         idx = list(range(a, b + 1))
         if not any(i in keys for i in idx):  # before the first or after the last keyframe: its nearest keyframe
-            near = min(key_idx, key=lambda k: abs(k - a) if k < a else abs(k - b))
-            idx = [near] + idx if near < a else idx + [near]
-        frames = get(idx)
-        group = {r: keys[i] for r, i in enumerate(idx) if i in keys}
-        out, regions = carry_rows(frames, idx, group, [track[i] for i in idx], processor, propagator, full_frame)
-        for r in group:
-            i = idx[r]
-            if i not in outside:
-                changed = cv2.absdiff(keys[i], frames[r]).max(-1) > CHANGED_LEVEL
-                outside[i] = float(np.mean(changed & (regions[r] <= 1e-3)))
-        no_face += [i for i in idx if i not in keys and track[i] is None and not full_frame]
-        lo = idx.index(first)
-        hi = idx.index(b) + 1
-        if on_frames is not None:
-            on_frames(first, out[lo:hi])
+            idx = [min(key_idx, key=lambda k: abs(k - a) if k < a else abs(k - b))]
+        near = [i for i in idx if i in keys] if len(idx) > 1 else idx
+        todo = [i for i in range(first, b + 1) if i not in keys]
+        # the interval's frames a run of at most CARRY_RUN at a time, each with the keyframes (a frame's
+        # result depends only on it and its keyframes): memory stays flat however far apart keyframes are
+        runs = [todo[s : s + CARRY_RUN] for s in range(0, len(todo), CARRY_RUN)] or [[]]
+        ready: dict[int, np.ndarray] = {}
+        at = first
+        for run in runs:
+            rows = sorted(set(near) | set(run))
+            frames = get(rows)
+            group = {r: keys[i] for r, i in enumerate(rows) if i in keys}
+            out, regions = carry_rows(frames, rows, group, [track[i] for i in rows], processor, propagator, full_frame)
+            for r, i in enumerate(rows):
+                if i in keys and i not in outside:
+                    changed = cv2.absdiff(keys[i], frames[r]).max(-1) > CHANGED_LEVEL
+                    outside[i] = float(np.mean(changed & (regions[r] <= 1e-3)))
+                elif i in run:
+                    ready[i] = out[r]
+                    if track[i] is None and not full_frame:
+                        no_face.append(i)
+            del frames, out, regions
+            done = run[-1] if run else b
+            batch = []
+            while at <= b and (at <= done or at in keys):
+                batch.append(keys[at] if at in keys else ready.pop(at))
+                at += 1
+            if batch and on_frames is not None:
+                on_frames(at - len(batch), np.stack(batch))
     return {"outside_region": outside, "frames_without_face": sorted(set(no_face))}
 
 
