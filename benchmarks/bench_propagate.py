@@ -126,7 +126,7 @@ def picture(rows: list[dict], out_png: Path, video_out: Path, keys: list[int]) -
     ax1.axhline(0.15, color="red", linestyle="--", linewidth=1, label="target 0.15 s/frame")
     ax1.set_xlabel("frames")
     ax1.set_ylabel("s per frame (no model loading)")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax2.plot(lengths, [r["peak_memory_mb"] for r in rows], "o-")
     ax2.set_xlabel("frames")
     ax2.set_ylabel("peak memory (MB)")
