@@ -110,6 +110,19 @@ def test_propagate_leaves_the_source_exactly_where_nothing_was_edited(moving, tm
     assert not np.array_equal(out[1:8], src[1:8])
 
 
+def test_propagate_of_a_one_frame_clip_writes_its_keyframe(moving, tmp_path):
+    src, gt, _, _ = moving
+    inp = _write(tmp_path / "in", src[:1])
+    keys = _write(tmp_path / "keys", gt[:1], lambda i: f"{i}.png")
+    r = run_main(
+        "--quiet", "propagate", str(inp), "--keyframes", str(keys), "-o", str(tmp_path / "out") + "/", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["frames"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png"]
+    assert np.array_equal(_read(tmp_path / "out", 1), gt[:1])
+
+
 def test_propagate_writes_a_video_and_warns_about_edits_outside_the_face(sample_clip, tmp_path):
     from ipfacediff.runtime.video import open_frames, probe
 

@@ -223,6 +223,8 @@ def carry_edits(
     keyframe's edit and the frames left as the source (no face)."""
     key_idx = sorted(keys)
     bounds = sorted(set([0] + key_idx + [n - 1]))
+    if len(bounds) == 1:  # a one-frame clip: one interval from its keyframe to itself
+        bounds *= 2
     outside: dict[int, float] = {}
     no_face: list[int] = []
     for a_pos, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
