@@ -202,3 +202,16 @@ def test_a_run_between_two_keyframes_is_the_same_alone_or_in_the_clip(catalog, d
     first = _propagate(catalog, "layered", src[:9], gt[:9], [0, 8], det, box)
     second = _propagate(catalog, "layered", src[8:], gt[8:], [0, 8], det, box)
     assert np.array_equal(whole[:9], first) and np.array_equal(whole[8:], second)
+
+
+def test_frames_worked_on_at_once_are_the_frames_worked_on_one_at_a_time(catalog, d0_face68):
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms, det = d0_face68
+    frames, track = _clip(frame, lms, _head)
+    gt, _ = ground_truth(frames, track, "paint+glasses")
+    box = _window(lms, frame.shape)
+    src, gt = _crop(frames, gt, box=box)
+    alone = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box, threads=1)
+    together = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box, threads=4)
+    assert not np.array_equal(alone, src) and np.array_equal(alone, together)

@@ -28,6 +28,8 @@ output is the source, byte for byte. It uses no landmark model (the face box onl
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -132,6 +134,13 @@ class Layered(Propagator):
                 "range": (0, 4096),
                 "help": "face width in px at which the motion is estimated (frames are downscaled to it, the "
                 "motion brought back to full size; the edit is always moved at full size); 0: full size",
+            },
+        )
+        threads: int = field(
+            default=0,
+            metadata={
+                "range": (0, 64),
+                "help": "frames worked on at once (each frame's result is the same either way); 0: one per CPU core",
             },
         )
 
@@ -347,22 +356,26 @@ class Layered(Propagator):
 
         key_times = [at[k] for k in keys]
         support = [self._support(r, d) for r, d in zip(resid, disp)]
-        for i in range(len(src)):
-            if i in keys:
-                continue
-            near = neighbour_keys(at[i], key_times, "two-nearest")
-            box = self._landing(src.shape, [(support[j], boxes[keys[j]]) for j, _ in near], boxes[i])
+        todo = [i for i in range(len(src)) if i not in keys]
+        near = {i: neighbour_keys(at[i], key_times, "two-nearest") for i in todo}
+        for i in todo:  # each pair's rigidity once, before the frames are worked on at once
+            for j, _ in near[i]:
+                rho(j, next((o for o, _ in near[i] if o != j), None))
+
+        def carry(i: int) -> None:
+            """Frame ``i`` of ``out``: its keyframes' parts carried to it (frames are independent)."""
+            box = self._landing(src.shape, [(support[j], boxes[keys[j]]) for j, _ in near[i]], boxes[i])
             if box is None:  # nothing edited near this frame's keyframes
-                continue
+                return
             x0, y0, x1, y1 = box
             crop = np.s_[y0:y1, x0:x1]
             here = None if boxes[i] is None else boxes[i] - [x0, y0, x0, y0]
             carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
             dacc = np.zeros((y1 - y0, x1 - x0, 2), np.float32)
             dw = 0.0
-            for j, wt in near:
+            for j, wt in near[i]:
                 k = keys[j]
-                other = next((o for o, _ in near if o != j), None)
+                other = next((o for o, _ in near[i] if o != j), None)
                 there = None if boxes[k] is None else boxes[k] - [x0, y0, x0, y0]
                 m = self._motion(
                     src[i][crop], src[k][crop], here if here is not None else there, self._scale(boxes[k])
@@ -375,7 +388,7 @@ class Layered(Propagator):
                     dacc += wt * warp_back(disp[j][crop], m.surface)
                     dw += wt
             if len(carried) == 2 and self.params.align:
-                scale = min(self._scale(boxes[keys[j]]) for j, _ in near)
+                scale = min(self._scale(boxes[keys[j]]) for j, _ in near[i])
                 carried = self._aligned(src[i][crop], carried, scale)
             wsum = sum(wt * seen for wt, _, _, seen in carried)
             seen = np.maximum.reduce([c[3] for c in carried])
@@ -385,6 +398,14 @@ class Layered(Propagator):
             surface = surface * (seen / np.maximum(wsum, 1e-6))[..., None]
             frame = src[i][crop] if dw == 0 else warp_back(src[i][crop], dacc / dw)
             out[i][crop] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
+
+        workers = min(len(todo), self.params.threads or os.cpu_count() or 1)
+        if workers <= 1:
+            for i in todo:
+                carry(i)
+        else:  # OpenCV and numpy release the GIL: frames worked on side by side use the cores
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(carry, todo))
         return out
 
     @staticmethod
