@@ -599,6 +599,10 @@ def edit(
         + f"); {report['timings_s']['total']:.1f} s"
     )
     out.print(f"result: [bold]{report['output']}[/]  strip: {report['strip']}  report: {report['report']}")
+    if report.get("self_check"):
+        from ipfacediff.jobs.propagate import describe_self_check
+
+        out.print(describe_self_check(report["self_check"]))
     if report["reused_stages"]:
         out.print(f"reused from the cache: {', '.join(report['reused_stages'])}")
 

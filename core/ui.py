@@ -154,6 +154,7 @@ def build(app: App):
 
     from ipfacediff.jobs.edit import run_edit
     from ipfacediff.jobs.preview import run_preview
+    from ipfacediff.jobs.propagate import describe_self_check
     from ipfacediff.runtime.sample import sample_clip_path
 
     pipelines = list(app.registry.pipelines)
@@ -223,12 +224,13 @@ def build(app: App):
                 out = app.new_dir("render")
                 rep = _run(lambda: run_edit(app.request(c, p, pl, bb, sd, st, iv, mf, out / "edited.mp4")), progress)
                 reused = ", ".join(rep["reused_stages"]) or "nothing"
+                check = f"\n\n{describe_self_check(rep['self_check'])}." if rep.get("self_check") else ""
                 return (
                     rep["output"],
                     [rep["output"], rep["strip"], rep["report"]],
                     _said(
                         f"{rep['frames_edited']}/{rep['frames']} frames edited in {rep['timings_s']['total']:.1f} s; "
-                        f"reused from the cache: {reused}.",
+                        f"reused from the cache: {reused}.{check}",
                         rep,
                     ),
                 )

@@ -246,6 +246,11 @@ def test_edit_cli_on_the_sample_clip_and_cached_re_edit(sample_clip, tmp_path):
     info = probe(out)
     assert (info.n_frames, info.fps, info.width, info.height, info.has_audio) == (12, 24.0, 256, 256, True)
     assert rep["keyframes"] == [0, 8] and rep["inversion_cached"] is False
+    # the self-check: each edited keyframe predicted from the other by the pipeline's propagator; the two
+    # edits differ (random weights), so neither is reproduced exactly from the other
+    loo = rep["self_check"]["leave_one_out"]
+    assert [(x["keyframe"], x["from"]) for x in loo] == [(0, [8]), (8, [0])], loo
+    assert all(10.0 < x["psnr"] < 100.0 for x in loo) and "self_check" in rep["timings_s"]
     assert set(rep["unet_evaluations"]["by_stage"]) == {"inversion", "feature", "keyframe-edit"}
     assert rep["unet_evaluations"]["by_stage"]["inversion"] == 2 * 4
     assert any(

@@ -132,6 +132,7 @@ def test_app_previews_renders_and_downloads_in_a_real_browser(app_url, sample_cl
         page.wait_for_selector("#status >> text=16/16 frames edited", timeout=300_000)
         status = page.locator("#status").inner_text()
         assert "reused from the cache: detect, encode, keyframe_edit" in status, status
+        assert "self-check: leave-one-out PSNR keyframe 0 from [8]" in status, status  # as the CLI says it
         _shot(page, shots, "3-render")
         said.append(status.splitlines()[0])
         link = page.locator('#result-files a[download="edited.mp4"]')

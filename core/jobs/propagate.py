@@ -26,6 +26,7 @@ from ipfacediff.interfaces import FaceDetection, FaceProcessor, PropagationInput
 from ipfacediff.jobs.clip import ClipJob
 from ipfacediff.runtime.face import face_from_landmarks, feather_mask
 from ipfacediff.runtime.files import write_atomic
+from ipfacediff.runtime.frames import region_psnr
 from ipfacediff.runtime.progress import progress_bar
 from ipfacediff.runtime.video import IMAGE_EXTS, check_output, is_sequence_output, open_writer, read_image
 
@@ -288,15 +289,7 @@ def leave_one_out(
         group = {r: keys[i] for r, i in enumerate(idx) if i != k}
         rows, regions = carry_rows(frames, idx, group, [track[i] for i in idx], processor, propagator, full_frame)
         r = idx.index(k)
-        predicted, weight = rows[r], regions[r][..., None]
-        mse = float((weight * (predicted.astype(np.float64) - keys[k]) ** 2).sum() / max(3 * weight.sum(), 1e-9))
-        out.append(
-            {
-                "keyframe": k,
-                "from": near,
-                "psnr": round(100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse)), 2),
-            }
-        )
+        out.append({"keyframe": k, "from": near, "psnr": region_psnr(rows[r], keys[k], regions[r])})
     return out
 
 

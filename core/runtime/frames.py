@@ -39,6 +39,15 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
 
 
+def region_psnr(predicted: np.ndarray, target: np.ndarray, region: np.ndarray) -> float:
+    """PSNR in dB of two uint8 RGB images over ``region`` (float ``[H, W]`` weights, the face), rounded to
+    0.01; 100 where they agree there."""
+    weight = region.astype(np.float64)[..., None]
+    err = (predicted.astype(np.float64) - target.astype(np.float64)) ** 2
+    mse = float((weight * err).sum() / max(3 * weight.sum(), 1e-9))
+    return round(100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse)), 2)
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two uint8 RGB images (scikit-image)."""
     from skimage.metrics import structural_similarity

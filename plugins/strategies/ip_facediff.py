@@ -25,7 +25,8 @@ from ipfacediff.interfaces import EditRun, PropagationInput, Strategy
 from ipfacediff.runtime.cache import hash_tensor
 from ipfacediff.runtime.diffusion import decoder_token_features
 from ipfacediff.runtime.editing import chunk_with_borders, keyframe_groups, refine
-from ipfacediff.runtime.face import template_face
+from ipfacediff.runtime.face import feather_mask, template_face
+from ipfacediff.runtime.frames import region_psnr
 from ipfacediff.runtime.progress import progress_bar
 
 
@@ -80,6 +81,7 @@ class IPFaceDiff(Strategy):
                 self.stats = self._key_stats(run)
         if prop.space == "pixels":
             self._key_pixels(run)
+            self._self_check(run)
 
     def _key_pixels(self, run: EditRun) -> None:
         """The keyframes as they go out: source crop + (decoded edit - decoded unedited latents), so the
@@ -104,6 +106,30 @@ class IPFaceDiff(Strategy):
                 recon = to_uint8(run.backbone.decode_latents(run.rows(rows))).astype(np.int16)
                 self.key_src[s : s + len(rows)] = src
                 self.key_out[s : s + len(rows)] = np.clip(src.astype(np.int16) + edit - recon, 0, 255).astype(np.uint8)
+
+    def _self_check(self, run: EditRun) -> None:
+        """``propagate``'s self-check on the edit's own keyframes, in the report as ``self_check``: each
+        edited keyframe predicted by the propagator from its nearest keyframe on each side, PSNR (dB) over
+        the face (the crop's paste-back region). A low value says the edit does not move the way the
+        propagator carries it between those keyframes (an occlusion, a turn, an edit that changes shape)."""
+        prop, checks = run.components["propagator"], []
+        region = feather_mask(run.backbone.resolution, 0.1)
+        with run.timer("self_check"):
+            for pos, k in enumerate(run.keys):
+                near = run.keys[max(pos - 1, 0) : pos] + run.keys[pos + 1 : pos + 2]
+                if not near:
+                    continue
+                sub = sorted([k, *near])
+                inp = self._propagation_input(run, sub, [p for p, r in enumerate(sub) if r != k])
+                predicted = np.asarray(prop.propagate(inp))[sub.index(k)]
+                checks.append(
+                    {
+                        "keyframe": run.face_frames[k],
+                        "from": [run.face_frames[r] for r in near],
+                        "psnr": region_psnr(predicted, self.key_out[self.key_pos[k]], region),
+                    }
+                )
+        run.report["self_check"] = {"leave_one_out": checks, "suggest": []}
 
     # ----------------------------------------------------------------------- matching features
     def _eps1(self, run: EditRun, rows: list[int]) -> torch.Tensor:
@@ -178,30 +204,34 @@ class IPFaceDiff(Strategy):
         )
         inp.faces = [template_face(src.shape[1], zoom)] * len(sub)
 
+    def _propagation_input(self, run: EditRun, sub: list[int], sub_keys: list[int]) -> PropagationInput:
+        """What the propagator gets for the rows ``sub`` with the keyframes at positions ``sub_keys``."""
+        prop = run.components["propagator"]
+        inp = PropagationInput(
+            key_rows=sub_keys,
+            frames=[run.face_frames[r] for r in sub],
+            stats=self.stats,
+            edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]),
+        )
+        if (
+            prop.space == "latents" or "source_latents" in prop.needs
+        ):  # with pixel propagation only keyframes are encoded
+            inp.source_latents = run.rows(sub)
+        if "features" in prop.needs:
+            inp.features = self._features(run, sub)
+        if {"source_pixels", "faces"} & set(prop.needs):
+            self._source_pixels(run, inp, sub, sub_keys)
+        if prop.space == "pixels":
+            keyed = [self.key_pos[sub[p]] for p in sub_keys]
+            inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
+        return inp
+
     def render(self, run: EditRun, rows: list[int]) -> torch.Tensor | np.ndarray:
         prop = run.components["propagator"]
         with run.timer("propagate"):
             sub, sub_keys, first = chunk_with_borders(rows, run.keys)  # the keyframes on both sides take part
-            inp = PropagationInput(
-                key_rows=sub_keys,
-                frames=[run.face_frames[r] for r in sub],
-                stats=self.stats,
-                edited_latents=torch.stack([self.edited[sub[p]] for p in sub_keys]),
-            )
-            if (
-                prop.space == "latents" or "source_latents" in prop.needs
-            ):  # with pixel propagation only keyframes are encoded
-                inp.source_latents = run.rows(sub)
-            if "features" in prop.needs:
-                inp.features = self._features(run, sub)
-            if {"source_pixels", "faces"} & set(prop.needs):
-                self._source_pixels(run, inp, sub, sub_keys)
+            inp = self._propagation_input(run, sub, sub_keys)
             if prop.space == "pixels":
-                keyed = [self.key_pos[sub[p]] for p in sub_keys]
-                inp.edited_pixels, inp.reconstructed_pixels = (
-                    np.array(self.key_out[keyed]),
-                    np.array(self.key_src[keyed]),
-                )
                 return prop.propagate(inp)[first : first + len(rows)]
             out = prop.propagate(inp)
             out = out[first : first + len(rows)].float()
