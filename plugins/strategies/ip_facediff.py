@@ -186,11 +186,11 @@ class IPFaceDiff(Strategy):
         return mean.float(), var.clamp_min(0).sqrt().float()
 
     # ---------------------------------------------------------------------------------- chunks
-    def _source_pixels(self, run: EditRun, inp: PropagationInput, sub: list[int], sub_keys: list[int]) -> None:
-        """The chunk's aligned source crops (the keyframes' kept from :meth:`_key_pixels` when there)
-        and, on them, the face on the crop template."""
+    def _source_pixels(self, run: EditRun, inp: PropagationInput, sub: list[int]) -> None:
+        """The aligned source crops of the rows ``sub`` (every keyframe's kept from :meth:`_key_pixels`
+        when there, also one the self-check leaves out) and, on them, the face on the crop template."""
         src = np.empty((len(sub), run.backbone.resolution, run.backbone.resolution, 3), np.uint8)
-        kept = sub_keys if self.key_src is not None else []
+        kept = [p for p, r in enumerate(sub) if r in self.key_pos] if self.key_src is not None else []
         if kept:
             src[kept] = self.key_src[[self.key_pos[sub[p]] for p in kept]]
         others = [p for p in range(len(sub)) if p not in kept]
@@ -220,7 +220,7 @@ class IPFaceDiff(Strategy):
         if "features" in prop.needs:
             inp.features = self._features(run, sub)
         if {"source_pixels", "faces"} & set(prop.needs):
-            self._source_pixels(run, inp, sub, sub_keys)
+            self._source_pixels(run, inp, sub)
         if prop.space == "pixels":
             keyed = [self.key_pos[sub[p]] for p in sub_keys]
             inp.edited_pixels, inp.reconstructed_pixels = np.array(self.key_out[keyed]), np.array(self.key_src[keyed])
