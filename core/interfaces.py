@@ -520,11 +520,15 @@ class Strategy(Component):
     ``[len(rows), 4, h, w]`` of those rows (the job decodes them) or their edited crops
     ``uint8 [len(rows), r, r, 3]`` (no VAE); the job pastes them back and writes the video.
     ``requires``: the pipeline slots it needs, checked when the registry file loads.
+    ``adaptive_keyframes``: True when :meth:`prepare` honours ``settings.keyframes: adaptive`` (adds
+    keyframes where its self-check falls below ``settings.keyframe_threshold``, setting ``run.keys``);
+    the edit job refuses the setting for a strategy that does not.
     """
 
     kind = "strategy"
     plural = "strategies"
     requires: ClassVar[tuple[str, ...]] = ("face_processor", "inverter")
+    adaptive_keyframes: ClassVar[bool] = False
 
     def prepare(self, run: EditRun) -> None:
         """The clip-wide stage (default: nothing)."""

@@ -65,6 +65,28 @@ class PipelineSettings:
         default=8, metadata={"range": (1, None), "help": "uniform: a keyframe every N frames"}
     )
     keyframe_count: int = field(default=5, metadata={"range": (1, None), "help": "count / pose: number of keyframes"})
+    keyframes: Literal["fixed", "adaptive"] = field(
+        default="fixed",
+        metadata={
+            "help": (
+                "adaptive: start from keyframe_method's keyframes, then edit one more in the middle of each keyframe "
+                "interval whose self-check PSNR is below keyframe_threshold (up to keyframe_rounds times)"
+            )
+        },
+    )
+    keyframe_threshold: float = field(
+        default=28.0,
+        metadata={
+            "range": (0.0, 100.0),
+            "help": (
+                "adaptive: the self-check PSNR (dB) of a keyframe interval below which it gets a keyframe (on the "
+                "dlib truth, intervals below 28 dB all carried the edit below 30 dB: benchmarks/README.md)"
+            ),
+        },
+    )
+    keyframe_rounds: int = field(
+        default=2, metadata={"range": (1, 8), "help": "adaptive: rounds of added keyframes at most"}
+    )
     source_prompt: str = field(
         default="a photo of a face",
         metadata={"help": "describes the source; the target prompt is '<source>, <edits>'"},

@@ -301,6 +301,15 @@ def test_edit_cli_on_the_sample_clip_and_cached_re_edit(sample_clip, tmp_path):
         (["-p", "eyeglasses", "--set", "settings.keyframe_interval=100"], "larger than the video"),
         (["-p", "eyeglasses", "--pipeline", "ipfacediff"], "did you mean 'ip-facediff'"),
         (["-p", "eyeglasses", "--set", "editor.guidance=3"], "did you mean 'guidance_scale'"),
+        (["-p", "eyeglasses", "--set", "settings.keyframes=sometimes"], "settings.keyframes"),
+        (
+            ["-p", "eyeglasses", "--pipeline", "tokenflow", "--set", "settings.keyframes=adaptive"],
+            "the strategy 'tokenflow' does not add keyframes by its self-check",
+        ),
+        (
+            ["-p", "eyeglasses", "--pipeline", "ip-facediff-paper", "--set", "settings.keyframes=adaptive"],
+            "'latent-nn' carries latents",
+        ),
     ],
 )
 def test_edit_bad_requests_one_line_exit_2(sample_clip, tmp_path, args, needle):
@@ -488,3 +497,47 @@ def test_pixel_propagation_edit_codes_only_the_keyframes(sample_clip, tmp_path):
     for rep in (b, c):  # three keyframes encoded; each decoded twice (the edit and the unedited reconstruction)
         assert (rep["vae_evaluations"]["encode"], rep["vae_evaluations"]["decode"]) == (3, 6)
         assert rep["vae_evaluations"]["per_output_frame"] == pytest.approx(9 / 17)
+
+
+def test_adaptive_keyframes_split_the_intervals_whose_self_check_is_low(sample_clip, tmp_path):
+    """``settings.keyframes=adaptive``: every interval below the threshold gets a keyframe in its
+    middle, round after round; the report says which and why, the self-check covers the final
+    keyframes; with a threshold no interval is below, the edit is the fixed edit frame for frame."""
+
+    def edit(name, *sets):
+        out = tmp_path / f"{name}.mp4"
+        args = ["-p", "eyeglasses", "--steps", "2", "--max-frames", "17", "-o", str(out), *CHEAP, "--no-cache"]
+        r = _edit(str(sample_clip), *args, *[x for s in sets for x in ("--set", s)])
+        assert r.returncode == 0, r.stderr
+        with open_frames(out) as src:
+            return json.loads(r.stdout), src.get(list(range(17)))
+
+    fixed, fixed_frames = edit("fixed")
+    assert fixed["keyframes"] == [0, 8, 16] and "keyframes_added" not in fixed
+    assert [(x["from"], x["to"]) for x in fixed["self_check"]["intervals"]] == [(0, 8), (8, 16)]
+
+    rep, frames = edit("none", "settings.keyframes=adaptive", "settings.keyframe_threshold=0")
+    assert rep["keyframes"] == [0, 8, 16] and rep["keyframes_added"] == []
+    assert np.array_equal(frames, fixed_frames)
+
+    rep, frames = edit(
+        "all", "settings.keyframes=adaptive", "settings.keyframe_threshold=99", "settings.keyframe_rounds=2"
+    )
+    assert rep["keyframes"] == [0, 2, 4, 6, 8, 10, 12, 14, 16] and frames.shape == fixed_frames.shape
+    added = [(x["keyframe"], x["interval"], x["round"]) for x in rep["keyframes_added"]]
+    assert added == [
+        (4, [0, 8], 1),
+        (12, [8, 16], 1),
+        (2, [0, 4], 2),
+        (6, [4, 8], 2),
+        (10, [8, 12], 2),
+        (14, [12, 16], 2),
+    ]
+    assert all(x["psnr"] < 99 for x in rep["keyframes_added"])
+    first_round = {tuple(x["interval"]): x["psnr"] for x in rep["keyframes_added"] if x["round"] == 1}
+    assert first_round == {(x["from"], x["to"]): x["psnr"] for x in fixed["self_check"]["intervals"]}
+    assert [x["keyframe"] for x in rep["self_check"]["leave_one_out"]] == rep["keyframes"]
+    assert len(rep["self_check"]["intervals"]) == 8
+    # more keyframes edited: the keyframes' UNet work grows with them; the frames between change
+    assert rep["unet_evaluations"]["total"] > fixed["unet_evaluations"]["total"]
+    assert not np.array_equal(frames[4], fixed_frames[4])

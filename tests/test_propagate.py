@@ -341,8 +341,14 @@ def test_self_check_predicts_each_keyframe_from_the_others_and_flags_one_that_di
             img[196:208, 132:164] = (200, 40, 160)
         Image.fromarray(img).save(odd / f"{k:05d}.png")
     r = run_main("--quiet", "propagate", str(inp), "--keyframes", str(odd), "-o", f"{tmp_path / 'b'}/", "--json")
-    loo = {x["keyframe"]: x["psnr"] for x in json.loads(r.stdout)["self_check"]["leave_one_out"]}
+    odd_check = json.loads(r.stdout)["self_check"]
+    loo = {x["keyframe"]: x["psnr"] for x in odd_check["leave_one_out"]}
     assert loo[8] < good - 6, (loo, good)
+    # each interval on its own: both ends of each predicted from the other; both touch the odd keyframe
+    spans = {(x["from"], x["to"]): x["psnr"] for x in check["intervals"]}
+    odd_spans = {(x["from"], x["to"]): x["psnr"] for x in odd_check["intervals"]}
+    assert sorted(spans) == sorted(odd_spans) == [(0, 8), (8, 16)]
+    assert all(odd_spans[s] < spans[s] - 6 for s in spans), (spans, odd_spans)
     assert len(check["suggest"]) == 3 and all(s["frame"] not in KEYS for s in check["suggest"])
     r = run_main(
         "--quiet",

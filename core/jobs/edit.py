@@ -269,6 +269,11 @@ class EditJob(ClipJob, EditRun):
         self.backbone.unet_evals.clear()
         count_vae(self.backbone)
         self.strategy, self.processor = self.components["strategy"], self.components["face_processor"]
+        if self.settings.keyframes == "adaptive" and not self.strategy.adaptive_keyframes:
+            raise ParameterError(
+                f"settings.keyframes=adaptive: the strategy {self.strategy.name!r} does not add keyframes by its "
+                "self-check; use settings.keyframes=fixed or the ip-facediff strategy"
+            )
         self.timings["load_models"] = time.perf_counter() - self.t_start
         self.open_source()
 

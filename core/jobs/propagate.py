@@ -293,6 +293,37 @@ def leave_one_out(
     return out
 
 
+def across_intervals(
+    get: Callable[[list[int]], np.ndarray],
+    keys: dict[int, np.ndarray],
+    track: list[FaceDetection | None],
+    processor: FaceProcessor,
+    propagator: Propagator,
+    full_frame: bool = False,
+) -> list[dict[str, Any]]:
+    """The self-check of each keyframe interval on its own: each of its two keyframes predicted from
+    the other alone, across the whole interval (twice as far as a frame inside it is from its nearest
+    keyframe), PSNR (dB) over the face, the mean of the two. Where :func:`leave_one_out` says how well
+    a keyframe is carried from both sides, this says which interval carries the edit worst (on the
+    dlib truth its rank correlation with the true PSNR of the frames inside the interval was 0.85;
+    benchmarks/README.md). ``edit --set settings.keyframes=adaptive`` splits the intervals it finds
+    low."""
+    order = sorted(keys)
+    out = []
+    for a, b in zip(order[:-1], order[1:]):
+        if not full_frame and (track[a] is None or track[b] is None):  # no face at one end: nothing to compare
+            continue
+        frames, faces = get([a, b]), [track[a], track[b]]
+        scores = []
+        for given, predicted in ((0, 1), (1, 0)):
+            rows, regions = carry_rows(
+                frames, [a, b], {given: keys[(a, b)[given]]}, faces, processor, propagator, full_frame
+            )
+            scores.append(region_psnr(rows[predicted], keys[(a, b)[predicted]], regions[predicted]))
+        out.append({"from": a, "to": b, "psnr": round(float(np.mean(scores)), 3)})
+    return out
+
+
 def suggest_keyframes(track: list[FaceDetection | None], keys: list[int], count: int = 3) -> list[dict[str, Any]]:
     """The frames where one more edited keyframe would help most, best first, each with its reason.
     A frame's need grows with its distance in frames from the nearest keyframe (the carried edit
@@ -300,7 +331,8 @@ def suggest_keyframes(track: list[FaceDetection | None], keys: list[int], count:
     landmarks aligned to the keyframe's by a similarity: what is left, in eye distances, is a turn or
     a changed expression): ``frames away x (1 + 10 x pose gap)``. The reason is ``pose or expression``
     where the pose term at least doubles it, else ``far from a keyframe``. Chosen greedily: each pick
-    counts as a keyframe for the next."""
+    counts as a keyframe for the next. (Scaling each frame's need by its interval's measured error,
+    :func:`across_intervals`, picked worse frames on the dlib truth: benchmarks/README.md.)"""
     faces = {i: d.landmarks for i, d in enumerate(track) if d is not None and d.landmarks is not None}
     chosen = [k for k in keys if k in faces]
     if not chosen:
@@ -481,6 +513,9 @@ class PropagateJob(ClipJob):
             self.self_check = {
                 "leave_one_out": loo,
                 "mean_psnr": round(float(np.mean([x["psnr"] for x in loo])), 2) if loo else None,
+                "intervals": across_intervals(
+                    self.source.get, self.keys, self.track, self.processor, self.propagator, self.full_frame
+                ),
                 "suggest": suggest_keyframes(self.track, list(self.keys), self.req.suggest),
             }
 
@@ -547,6 +582,9 @@ def describe_self_check(check: dict[str, Any] | None) -> str:
         )
     else:
         parts.append("one keyframe: no leave-one-out check (give two or more)")
+    if check.get("intervals"):
+        worst = min(check["intervals"], key=lambda x: x["psnr"])
+        parts.append(f"weakest keyframe interval {worst['from']}-{worst['to']}: {worst['psnr']:.1f} dB across it")
     if check["suggest"]:
         parts.append(
             "one more edited keyframe would help most at frame "

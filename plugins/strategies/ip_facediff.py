@@ -39,8 +39,9 @@ class IPFaceDiff(Strategy):
     )
     requires = ("face_processor", "inverter", "editor", "propagator")
 
+    adaptive_keyframes = True
+
     def prepare(self, run: EditRun) -> None:
-        editor, inverter, e = run.components["editor"], run.components["inverter"], run.embeds
         prop = run.components["propagator"]
         if prop.space == "pixels" and run.settings.refine_steps > 0:
             raise ParameterError(
@@ -48,11 +49,35 @@ class IPFaceDiff(Strategy):
                 f"{prop.name!r} carries pixels; use refine_steps=0 or a latent propagator (latent-flow, latent-nn, "
                 "exact-nn)"
             )
-        groups = keyframe_groups(run.keys, run.settings.keyframe_group)
+        adaptive = run.settings.keyframes == "adaptive"
+        if adaptive and prop.space != "pixels":
+            raise ParameterError(
+                f"settings.keyframes=adaptive: keyframes are added by the self-check, which needs a pixel-space "
+                f"propagator (layered, flow-residual, mesh-flow); {prop.name!r} carries latents"
+            )
         self.key_pos = {key: i for i, key in enumerate(run.keys)}  # keyframe row -> position among the keyframes
-        run.report["keyframe_groups"] = len(groups)
         self.edited: dict[int, torch.Tensor] = {}
-        self.missed = 0
+        self.missed, self.groups = 0, 0
+        self.key_src = self.key_out = None
+        with progress_bar("keyframes", len(run.keys), run.show_progress) as bar:
+            self._edit_keyframes(run, keyframe_groups(run.keys, run.settings.keyframe_group), bar)
+        self.stats = None
+        if "features" in prop.needs:
+            with run.timer("propagate"):
+                self.stats = self._key_stats(run)
+        if prop.space == "pixels":
+            self._key_pixels(run, run.keys)
+            if adaptive:
+                self._add_keyframes(run)
+            self._self_check(run)
+        run.report["keyframe_groups"] = self.groups
+        if self.missed == 0:
+            run.reused.append("keyframe_edit")
+
+    def _edit_keyframes(self, run: EditRun, groups: list[list[int]], bar) -> None:
+        """Invert and edit each group of keyframe rows jointly (cached); a row already edited (an anchor
+        shared with an earlier group) keeps its first edit."""
+        editor, inverter, e = run.components["editor"], run.components["inverter"], run.embeds
 
         def edit_group(lat: torch.Tensor) -> torch.Tensor:
             self.missed += 1
@@ -60,52 +85,115 @@ class IPFaceDiff(Strategy):
             with run.timer("edit_keyframes"):
                 return editor.edit(run.backbone, inv, e["target"], e["uncond"], e["empty"]).float().cpu()
 
-        with progress_bar("keyframes", len(run.keys), run.show_progress) as bar:
-            for g in groups:
-                lat = run.rows(g)
-                parts = {
-                    "latents": hash_tensor(lat),
-                    "embeds": {k: hash_tensor(v) for k, v in e.items()},
-                    "editor": [editor.name, asdict(editor.params)],
-                    "inverter": [inverter.name, asdict(inverter.params)],
-                }
-                edited = run.cached("keyframe-edits", parts, lambda lat=lat: edit_group(lat))
-                for row, value in zip(g, edited):
-                    self.edited.setdefault(row, value)  # an anchor keeps its first group's edit
-                bar.advance(len(g) if g is groups[0] else len(g) - 1)
-        if self.missed == 0:
-            run.reused.append("keyframe_edit")
-        self.stats, self.key_src = None, None
-        if "features" in prop.needs:
-            with run.timer("propagate"):
-                self.stats = self._key_stats(run)
-        if prop.space == "pixels":
-            self._key_pixels(run)
-            self._self_check(run)
+        for g in groups:
+            lat = run.rows(g)
+            parts = {
+                "latents": hash_tensor(lat),
+                "embeds": {k: hash_tensor(v) for k, v in e.items()},
+                "editor": [editor.name, asdict(editor.params)],
+                "inverter": [inverter.name, asdict(inverter.params)],
+            }
+            edited = run.cached("keyframe-edits", parts, lambda lat=lat: edit_group(lat))
+            bar.advance(sum(row not in self.edited for row in g))
+            for row, value in zip(g, edited):
+                self.edited.setdefault(row, value)  # an anchor keeps its first group's edit
+            self.groups += 1
 
-    def _key_pixels(self, run: EditRun) -> None:
+    def _add_keyframes(self, run: EditRun) -> None:
+        """``settings.keyframes: adaptive``: each keyframe interval whose self-check
+        (:meth:`_interval_checks`) is below ``settings.keyframe_threshold`` gets one more keyframe in its
+        middle, edited jointly with the existing keyframe nearest to it as the anchor its attention
+        shares; again on the new intervals, ``settings.keyframe_rounds`` times at most. The report's
+        ``keyframes_added`` says which, why and in which round."""
+        s, added = run.settings, []
+        for round_ in range(1, s.keyframe_rounds + 1):
+            low = [
+                x
+                for x in self._interval_checks(run)
+                if x["psnr"] < s.keyframe_threshold and x["rows"][1] - x["rows"][0] >= 2  # a frame between them
+            ]
+            if not low:
+                break
+            new = [(x["rows"][0] + x["rows"][1]) // 2 for x in low]
+            for x, row in zip(low, new):
+                added.append(
+                    {
+                        "keyframe": run.face_frames[row],
+                        "interval": [x["from"], x["to"]],
+                        "psnr": x["psnr"],
+                        "round": round_,
+                    }
+                )
+            groups = []
+            size = s.keyframe_group - 1
+            for i in range(0, len(new), size):
+                part = new[i : i + size]
+                anchor = min(run.keys, key=lambda k: (abs(k - part[len(part) // 2]), k))
+                groups.append([anchor, *part] if anchor < part[0] else [*part, anchor])
+            with progress_bar(f"added keyframes (round {round_})", len(new), run.show_progress) as bar:
+                self._edit_keyframes(run, [sorted(g) for g in groups], bar)
+            run.keys = sorted([*run.keys, *new])
+            self._key_pixels(run, new)
+            if "features" in run.components["propagator"].needs:
+                with run.timer("propagate"):
+                    self.stats = self._key_stats(run)  # over every keyframe, the added ones too
+        run.report["keyframes_added"] = added
+
+    def _key_pixels(self, run: EditRun, rows: list[int]) -> None:
         """The keyframes as they go out: source crop + (decoded edit - decoded unedited latents), so the
         VAE's own error is not carried as if it were the edit (and keyframes agree with the frames
-        propagated from them). Kept in memory-mapped files of the run's scratch folder."""
+        propagated from them). Kept in memory-mapped files of the run's scratch folder, in the order
+        of ``run.keys``; only ``rows`` are decoded, the others copied from the previous files."""
         from ipfacediff.runtime.frames import to_uint8
 
         k, r, bs = len(run.keys), run.backbone.resolution, run.settings.batch_size
-        self.key_src = np.lib.format.open_memmap(
-            run.scratch / "key-source.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3)
+        old = (self.key_src, self.key_out, self.key_pos) if self.key_src is not None else None
+        self.key_pos = {key: i for i, key in enumerate(run.keys)}
+        name = f"-{k}" if old is not None else ""
+        self.key_src, self.key_out = (
+            np.lib.format.open_memmap(
+                run.scratch / f"key-{what}{name}.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3)
+            )
+            for what in ("source", "edited")
         )
-        self.key_out = np.lib.format.open_memmap(
-            run.scratch / "key-edited.npy", mode="w+", dtype=np.uint8, shape=(k, r, r, 3)
-        )
+        if old is not None:
+            src, out, pos = old
+            kept = [row for row in run.keys if row in pos]
+            self.key_src[[self.key_pos[row] for row in kept]] = src[[pos[row] for row in kept]]
+            self.key_out[[self.key_pos[row] for row in kept]] = out[[pos[row] for row in kept]]
         with run.timer("decode_keyframes"):
-            for s in range(0, k, bs):
-                rows = run.keys[s : s + bs]
-                src = run.crops(rows)
-                edit = to_uint8(run.backbone.decode_latents(torch.stack([self.edited[row] for row in rows]))).astype(
+            for s in range(0, len(rows), bs):
+                part = rows[s : s + bs]
+                at = [self.key_pos[row] for row in part]
+                src = run.crops(part)
+                edit = to_uint8(run.backbone.decode_latents(torch.stack([self.edited[row] for row in part]))).astype(
                     np.int16
                 )
-                recon = to_uint8(run.backbone.decode_latents(run.rows(rows))).astype(np.int16)
-                self.key_src[s : s + len(rows)] = src
-                self.key_out[s : s + len(rows)] = np.clip(src.astype(np.int16) + edit - recon, 0, 255).astype(np.uint8)
+                recon = to_uint8(run.backbone.decode_latents(run.rows(part))).astype(np.int16)
+                self.key_src[at] = src
+                self.key_out[at] = np.clip(src.astype(np.int16) + edit - recon, 0, 255).astype(np.uint8)
+
+    def _interval_checks(self, run: EditRun) -> list[dict]:
+        """Each keyframe interval's self-check: each of its keyframes predicted from the other alone
+        (across the whole interval), PSNR (dB) over the face, the mean of the two (``propagate``'s
+        ``intervals``). ``rows``: the interval's keyframe rows."""
+        prop, out = run.components["propagator"], []
+        region = feather_mask(run.backbone.resolution, 0.1)
+        with run.timer("self_check"):
+            for a, b in zip(run.keys[:-1], run.keys[1:]):
+                scores = []
+                for given in (0, 1):
+                    predicted = np.asarray(prop.propagate(self._propagation_input(run, [a, b], [given])))[1 - given]
+                    scores.append(region_psnr(predicted, self.key_out[self.key_pos[(a, b)[1 - given]]], region))
+                out.append(
+                    {
+                        "from": run.face_frames[a],
+                        "to": run.face_frames[b],
+                        "psnr": round(float(np.mean(scores)), 3),
+                        "rows": (a, b),
+                    }
+                )
+        return out
 
     def _self_check(self, run: EditRun) -> None:
         """``propagate``'s self-check on the edit's own keyframes, in the report as ``self_check``: each
@@ -129,7 +217,10 @@ class IPFaceDiff(Strategy):
                         "psnr": region_psnr(predicted, self.key_out[self.key_pos[k]], region),
                     }
                 )
-        run.report["self_check"] = {"leave_one_out": checks, "suggest": []}
+        intervals = self._interval_checks(run)
+        for x in intervals:
+            del x["rows"]
+        run.report["self_check"] = {"leave_one_out": checks, "intervals": intervals, "suggest": []}
 
     # ----------------------------------------------------------------------- matching features
     def _eps1(self, run: EditRun, rows: list[int]) -> torch.Tensor:
