@@ -395,3 +395,45 @@ def test_frames_suggest_exports_the_frames_the_self_check_would_add(sample_clip,
     assert again not in (0, *picked)
     r = run_main("frames", str(sample_clip), "--suggest", "1", "-o", str(tmp_path / "empty"))
     assert r.returncode == 2 and "give the frames you have" in r.stderr
+
+
+def test_propagate_decodes_the_clip_once_for_the_track_and_once_for_the_carry(tmp_path, monkeypatch):
+    """Keyframes farther apart than a run of carried frames (60 > CARRY_RUN): each run reads its
+    interval's keyframes with it, and the self-check reads every keyframe again. The video is decoded
+    from its start twice (the detection pass, the carry), not again for each run whose first frames
+    the decoder has passed (the source kept them) nor for the self-check's few frames far behind it
+    (decord's seek reads those)."""
+    from ipfacediff.jobs.propagate import CARRY_RUN
+    from ipfacediff.runtime import video
+
+    keys = [0, 60, 120]
+    assert keys[1] - keys[0] > CARRY_RUN
+    clip = DATA / "videos" / "d3.mp4"
+    src = open_frames_of(clip, keys)
+    folder = tmp_path / "keys"
+    for k, frame in zip(keys, src):
+        frame = frame.copy()
+        frame[240:280, 230:290] = (200, 40, 160)  # on the face (the clip is 512 x 512, the face central)
+        _write(folder, frame[None], names=lambda i, k=k: f"{k}.png")
+    starts = []
+    start = video._ForwardDecoder.__init__
+
+    def counted(self, path):
+        starts.append(path)
+        start(self, path)
+
+    monkeypatch.setattr(video._ForwardDecoder, "__init__", counted)
+    out = tmp_path / "out.mp4"
+    args = ["--keyframes", str(folder), "-o", str(out), "--max-frames", "121", "--no-cache"]  # the track detected
+    r = run_main("--quiet", "propagate", str(clip), *args)
+    assert r.returncode == 0, r.stderr
+    assert len(starts) == 2, f"the clip was decoded from its start {len(starts)} times"
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["frames"] == 121 and [x["keyframe"] for x in rep["self_check"]["leave_one_out"]] == keys
+
+
+def open_frames_of(path: Path, indices: list[int]) -> np.ndarray:
+    from ipfacediff.runtime.video import open_frames
+
+    with open_frames(path) as src:
+        return src.get(indices)

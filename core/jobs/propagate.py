@@ -228,6 +228,7 @@ def carry_edits(
         bounds *= 2
     outside: dict[int, float] = {}
     no_face: list[int] = []
+    key_source: dict[int, np.ndarray] = {}  # the source frames of the current interval's keyframes
     for a_pos, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         first = a if a_pos == 0 else a + 1  # frame a was written with the previous run
         idx = list(range(a, b + 1))
@@ -242,7 +243,11 @@ def carry_edits(
         at = first
         for run in runs:
             rows = sorted(set(near) | set(run))
-            frames = get(rows)
+            missing = [i for i in rows if i not in key_source]
+            read = dict(zip(missing, get(missing))) if missing else {}
+            frames = np.stack([key_source[i] if i in key_source else read[i] for i in rows])
+            key_source = {i: frames[rows.index(i)] for i in near}  # the interval's next run reads them again
+            del read
             group = {r: keys[i] for r, i in enumerate(rows) if i in keys}
             out, regions = carry_rows(frames, rows, group, [track[i] for i in rows], processor, propagator, full_frame)
             for r, i in enumerate(rows):
@@ -262,6 +267,24 @@ def carry_edits(
             if batch and on_frames is not None:
                 on_frames(at - len(batch), np.stack(batch))
     return {"outside_region": outside, "frames_without_face": sorted(set(no_face))}
+
+
+def recent_frames(get: Callable[[list[int]], np.ndarray], keep: int) -> Callable[[list[int]], np.ndarray]:
+    """``get`` that keeps the last ``keep`` frames it read and reads only the others: a walk over the
+    keyframes in order reads each once (a video source asked for a frame behind its decoder decodes
+    the clip again from the start)."""
+    kept: dict[int, np.ndarray] = {}
+
+    def cached(idx: list[int]) -> np.ndarray:
+        missing = [i for i in idx if i not in kept]
+        if missing:
+            kept.update(zip(missing, get(missing)))
+        out = np.stack([kept[i] for i in idx])
+        for i in sorted(kept, key=lambda i: (i in idx, i))[: max(0, len(kept) - keep)]:
+            del kept[i]
+        return out
+
+    return cached
 
 
 def leave_one_out(
@@ -507,14 +530,13 @@ class PropagateJob(ClipJob):
         if not self.req.self_check:
             return
         with self.timer("self_check"):
-            loo = leave_one_out(
-                self.source.get, self.keys, self.track, self.processor, self.propagator, self.full_frame
-            )
+            get = recent_frames(self.source.get, 4)  # both checks walk the keyframes in order
+            loo = leave_one_out(get, self.keys, self.track, self.processor, self.propagator, self.full_frame)
             self.self_check = {
                 "leave_one_out": loo,
                 "mean_psnr": round(float(np.mean([x["psnr"] for x in loo])), 2) if loo else None,
                 "intervals": across_intervals(
-                    self.source.get, self.keys, self.track, self.processor, self.propagator, self.full_frame
+                    get, self.keys, self.track, self.processor, self.propagator, self.full_frame
                 ),
                 "suggest": suggest_keyframes(self.track, list(self.keys), self.req.suggest),
             }

@@ -28,7 +28,9 @@ from ipfacediff.errors import InputError, OutputExistsError
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 ENCODE_QUEUE = 16  # frames a video writer holds while its encoder thread catches up
-FORWARD_KEEP = 8  # frames a video source keeps behind its forward decoder (a keyframe interval's first frame)
+FORWARD_KEEP = 8  # frames a video source keeps behind its forward decoder at least (an interval's first frame)
+FORWARD_KEEP_MAX = 48  # and at most: a run of propagated frames read after the keyframe past it (CARRY_RUN + 16)
+FORWARD_KEEP_BYTES = 192 << 20  # between the two, as many as fit in this (48 at 720p, 32 at 1080p, 8 at 4K)
 FORWARD_SKIP = 64  # frames a forward read may skip to reach what it is asked for (further: decord seeks)
 
 
@@ -93,9 +95,10 @@ class FrameSource:
 class _DecordSource(FrameSource):
     """A video file's frames. Reads that move forward through the clip (the detection pass, the
     propagation's keyframe intervals) are decoded one frame after another by PyAV, holding nothing
-    ahead of what was asked for plus the last few frames; any other read seeks with decord. decord alone
-    would do, but after a read it goes on decoding the rest of the clip in the background and keeps
-    every frame (dmlc/decord#197, #157): memory then grows with the clip's length, not with the batch.
+    ahead of what was asked for plus the last frames decoded (``FORWARD_KEEP_BYTES``); any other read
+    seeks with decord. decord alone would do, but after a read it goes on decoding the rest of the clip
+    in the background and keeps every frame (dmlc/decord#197, #157): memory then grows with the clip's
+    length, not with the batch.
     The forward path is checked once against decord's frame and left for decord's where they differ."""
 
     def __init__(self, path: Path, info: VideoInfo):
@@ -114,6 +117,10 @@ class _DecordSource(FrameSource):
         self._forward: _ForwardDecoder | None = None
         self._forward_ok: bool | None = None if info.rotation == 0 else False  # None: not checked yet
         self._recent: dict[int, np.ndarray] = {}  # the last frames decoded forward, by index
+        # how many: propagate reads a run of frames with the keyframe after it, then the next run, which
+        # the decoder has passed; a frame dropped from here is decoded again from the clip's start
+        frame_bytes = max(1, info.width * info.height * 3)
+        self._keep = max(FORWARD_KEEP, min(FORWARD_KEEP_MAX, FORWARD_KEEP_BYTES // frame_bytes))
 
     def _decord(self, indices: list[int]) -> np.ndarray:
         try:
@@ -134,10 +141,18 @@ class _DecordSource(FrameSource):
         pos = self._forward.pos if self._forward is not None else 0
         return pos <= i <= pos + FORWARD_SKIP
 
+    def _dense(self, idx: list[int]) -> bool:
+        """The forward decoder can give ``idx`` without starting again from the clip's start, or they
+        fill half their span or more: a few frames far apart behind it (the self-check's keyframes)
+        are cheaper by decord's seek, which does not convert the frames it passes over to RGB."""
+        if self._forward is None or idx[0] in self._recent or idx[0] >= self._forward.pos:
+            return True
+        return 2 * len(idx) >= idx[-1] - idx[0] + 1
+
     def get(self, indices: Sequence[int]) -> np.ndarray:
         idx = [int(i) for i in indices]
         if self._forward_ok is not False and idx and all(0 <= i < len(self) for i in idx):
-            if all(b > a for a, b in zip(idx, idx[1:])) and all(self._ahead(i) for i in idx):
+            if all(b > a for a, b in zip(idx, idx[1:])) and all(self._ahead(i) for i in idx) and self._dense(idx):
                 frames = self._read_forward(idx)
                 if frames is not None:
                     return frames
@@ -159,7 +174,7 @@ class _DecordSource(FrameSource):
                 while i not in self._recent:
                     pos = self._forward.pos
                     self._recent[pos] = self._forward.next()
-                    for old in [k for k in self._recent if k < pos - FORWARD_KEEP]:
+                    for old in [k for k in self._recent if k < pos - self._keep]:
                         del self._recent[old]
                 out.append(self._recent[i])
         except Exception:  # noqa: BLE001 - a frame PyAV cannot give: decord's path from here on
