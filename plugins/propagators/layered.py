@@ -339,7 +339,19 @@ class Layered(Propagator):
         out[keys] = edited
         if np.array_equal(edited, recon):
             return out
-        disp = [self._geometric(recon[j], edited[j]) for j in range(len(keys))]
+        todo = [i for i in range(len(src)) if i not in keys]
+        workers = max(1, min(max(len(todo), len(keys)), self.params.threads or os.cpu_count() or 1))
+        # OpenCV and numpy release the GIL: keyframes and frames worked on side by side use the cores
+        pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        each = pool.map if pool is not None else map
+        try:
+            return self._propagate(src, edited, recon, keys, at, boxes, out, todo, each)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _propagate(self, src, edited, recon, keys, at, boxes, out, todo, each) -> np.ndarray:
+        disp = list(each(lambda j: self._geometric(recon[j], edited[j]), range(len(keys))))
         base = [recon[j] if d is None else warp_back(recon[j], d) for j, d in enumerate(disp)]
         resid = [edited[j].astype(np.float32) - b for j, b in enumerate(base)]
         parts = [self._parts(r) for r in resid]
@@ -356,11 +368,9 @@ class Layered(Propagator):
 
         key_times = [at[k] for k in keys]
         support = [self._support(r, d) for r, d in zip(resid, disp)]
-        todo = [i for i in range(len(src)) if i not in keys]
         near = {i: neighbour_keys(at[i], key_times, "two-nearest") for i in todo}
-        for i in todo:  # each pair's rigidity once, before the frames are worked on at once
-            for j, _ in near[i]:
-                rho(j, next((o for o, _ in near[i] if o != j), None))
+        pairs = sorted({(j, next((o for o, _ in near[i] if o != j), None)) for i in todo for j, _ in near[i]}, key=str)
+        list(each(lambda pair: rho(*pair), pairs))  # each pair's rigidity once, before the frames
 
         def carry(i: int) -> None:
             """Frame ``i`` of ``out``: its keyframes' parts carried to it (frames are independent)."""
@@ -399,13 +409,7 @@ class Layered(Propagator):
             frame = src[i][crop] if dw == 0 else warp_back(src[i][crop], dacc / dw)
             out[i][crop] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
 
-        workers = min(len(todo), self.params.threads or os.cpu_count() or 1)
-        if workers <= 1:
-            for i in todo:
-                carry(i)
-        else:  # OpenCV and numpy release the GIL: frames worked on side by side use the cores
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(carry, todo))
+        list(each(carry, todo))
         return out
 
     @staticmethod
