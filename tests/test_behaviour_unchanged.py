@@ -7,7 +7,9 @@ recorded capability the sha256 must match exactly. Another capability's kernels 
 of the floats (0.3's digests, recorded on another machine, all differed here from unchanged code), so
 there the thumbnails must agree within ``TOLERANCE``: measured here, running the same code with
 ``ATEN_CPU_CAPABILITY=default`` instead of AVX2 moves them by a mean of 0.59-0.93 grey levels (the
-largest single value by 6-35), so the check there is loose; the exact one holds where CI runs.
+largest single value by 6-35), so the check there is loose; the exact one holds where CI runs. The
+CPU's model is recorded too and must match as well: recordings made with AVX2 on one machine kind
+differed in their digests on an AMD EPYC with AVX2, from the same code.
 
 History: 0.1.0's cases were recorded before the 0.2 layout move; re-recorded on purpose when the
 ``identity-injection`` editor became Plug-and-Play's injection as published, when tokenflow became
@@ -76,11 +78,26 @@ def _capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+def _cpu() -> str:
+    """The CPU's model name: one capability's kernels still differ in their last bits between CPU
+    models (AVX2 recordings made on one machine kind did not reproduce on an AMD EPYC with AVX2)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _record(frames: np.ndarray) -> dict[str, object]:
     thumbs = _thumbnails(frames)
     return {
         "sha256": hashlib.sha256(frames.tobytes()).hexdigest(),
         "cpu_capability": _capability(),
+        "cpu": _cpu(),
         "thumbnails": base64.b64encode(thumbs.tobytes()).decode(),
         "shape": list(thumbs.shape),
     }
@@ -115,10 +132,13 @@ def test_seeded_edit_gives_the_recorded_frames(case, sample_clip, tmp_path):
     want = json.loads(GOLDEN.read_text())[case]
     if got["sha256"] == want["sha256"]:
         return
-    assert got["cpu_capability"] != want["cpu_capability"], f"{case}: the decoded frames changed"
+    same_kernels = (got["cpu_capability"], got["cpu"]) == (want["cpu_capability"], want.get("cpu"))
+    assert not same_kernels, f"{case}: the decoded frames changed"
     a = np.frombuffer(base64.b64decode(got["thumbnails"]), np.uint8).astype(np.int16)
     b = np.frombuffer(base64.b64decode(want["thumbnails"]), np.uint8).astype(np.int16)
     assert got["shape"] == want["shape"], f"{case}: {got['shape']} frames, recorded {want['shape']}"
     diff = float(np.abs(a - b).mean())
-    print(f"{case}: {got['cpu_capability']} here, recorded on {want['cpu_capability']}: thumbnails {diff:.3f} apart")
+    here = f"{got['cpu_capability']} {got['cpu']}"
+    there = f"{want['cpu_capability']} {want.get('cpu', '(CPU not recorded)')}"
+    print(f"{case}: {here} here, recorded on {there}: thumbnails {diff:.3f} apart")
     assert diff <= TOLERANCE, f"{case}: the decoded frames changed (thumbnails {diff:.3f} grey levels apart)"
