@@ -215,3 +215,60 @@ def test_frames_worked_on_at_once_are_the_frames_worked_on_one_at_a_time(catalog
     alone = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box, threads=1)
     together = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box, threads=4)
     assert not np.array_equal(alone, src) and np.array_equal(alone, together)
+
+
+def test_a_face_that_moves_by_most_of_its_size_is_matched_with_the_landmarks_help(catalog, d0_face68):
+    """Keyframes 16 frames apart while the head rises by 0.8 face widths and turns by 12 degrees: the
+    optical flow alone loses the face between a frame and the far keyframe; moved first by the
+    similarity of the face processor's landmarks (RetinaFace's five points, here from the truth's), the
+    flow finds the rest and the edit lands where the truth has it. Without landmarks (a box only) the
+    same frames get the flow alone, as before."""
+    from ipfacediff.jobs.bench.truth68 import face_mask, ground_truth
+
+    frame, lms, det = d0_face68
+    width = float(lms[:, 0].max() - lms[:, 0].min())
+    centre = lms.mean(0)
+
+    def moves(t, p):
+        m = cv2.getRotationMatrix2D(tuple(float(v) for v in centre), 0.75 * t, 1.0)
+        m[:, 2] += (0.01 * width * t, -0.05 * width * t)
+        return p @ m[:, :2].T + m[:, 2]
+
+    frames, track = _clip(frame, lms, moves)
+    gt, _ = ground_truth(frames, track, "paint+glasses")
+    x0, y0 = np.floor(track.reshape(-1, 2).min(0) - 0.35 * width).astype(int).clip(0)
+    x1, y1 = np.ceil(track.reshape(-1, 2).max(0) + 0.35 * width).astype(int)
+    x1, y1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
+    src, gt = _crop(frames, gt, box=(x0, y0, x1, y1))
+    pts = track - [x0, y0]
+    five = np.stack([pts[:, 36:42].mean(1), pts[:, 42:48].mean(1), pts[:, 30], pts[:, 48], pts[:, 54]], 1)
+
+    def faces(with_landmarks: bool):
+        out = []
+        for t in range(len(src)):
+            box = np.concatenate([pts[t].min(0), pts[t].max(0)]).astype(np.float32)
+            out.append(FaceDetection(box, 1.0, five[t].astype(np.float32) if with_landmarks else None))
+        return out
+
+    keys = [0, 16]
+
+    def worst_psnr(with_landmarks: bool) -> float:
+        inp = PropagationInput(
+            key_rows=keys,
+            frames=list(range(len(src))),
+            source_pixels=src,
+            edited_pixels=gt[keys],
+            reconstructed_pixels=src[keys],
+            faces=faces(with_landmarks),
+        )
+        out = catalog.build("propagator", "layered").propagate(inp)
+        scores = []
+        for t in range(1, 16):
+            m = face_mask(pts[t], src.shape[1:3]) > 0
+            err = (out[t].astype(np.float64) - gt[t])[m]
+            scores.append(10 * np.log10(255.0**2 / max(float((err**2).mean()), 1e-10)))
+        return float(min(scores))
+
+    guided, alone = worst_psnr(True), worst_psnr(False)
+    print(f"worst propagated frame, face PSNR: with landmarks {guided:.2f} dB, box only {alone:.2f} dB")
+    assert guided > alone + 2.0

@@ -23,7 +23,10 @@ are predicted from the other keyframe both ways (rigid and surface), and a part 
 predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot tell apart takes
 ``prior``. Motion is estimated directly from each frame to its keyframes (a frame's result depends on
 it and its keyframes alone, so chunked propagation equals whole-clip). Where nothing was edited the
-output is the source, byte for byte. It uses no landmark model (the face box only bounds the head-motion fit).
+output is the source, byte for byte. It follows no landmark model: the face box bounds the head-motion
+fit, and where the face processor's landmarks (RetinaFace's five points) say the face moved by more than
+``PRIOR_MOTION`` face widths, the flow is also found after that similarity, and the one that explains the
+face's pixels better is used (a head that rises by most of its size between a frame and its keyframe).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ TRUSTED_LEVEL = 8.0
 
 #: the box a frame is worked in: where its keyframes' edits land, padded by this many face widths
 LANDING_PAD = 0.5
+
+#: face widths the landmarks must say the face moved by for the flow to be also tried after that motion
+PRIOR_MOTION = 0.1
 
 
 def _peak(x: np.ndarray) -> np.ndarray:
@@ -214,10 +220,40 @@ class Layered(Propagator):
             return 1.0
         return min(1.0, size / max(float(box[2] - box[0]), 1.0))
 
-    def _motion(self, a: np.ndarray, b: np.ndarray, box, scale: float = 1.0) -> _Motion:
+    @staticmethod
+    def _landmark_prior(a_face, b_face, offset) -> np.ndarray | None:
+        """The similarity ``[2, 3]`` taking the face's landmarks in frame ``a`` to those in ``b`` (least
+        squares; coordinates less ``offset``, the working box's corner), or None without landmarks on
+        both or where it moves no corner of the face box by ``PRIOR_MOTION`` face widths (the flow alone
+        finds such motion, and more precisely)."""
+        if a_face is None or b_face is None or a_face.landmarks is None or b_face.landmarks is None:
+            return None
+        p = np.asarray(a_face.landmarks, np.float64) - offset
+        q = np.asarray(b_face.landmarks, np.float64) - offset
+        if len(p) < 2 or p.shape != q.shape:
+            return None
+        pc, qc = p - p.mean(0), q - q.mean(0)
+        den = float((pc**2).sum())
+        if den <= 1e-9:
+            return None
+        a = float((pc * qc).sum()) / den
+        b = float((pc[:, 0] * qc[:, 1] - pc[:, 1] * qc[:, 0]).sum()) / den
+        m = np.array([[a, -b, 0.0], [b, a, 0.0]])
+        m[:, 2] = q.mean(0) - m[:, :2] @ p.mean(0)
+        box = np.asarray(a_face.box, np.float64) - np.tile(offset, 2)
+        corners = np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]])
+        if np.abs(corners @ m[:, :2].T + m[:, 2] - corners).max() < max(1.0, PRIOR_MOTION * (box[2] - box[0])):
+            return None
+        return m
+
+    def _motion(self, a: np.ndarray, b: np.ndarray, box, scale: float = 1.0, prior=None) -> _Motion:
         """Motion from frame ``a`` to keyframe ``b``, direct: a frame's result depends on that frame and its
         keyframes alone, so chunked propagation equals whole-clip propagation. Estimated on the frames
-        downscaled by ``scale`` and brought back to full size."""
+        downscaled by ``scale`` and brought back to full size. ``prior``: the face's similarity from ``a``
+        to ``b`` by the face processor's landmarks (:meth:`_landmark_prior`); then the flow is also found
+        after moving ``b`` by it (what is left of the motion), and of the two the one that explains the
+        face's pixels better is used, so a face that moved by most of its size between the two (a head
+        rising in the frame, a fast turn) is still matched."""
         h, w = a.shape[:2]
         small = (max(8, round(w * scale)), max(8, round(h * scale)))
         if scale < 1.0:
@@ -225,6 +261,23 @@ class Layered(Propagator):
         sx, sy = small[0] / w if scale < 1.0 else 1.0, small[1] / h if scale < 1.0 else 1.0
         low_box = None if box is None else np.asarray(box, np.float64) * [sx, sy, sx, sy]
         fwd = self._flow(a, b)
+        if prior is not None:  # the prior at the small frame's scale (pixel centres: p_low = S p + c)
+            s = np.diag([sx, sy])
+            c = 0.5 * np.array([sx, sy]) - 0.5 if scale < 1.0 else np.zeros(2)
+            a_low = s @ prior[:, :2] @ np.linalg.inv(s)
+            m = np.hstack([a_low, (s @ prior[:, 2] + c - a_low @ c)[:, None]]).astype(np.float32)
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            moved = cv2.warpAffine(b, m, (a.shape[1], a.shape[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            g = grid(*a.shape[:2])
+            guided = ((g + self._flow(a, moved)) @ m[:, :2].T + m[:, 2] - g).astype(np.float32)
+            x0, y0, x1, y1 = self._window(a.shape, low_box)
+            face = np.s_[y0:y1, x0:x1]
+
+            def error(f: np.ndarray) -> float:
+                return float(_mean_abs(warp_back(b, f)[face].astype(np.float32) - a[face]).mean())
+
+            if error(guided) < error(fwd):
+                fwd = guided
         ok, seen = self._fit(a, b, fwd)
         sim = self._similarity(fwd, ok, low_box, min(sx, sy))
         size = float(low_box[2] - low_box[0]) if low_box is not None else float(max(a.shape[:2])) / 2
@@ -345,12 +398,12 @@ class Layered(Propagator):
         pool = ThreadPoolExecutor(workers) if workers > 1 else None
         each = pool.map if pool is not None else map
         try:
-            return self._propagate(src, edited, recon, keys, at, boxes, out, todo, each)
+            return self._propagate(src, edited, recon, keys, at, faces, boxes, out, todo, each)
         finally:
             if pool is not None:
                 pool.shutdown()
 
-    def _propagate(self, src, edited, recon, keys, at, boxes, out, todo, each) -> np.ndarray:
+    def _propagate(self, src, edited, recon, keys, at, faces, boxes, out, todo, each) -> np.ndarray:
         disp = list(each(lambda j: self._geometric(recon[j], edited[j]), range(len(keys))))
         base = [recon[j] if d is None else warp_back(recon[j], d) for j, d in enumerate(disp)]
         resid = [edited[j].astype(np.float32) - b for j, b in enumerate(base)]
@@ -362,7 +415,10 @@ class Layered(Propagator):
             Per pair, so a run between two keyframes is the same whether propagated alone or in a clip."""
             if (j, o) not in rigidity:
                 k, ko = keys[j], None if o is None else keys[o]
-                move = None if o is None else self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]))
+                move = None
+                if o is not None:
+                    prior = self._landmark_prior(faces[k], faces[ko], np.zeros(2))
+                    move = self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]), prior)
                 rigidity[(j, o)] = self._rigidity(resid[j], None if o is None else resid[o], move, *parts[j])
             return rigidity[(j, o)]
 
@@ -388,7 +444,11 @@ class Layered(Propagator):
                 other = next((o for o, _ in near[i] if o != j), None)
                 there = None if boxes[k] is None else boxes[k] - [x0, y0, x0, y0]
                 m = self._motion(
-                    src[i][crop], src[k][crop], here if here is not None else there, self._scale(boxes[k])
+                    src[i][crop],
+                    src[k][crop],
+                    here if here is not None else there,
+                    self._scale(boxes[k]),
+                    self._landmark_prior(faces[i], faces[k], np.array([x0, y0], np.float64)),
                 )
                 r = rho(j, other)[crop][..., None]
                 rigid = m.move_rigidly(resid[j][crop] * r)
