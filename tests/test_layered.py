@@ -272,3 +272,49 @@ def test_a_face_that_moves_by_most_of_its_size_is_matched_with_the_landmarks_hel
     guided, alone = worst_psnr(True), worst_psnr(False)
     print(f"worst propagated frame, face PSNR: with landmarks {guided:.2f} dB, box only {alone:.2f} dB")
     assert guided > alone + 2.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_frame_is_worked_only_where_its_keyframes_edits_can_land(seed):
+    """``_Motion.reach`` bounds where warping a keyframe's edit box (rigidly or by the surface flow) can
+    change a pixel; ``layered`` works each frame in that window alone and leaves the rest its source.
+    Random similarities and smooth flows, edit boxes inside the frame and on its edges (warps replicate
+    the border): every pixel the full-frame warps change is inside the window."""
+    from plugins.propagators.layered import _Motion
+
+    from ipfacediff.runtime.flow import warp_back
+
+    rng = np.random.default_rng(seed)
+    h, w = 120, 160
+    angle, zoom = rng.uniform(-0.3, 0.3), rng.uniform(0.8, 1.25)
+    rigid = np.float64(
+        [
+            [zoom * np.cos(angle), -zoom * np.sin(angle), rng.uniform(-30, 30)],
+            [zoom * np.sin(angle), zoom * np.cos(angle), rng.uniform(-30, 30)],
+        ]
+    )
+    flow = cv2.GaussianBlur(rng.normal(0, 40, (h, w, 2)).astype(np.float32), (0, 0), 12) * 6
+    motion = _Motion(rigid, flow, np.ones((h, w), np.float32))
+    for box in [(50, 40, 70, 55), (0, 30, 25, 60), (130, 0, 160, 20), (0, 0, 160, 120), (80, 100, 120, 120)]:
+        x0, y0, x1, y1 = box
+        edit = np.zeros((h, w, 3), np.float32)
+        edit[y0:y1, x0:x1] = rng.uniform(1, 255, (y1 - y0, x1 - x0, 3))
+        changed = (np.abs(motion.move_rigidly(edit)).max(-1) > 0) | (np.abs(warp_back(edit, flow)).max(-1) > 0)
+        reach = motion.reach(box)
+        if reach is None:
+            assert not changed.any()
+            continue
+        rx0, ry0, rx1, ry1 = reach
+        inside = np.zeros((h, w), bool)
+        inside[ry0:ry1, rx0:rx1] = True
+        assert changed.any() and not (changed & ~inside).any(), (box, reach)
+        # a window of the warps, from the edit's box alone, is the whole frame's warp there up to the warps'
+        # fixed-point coordinates (1/32 px: a step of this random texture's contrast, 8 grey levels, at most)
+        win = np.s_[ry0:ry1, rx0:rx1]
+        part = edit[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2]
+        origin = (max(0, x0 - 2), max(0, y0 - 2))
+        for got, full in [
+            (warp_back(part, flow[win], (rx0 - origin[0], ry0 - origin[1])), warp_back(edit, flow)[win]),
+            (motion.move_rigidly(part, reach, origin), motion.move_rigidly(edit)[win]),
+        ]:
+            assert np.abs(got - full).max() <= 8.0 and np.abs(got - full).mean() < 0.05

@@ -21,12 +21,14 @@ def optical_flow(a: np.ndarray, b: np.ndarray, method: str = "dis") -> np.ndarra
     return cv2.DISOpticalFlow_create(preset).calc(ga, gb, None)
 
 
-def warp_back(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Sample ``img`` (frame t+1) at ``x + flow(x)``: frame t+1 brought back to frame t."""
+def warp_back(img: np.ndarray, flow: np.ndarray, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Sample ``img`` (frame t+1) at ``x + flow(x)``: frame t+1 brought back to frame t. ``origin``: the
+    corner ``(x, y)`` in ``img`` of the window ``flow`` covers (the result is that window's, the same
+    pixels as the whole frame's warp there)."""
     import cv2
 
     h, w = flow.shape[:2]
-    g = grid(h, w) + flow
+    g = (grid(h, w) if origin == (0, 0) else grid(h, w) + np.float32(origin)) + flow
     return cv2.remap(img, g[..., 0], g[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -77,11 +77,50 @@ class _Motion:
     surface: np.ndarray  # smoothed flow around the similarity, ``[H, W, 2]``
     seen: np.ndarray  # float [H, W]: 1 where the keyframe sees this pixel, 0 where it is disoccluded
 
-    def move_rigidly(self, img: np.ndarray) -> np.ndarray:
-        """``img`` (in the keyframe) sampled where the head's similarity puts each pixel of the frame."""
+    def move_rigidly(self, img: np.ndarray, window=None, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """``img`` (in the keyframe; ``origin``: its corner there) sampled where the head's similarity puts
+        each pixel of the frame (of its ``window`` ``(x0, y0, x1, y1)`` alone, if given)."""
         h, w = self.seen.shape
+        m = self.rigid
+        if window is not None or origin != (0, 0):
+            x0, y0, x1, y1 = (0, 0, w, h) if window is None else window
+            m = np.hstack([m[:, :2], (m[:, :2] @ [x0, y0] + m[:, 2] - origin)[:, None]])
+            w, h = x1 - x0, y1 - y0
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        return cv2.warpAffine(img, self.rigid, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.warpAffine(img, m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+
+    def reach(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+        """The box of the frame's pixels that either motion fetches from the keyframe's ``box`` (``x0, y0,
+        x1, y1``, where an edit is): outside it, moving that edit changes nothing. A side of ``box`` on
+        the keyframe's edge reaches past it (warps replicate the border). None where nothing lands."""
+        h, w = self.seen.shape
+        x0, y0, x1, y1 = box
+        big = 4.0 * (w + h)
+        # a bilinear sample at t reads pixels floor(t) and floor(t) + 1: a pixel of [x0, x1) is read for
+        # t in (x0 - 1, x1), widened by a pixel for the warps' fixed-point coordinates
+        lo_x, hi_x = (-big if x0 <= 0 else x0 - 2.0), (big if x1 >= w else x1 + 1.0)
+        lo_y, hi_y = (-big if y0 <= 0 else y0 - 2.0), (big if y1 >= h else y1 + 1.0)
+        g = grid(h, w)
+        tx, ty = g[..., 0] + self.surface[..., 0], g[..., 1] + self.surface[..., 1]
+        hit = (tx > lo_x) & (tx < hi_x) & (ty > lo_y) & (ty < hi_y)
+        cols, rows = np.flatnonzero(hit.any(0)), np.flatnonzero(hit.any(1))
+        boxes = [] if not len(cols) else [(cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)]
+        inv = cv2.invertAffineTransform(self.rigid)
+        corners = np.array([[lo_x, lo_y], [hi_x, lo_y], [lo_x, hi_y], [hi_x, hi_y]]).clip(-big, big)
+        back = corners @ inv[:, :2].T + inv[:, 2]
+        bx0, by0 = np.floor(back.min(0)).astype(int) - 1
+        bx1, by1 = np.ceil(back.max(0)).astype(int) + 2
+        if bx1 > 0 and by1 > 0 and bx0 < w and by0 < h:
+            boxes.append((bx0, by0, bx1, by1))
+        if not boxes:
+            return None
+        b = np.array(boxes)
+        return (
+            max(0, int(b[:, 0].min())),
+            max(0, int(b[:, 1].min())),
+            min(w, int(b[:, 2].max())),
+            min(h, int(b[:, 3].max())),
+        )
 
 
 class Layered(Propagator):
@@ -436,12 +475,9 @@ class Layered(Propagator):
             x0, y0, x1, y1 = box
             crop = np.s_[y0:y1, x0:x1]
             here = None if boxes[i] is None else boxes[i] - [x0, y0, x0, y0]
-            carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
-            dacc = np.zeros((y1 - y0, x1 - x0, 2), np.float32)
-            dw = 0.0
+            motions = []  # per keyframe: (row, weight, motion, its edit's box in the crop or None)
             for j, wt in near[i]:
                 k = keys[j]
-                other = next((o for o, _ in near[i] if o != j), None)
                 there = None if boxes[k] is None else boxes[k] - [x0, y0, x0, y0]
                 m = self._motion(
                     src[i][crop],
@@ -450,24 +486,54 @@ class Layered(Propagator):
                     self._scale(boxes[k]),
                     self._landmark_prior(faces[i], faces[k], np.array([x0, y0], np.float64)),
                 )
-                r = rho(j, other)[crop][..., None]
-                rigid = m.move_rigidly(resid[j][crop] * r)
-                surface = warp_back(resid[j][crop] * (1 - r), m.surface)
-                carried.append((wt, rigid, surface, m.seen))
+                part = None
+                if support[j] is not None:  # the edit's box, padded by the bilinear footprint, in the crop
+                    sx0, sy0, sx1, sy1 = support[j]
+                    part = (max(sx0 - 2, x0) - x0, max(sy0 - 2, y0) - y0, min(sx1 + 2, x1) - x0, min(sy1 + 2, y1) - y0)
+                    part = part if part[2] > part[0] and part[3] > part[1] else None
+                motions.append((j, wt, m, part))
+            # the window of the crop the edits land in: outside it the frame stays its source
+            reached = [r for _, _, m, part in motions if part is not None and (r := m.reach(part)) is not None]
+            if not reached:
+                return
+            two = len(motions) == 2 and bool(self.params.align)
+            scale = min(self._scale(boxes[keys[j]]) for j, _ in near[i])
+            pad = int(np.ceil(8.0 / scale)) + 2 if two else 1  # the alignment's shift field reaches past the edit
+            r_box = np.array(reached)
+            ex0, ey0 = np.maximum(0, r_box[:, :2].min(0) - pad)
+            ex1, ey1 = np.minimum([x1 - x0, y1 - y0], r_box[:, 2:].max(0) + pad)
+            win, sub = (ex0, ey0, ex1, ey1), np.s_[ey0:ey1, ex0:ex1]
+            carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
+            dacc = np.zeros((ey1 - ey0, ex1 - ex0, 2), np.float32)
+            dw = 0.0
+            for j, wt, m, part in motions:
+                if part is None:
+                    zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)
+                    carried.append((wt, zero, zero, m.seen[sub]))
+                    continue
+                other = next((o for o, _ in near[i] if o != j), None)
+                bx0, by0, bx1, by1 = part
+                there = np.s_[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]  # the edit's box in the window
+                r = rho(j, other)[there][..., None]
+                origin = (int(ex0 - bx0), int(ey0 - by0))  # the output window's corner in the edit's box
+                rigid = m.move_rigidly(resid[j][there] * r, win, (bx0, by0))
+                surface = warp_back(resid[j][there] * (1 - r), m.surface[sub], origin)
+                carried.append((wt, rigid, surface, m.seen[sub]))
                 if disp[j] is not None:
-                    dacc += wt * warp_back(disp[j][crop], m.surface)
+                    dacc += wt * warp_back(disp[j][there], m.surface[sub], origin)
                     dw += wt
-            if len(carried) == 2 and self.params.align:
-                scale = min(self._scale(boxes[keys[j]]) for j, _ in near[i])
-                carried = self._aligned(src[i][crop], carried, scale)
+            frame = src[i][crop][sub]
+            if two:
+                carried = self._aligned(frame, carried, scale)
             wsum = sum(wt * seen for wt, _, _, seen in carried)
             seen = np.maximum.reduce([c[3] for c in carried])
             rigid = sum(wt * rp for wt, rp, _, _ in carried)
             surface = sum((wt * sn)[..., None] * sp for wt, _, sp, sn in carried)
             # surface parts: blended over the keyframes that see the pixel, faded where none does
             surface = surface * (seen / np.maximum(wsum, 1e-6))[..., None]
-            frame = src[i][crop] if dw == 0 else warp_back(src[i][crop], dacc / dw)
-            out[i][crop] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
+            if dw:
+                frame = warp_back(src[i][crop], dacc / dw, (int(ex0), int(ey0)))
+            out[i][crop][sub] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
 
         list(each(carry, todo))
         return out
