@@ -280,9 +280,8 @@ def test_a_frame_is_worked_only_where_its_keyframes_edits_can_land(seed):
     change a pixel; ``layered`` works each frame in that window alone and leaves the rest its source.
     Random similarities and smooth flows, edit boxes inside the frame and on its edges (warps replicate
     the border): every pixel the full-frame warps change is inside the window."""
-    from plugins.propagators.layered import _Motion
-
     from ipfacediff.runtime.flow import warp_back
+    from plugins.propagators.layered import _Motion
 
     rng = np.random.default_rng(seed)
     h, w = 120, 160
