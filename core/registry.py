@@ -122,6 +122,19 @@ class PipelineSettings:
             "help": "inputs larger than this on the longest side are refused (8K UHD fits)",
         },
     )
+    video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = field(
+        default="veryfast",
+        metadata={
+            "help": (
+                "x264 preset of a video output: slower presets make smaller files at about the same quality for "
+                "more encoding time (veryfast: half medium's CPU time at 720p, benchmarks/README.md)"
+            )
+        },
+    )
+    video_crf: int = field(
+        default=17,
+        metadata={"range": (0, 51), "help": "x264 constant rate factor of a video output (lower: better, larger)"},
+    )
     chunk_frames: int = field(
         default=64,
         metadata={

@@ -116,6 +116,8 @@ def _edit(case: str, clip: Path, tmp_path: Path) -> Path:
     )
     args = [str(reg) if a == "FAST_PAPER" else a for a in CASES[case]]
     common = ["--backbone", "tiny", "--steps", "3", "--max-frames", "10", "--seed", "7", "--no-cache"]
+    # the encoder the frames were recorded with (x264 medium, crf 18): they record the edit, not the encoder
+    common += ["--set", "settings.video_preset=medium", "--set", "settings.video_crf=18"]
     rc = main(["--quiet", "edit", str(clip), "-p", "eyeglasses", *common, "-o", str(out), *args])
     assert rc == 0
     return out

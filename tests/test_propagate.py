@@ -153,6 +153,25 @@ def test_propagate_writes_a_video_and_warns_about_edits_outside_the_face(sample_
     rep = json.loads(r.stdout)
     assert probe(tmp_path / "out.mp4").n_frames == 9 and rep["output_kind"] == "video"
     assert any("outside the face region" in w for w in rep["warnings"])
+    # x264 writes its options into the stream: the default encoder settings are the ones in use
+    assert b"crf=17.0" in (tmp_path / "out.mp4").read_bytes()
+
+
+def test_the_video_encoder_settings_reach_the_encoder(sample_clip, tmp_path):
+    kdir = tmp_path / "keys"
+    kdir.mkdir()
+    from ipfacediff.runtime.video import open_frames
+
+    Image.fromarray(open_frames(sample_clip).get([0])[0]).save(kdir / "0.png")
+    out = tmp_path / "out.mp4"
+    args = ["--quiet", "propagate", str(sample_clip), "--keyframes", str(kdir), "-o", str(out), "--max-frames", "3"]
+    r = run_main(*args, "--set", "settings.video_crf=23", "--set", "settings.video_preset=medium")
+    assert r.returncode == 0, r.stderr
+    stream = out.read_bytes()
+    # x264 writes its options into the stream: crf, and medium's 3 reference frames (veryfast uses 1)
+    assert b"crf=23.0" in stream and b" ref=3 " in stream
+    r = run_main(*args, "--overwrite", "--set", "settings.video_preset=sideways")
+    assert r.returncode == 2 and "video_preset" in r.stderr and "Traceback" not in r.stderr
 
 
 def _bad(tmp_path, moving, make):

@@ -355,7 +355,15 @@ class EditJob(ClipJob, EditRun):
             info = plan.info
             audio = info.path if info.kind == "video" and info.has_audio else None
             writer = open_writer(
-                out, info, n, overwrite=True, audio_from=audio, inputs=[req.input], sequence=plan.sequence
+                out,
+                info,
+                n,
+                overwrite=True,
+                audio_from=audio,
+                inputs=[req.input],
+                sequence=plan.sequence,
+                crf=settings.video_crf,
+                preset=settings.video_preset,
             )
         try:
             with progress_bar("render", n, self.show_progress) as bar:

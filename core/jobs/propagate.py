@@ -511,6 +511,8 @@ class PropagateJob(ClipJob):
                 audio_from=audio,
                 inputs=inputs,
                 sequence=self.sequence,
+                crf=self.settings.video_crf,
+                preset=self.settings.video_preset,
             ) as writer,
             progress_bar("propagate", self.n, self.show_progress) as bar,
             self.timer("propagate"),

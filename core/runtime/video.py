@@ -416,7 +416,8 @@ class VideoWriter(_Writer):
         height: int,
         audio_from: str | Path | None = None,
         codec: str = "libx264",
-        crf: int = 18,
+        crf: int = 17,
+        preset: str = "veryfast",
         overwrite: bool = False,
         timestamps: list[int] | None = None,
         time_base: Fraction | None = None,
@@ -440,7 +441,7 @@ class VideoWriter(_Writer):
         even = self.width % 2 == 0 and self.height % 2 == 0
         self._stream.pix_fmt = "yuv420p" if even else "yuv444p"
         if codec == "libx264":
-            self._stream.options = {"crf": str(crf), "preset": "medium"}
+            self._stream.options = {"crf": str(crf), "preset": preset}
         self._stream.codec_context.time_base = Fraction(1) / self.rate
         # variable frame rate: each frame keeps its input presentation time
         self.timestamps = [t - timestamps[0] for t in timestamps] if timestamps else None
@@ -591,10 +592,12 @@ def open_writer(
     audio_from: str | Path | None = None,
     inputs: Sequence[str | Path] = (),
     sequence: bool | None = None,
+    crf: int = 17,
+    preset: str = "veryfast",
 ) -> VideoWriter | FrameSequenceWriter:
     """A writer for ``n`` frames like ``info``'s: numbered PNGs when ``path`` is a folder
     (:func:`is_sequence_output`), else a video at the input's fps (and its frame times, for a
-    variable-frame-rate input) with ``audio_from``'s audio."""
+    variable-frame-rate input) with ``audio_from``'s audio, H.264 at ``crf`` with x264's ``preset``."""
     if is_sequence_output(path) if sequence is None else sequence:
         return FrameSequenceWriter(path, info.width, info.height, overwrite, inputs)
     vfr = info.variable_frame_rate and info.timestamps is not None
@@ -607,6 +610,8 @@ def open_writer(
         overwrite=overwrite,
         timestamps=info.timestamps[:n] if vfr else None,
         time_base=info.time_base,
+        crf=crf,
+        preset=preset,
     )
 
 
