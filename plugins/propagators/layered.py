@@ -27,6 +27,8 @@ output is the source, byte for byte. It follows no landmark model: the face box 
 fit, and where the face processor's landmarks (RetinaFace's five points) say the face moved by more than
 ``PRIOR_MOTION`` face widths, the flow is also found after that similarity, and the one that explains the
 face's pixels better is used (a head that rises by most of its size between a frame and its keyframe).
+The motion is estimated over the face and its surroundings; the edit is moved and blended only in the
+window its keyframes' edits can land in (:meth:`_Motion.reach`), the rest of the frame is its source.
 """
 
 from __future__ import annotations
