@@ -124,12 +124,7 @@ class PipelineSettings:
     )
     video_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = field(
         default="veryfast",
-        metadata={
-            "help": (
-                "x264 preset of a video output: slower presets make smaller files at about the same quality for "
-                "more encoding time (veryfast: half medium's CPU time at 720p, benchmarks/README.md)"
-            )
-        },
+        metadata={"help": "x264 preset of a video output (slower: smaller files at the same quality, more CPU time)"},
     )
     video_crf: int = field(
         default=17,
