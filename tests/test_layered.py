@@ -107,6 +107,39 @@ def test_a_rigid_accessory_stays_within_a_pixel_of_the_head_while_the_eyes_close
     assert layered < flow
 
 
+def test_eyeglasses_touching_a_skin_paint_are_told_apart_from_it(catalog):
+    """A rim that moves with the head and a striped paint that moves with the skin touch, so they are one
+    connected part of the edit; between the two keyframes the head moves 3 px right and the skin 4 px
+    down. With ``region``, each neighbourhood takes the motion that predicts it: the rim rigid, the paint
+    surface; by connected part (the default) one motion moves both."""
+    from ipfacediff.plugins.propagators.layered import _Motion
+
+    h = w = 200
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    def rim(cx):
+        return -100.0 * (np.abs(np.hypot(xs - cx, ys - 60) - 30) < 2)
+
+    def paint(top):
+        return 60.0 * np.sin((ys - top) / 3.0) * ((ys >= top) & (ys < top + 80) & (xs >= 40) & (xs < 160))
+
+    here = np.repeat((rim(100) + paint(89))[..., None], 3, -1)  # the rim's bottom (y 88-91) meets the paint
+    there = np.repeat((rim(103) + paint(93))[..., None], 3, -1)  # the other keyframe
+    motion = _Motion(  # from here to there: the head 3 px right, the skin 4 px down
+        rigid=np.float64([[1, 0, 3], [0, 1, 0]]),
+        surface=np.broadcast_to(np.float32([0, 4]), (h, w, 2)).copy(),
+        seen=np.ones((h, w), np.float32),
+    )
+    on_rim, on_paint = rim(100) < 0, paint(89) != 0
+    layered = catalog.build("propagator", "layered", {"region": 0.1})
+    labels, n = layered._parts(here)
+    assert n == 2 and np.unique(labels[on_rim | on_paint]).tolist() == [1], "one connected part"
+    rho = layered._rigidity(here, there, motion, labels, n, size=200.0)
+    assert rho[on_rim].mean() > 0.9 and rho[on_paint].mean() < 0.1, (rho[on_rim].mean(), rho[on_paint].mean())
+    whole = catalog.build("propagator", "layered", {})._rigidity(here, there, motion, labels, n, 200.0)
+    assert np.ptp(whole[on_rim | on_paint]) == 0, "per connected part: one motion for both"
+
+
 def test_an_opening_mouth_keeps_the_source_teeth(catalog, d0_face68):
     """Lip colour on keyframes with the mouth closed (0 and 8); between them the mouth opens on teeth no
     keyframe saw: they stay the frame's own, while the lips around them take the colour."""
