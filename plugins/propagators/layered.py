@@ -24,13 +24,13 @@ the motion that predicts it better (by more than ``decide`` grey levels); a part
 tell apart takes ``prior``. With ``region``, each neighbourhood of that many face widths chooses instead
 (eyeglasses that touch a skin paint are then not one part with it). Motion is estimated directly from
 each frame to its keyframes (a frame's result depends on it and its keyframes alone, so chunked
-propagation equals whole-clip). Where nothing was edited the
-output is the source, byte for byte. It follows no landmark model: the face box bounds the head-motion
-fit, and where the face processor's landmarks (RetinaFace's five points) say the face moved by more than
-``PRIOR_MOTION`` face widths, the flow is also found after that similarity, and the one that explains the
-face's pixels better is used (a head that rises by most of its size between a frame and its keyframe).
-The motion is estimated over the face and its surroundings; the edit is moved and blended only in the
-window its keyframes' edits can land in (:meth:`_Motion.reach`), the rest of the frame is its source.
+propagation equals whole-clip). Where nothing was edited the output is the source, byte for byte. It
+follows no landmark model: the face box bounds the head-motion fit, and where the face processor's
+landmarks (RetinaFace's five points) say the face moved by more than ``PRIOR_MOTION`` face widths, the
+flow is also found after that similarity, and the one that explains the face's pixels better is used (a
+head that rises by most of its size between a frame and its keyframe). The motion is estimated over the
+face and its surroundings; the edit is moved and blended only in the window its keyframes' edits can
+land in (:meth:`_Motion.reach`), the rest of the frame is its source.
 """
 
 from __future__ import annotations
