@@ -87,6 +87,22 @@ def test_faces_job_on_the_sample_clip(sample_clip, tmp_path):
     r = run_cli("faces", str(sample_clip), "-o", str(out), "--max-frames", "2")
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
+    # the video settings reach x264 (it writes its options into the stream; veryfast, the default, uses 1
+    # reference frame, medium 3)
+    assert b"crf=17.0" in (out / "crops.mp4").read_bytes() and b" ref=1 " in (out / "roundtrip.mp4").read_bytes()
+    more = [
+        "--overwrite",
+        "--max-frames",
+        "2",
+        "--set",
+        "settings.video_crf=23",
+        "--set",
+        "settings.video_preset=medium",
+    ]
+    assert run_main("--quiet", "faces", str(sample_clip), "-o", str(out), *more).returncode == 0
+    for name in ("crops.mp4", "roundtrip.mp4"):
+        assert b"crf=23.0" in (out / name).read_bytes() and b" ref=3 " in (out / name).read_bytes(), name
+
 
 @needs_models
 @needs_data

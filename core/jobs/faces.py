@@ -50,16 +50,21 @@ def _identity_to_first(encoder, frame: np.ndarray, det, acc: _Pass) -> float | N
     return float((e * acc.ref).sum())
 
 
-def _align_pass(source, n: int, track, processor, encoder, metrics, size: int, folder: Path, show: bool) -> _Pass:
-    """Align every frame's face (a resized frame where there is none), paste it back, write the
-    crops and the round trip, score the round trip and keep a strip of six frames."""
+def _align_pass(source, n: int, track, processor, encoder, metrics, settings, folder: Path, show: bool) -> _Pass:
+    """Align every frame's face (a resized frame where there is none, in a square of
+    ``settings.crop_size``), paste it back, write the crops and the round trip (with the settings'
+    x264 preset and CRF), score the round trip and keep a strip of six frames."""
+    size = settings.crop_size
+    x264 = {"crf": settings.video_crf, "preset": settings.video_preset}
     info = source.info
     audio = info.path if info.kind == "video" and info.has_audio else None
     acc = _Pass(metrics={m.name: [] for m in metrics})
     strip_idx = set(np.linspace(0, n - 1, min(6, n)).round().astype(int).tolist())
     with (
-        VideoWriter(folder / "crops.mp4", info.fps_fraction, size, size, audio_from=audio) as wc,
-        VideoWriter(folder / "roundtrip.mp4", info.fps_fraction, info.width, info.height, audio_from=audio) as wr,
+        VideoWriter(folder / "crops.mp4", info.fps_fraction, size, size, audio_from=audio, **x264) as wc,
+        VideoWriter(
+            folder / "roundtrip.mp4", info.fps_fraction, info.width, info.height, audio_from=audio, **x264
+        ) as wr,
         progress_bar("align", n, show) as bar,
     ):
         for start, chunk in source.iter_chunks(16, n):
@@ -119,7 +124,7 @@ def run_face_crops(
             tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
             with job.timer("align_write"):
                 acc = _align_pass(
-                    source, job.n, job.track, processor, encoder, metrics, settings.crop_size, tmp_dir, show_progress
+                    source, job.n, job.track, processor, encoder, metrics, settings, tmp_dir, show_progress
                 )
             report = _faces_report(job, found, metrics, acc, out_dir)
             (tmp_dir / "faces.json").write_text(json.dumps(report, indent=2, default=float))
