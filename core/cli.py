@@ -1011,10 +1011,11 @@ def finetune(
 )
 @click.option(
     "--baselines",
-    default="source,copy-nearest,flow-warp-edited,taesd-roundtrip",
+    default="source,copy-nearest,flow-warp-edited,taesd-roundtrip,truth-resmoothed",
     show_default=True,
     help="--ground-truth: the baselines scored beside the propagators (taesd-roundtrip, the ceiling of a "
-    "latent-space propagator, costs a TAESD encode and decode per frame).",
+    "latent-space propagator, costs a TAESD encode and decode per frame; truth-resmoothed, the dlib truth drawn "
+    "again with its landmarks smoothed over 5 frames instead of 7: how precisely the truth itself is defined).",
 )
 @click.option(
     "--truth",

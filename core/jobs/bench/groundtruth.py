@@ -168,7 +168,10 @@ def ground_truth(
 
 
 # ------------------------------------------------------------------------------ the benchmark job
-BASELINES = ("source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip")
+BASELINES = ("source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip", "truth-resmoothed")
+#: ``truth-resmoothed``: the dlib truth drawn again with its landmarks smoothed over this many frames instead
+#: of :func:`truth68.smooth_landmarks`' default: how precisely the truth itself is defined (dlib truth only)
+RESMOOTH_WINDOW = 5
 DEFAULT_PROPAGATORS = ("flow-residual", "mesh-flow", "layered")
 INTERVALS = (8, 16)
 SCORES = ("face_psnr", "face_ssim", "edit_psnr", "edit_ssim", "temporal_error", "warp_error")
@@ -264,8 +267,10 @@ def _truth(job: dict, frames: np.ndarray, track) -> dict:
     def grow(mask: np.ndarray, face: np.ndarray) -> np.ndarray:  # a layer's pixels, 2 px wider, in the face
         return cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & face
 
+    raw = None
     if job.get("truth", "facemesh") == "dlib68":
-        lms = truth68.dlib68_landmarks(frames, track)
+        raw = truth68.dlib68_landmarks(frames, track, smooth=1)
+        lms = truth68.smooth_landmarks(raw)
         gt, where = truth68.ground_truth(frames, lms, job["edit"], seed=job["seed"])
         faces = [truth68.face_mask(lm, shape) for lm in lms]
         layers = {name: [grow(m, f) for m, f in zip(w, faces)] for name, w in where.items()}
@@ -275,7 +280,7 @@ def _truth(job: dict, frames: np.ndarray, track) -> dict:
         faces = [face_mask(lm, shape) for lm in lms]
         layers = {job["edit"]: [grow(a > 0.02, f) for a, f in zip(alpha, faces)]}
     edits = [np.any([layers[k][t] for k in layers], 0) for t in range(len(frames))]
-    return {"gt": gt, "faces": faces, "edits": edits, "layers": layers}
+    return {"gt": gt, "faces": faces, "edits": edits, "layers": layers, "raw_landmarks": raw}
 
 
 def run_groundtruth_job(job: dict, job_dir) -> dict:
@@ -305,6 +310,8 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
     motion = source_motion(frames, faces)
     rows: list[dict] = []
     methods = list(job.get("baselines", BASELINES)) + list(job["propagators"])
+    if truth["raw_landmarks"] is None:  # the truth drawn again needs the dlib truth's own landmarks
+        methods = [m for m in methods if m != "truth-resmoothed"]
     shown: dict[str, np.ndarray] = {}
     model = TRUTH_MODEL.get(job.get("truth", "facemesh"))
     for interval in job["intervals"]:
@@ -312,7 +319,7 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
         others = [t for t in range(n) if t not in keys]
         for m in methods:
             t0 = time.perf_counter()
-            out, follows = _method_output(m, job, catalog, frames, gt, faces, keys, track, processor, shown)
+            out, follows = _method_output(m, job, catalog, frames, truth, keys, track, processor, shown)
             fs = [_masked_scores(out[t], gt[t], faces[t]) for t in others]
             es = [_masked_scores(out[t], gt[t], edits[t]) for t in others]
             by_layer = {}
@@ -354,14 +361,20 @@ def run_groundtruth_job(job: dict, job_dir) -> dict:
 
 
 def _method_output(
-    m: str, job: dict, catalog, frames, gt, faces, keys, track, processor, shown
+    m: str, job: dict, catalog, frames, truth, keys, track, processor, shown
 ) -> tuple[np.ndarray, bool]:
     """One method's output clip given the ground truth's keyframes, and the landmark model it follows."""
     from ipfacediff.jobs.propagate import carry_edits
 
     n = len(frames)
+    gt, faces = truth["gt"], truth["faces"]
     if m == "source":
         return frames, None
+    if m == "truth-resmoothed":  # the same truth from the same landmarks, smoothed over fewer frames
+        if "_resmoothed" not in shown:
+            lms = truth68.smooth_landmarks(truth["raw_landmarks"], RESMOOTH_WINDOW)
+            shown["_resmoothed"] = truth68.ground_truth(frames, lms, job["edit"], seed=job["seed"])[0]
+        return shown["_resmoothed"], None
     if m == "taesd-roundtrip":  # independent of the keyframes: computed once per job
         if "_rt" not in shown:
             shown["_rt"] = _roundtrip(gt, faces)

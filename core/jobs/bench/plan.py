@@ -53,7 +53,7 @@ class BenchRequest:
     edits: list[str] = field(default_factory=lambda: ["paint+glasses", "lips", "smile"])
     truths: list[str] = field(default_factory=lambda: ["dlib68"])  # groundtruth.TRUTHS
     baselines: list[str] = field(
-        default_factory=lambda: ["source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip"]
+        default_factory=lambda: ["source", "copy-nearest", "flow-warp-edited", "taesd-roundtrip", "truth-resmoothed"]
     )  # groundtruth.BASELINES
     # which networks score the identity metrics: auto (an independent one and the identity loss's),
     # independent, loss, or encoder names (see plan_identity)
