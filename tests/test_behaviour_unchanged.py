@@ -21,7 +21,8 @@ re-recorded the ``ip-facediff`` case when its propagator became ``layered`` (iss
 ``ip-facediff``, ``ip-facediff-paper-fast`` and ``sdedit`` cases when RetinaFace began tracking (the
 next frame searched around the previous face: landmarks move by a fraction of a pixel) and ``layered``
 began estimating motion at a face width of 160 px, and the ``ip-facediff`` case when ``layered``'s
-keyframes began competing where both see a pixel (``compete``; thumbnails 0.50 grey levels apart).
+keyframes began competing where both see a pixel (``compete``) and weighing each by how well the frame matches it
+(``trust``; thumbnails 0.64 grey levels from the previous recording).
 ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew (only when a
 change of output is intended, and said so in the commit and the changelog).
 """

@@ -20,6 +20,9 @@ Each keyframe's edit is decomposed into
     worse counts less there (``compete``): lips that part over teeth the other keyframe saw keep no
     lip colour even where lips and teeth are too alike for the photometric test alone.
 
+With a keyframe on each side, a frame weighs them by time and by how well its motion to each explains
+it (``trust``): a keyframe the frame cannot be matched to (a fast move, a blur) gives way to the other.
+
 Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's edit
 is predicted from the other keyframe both ways (rigid and surface), and each connected part of it takes
 the motion that predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot
@@ -200,6 +203,15 @@ class Layered(Propagator):
                 "where its flow explains the frame's pixel worse than the other's by excess grey levels "
                 "(0: both count as their visibility says; 8 gained 0.1-0.3 dB of lip PSNR on the dlib truth: "
                 "benchmarks/README.md)",
+            },
+        )
+        trust: float = field(
+            default=3.0,
+            metadata={
+                "range": (0.0, 255.0),
+                "help": "with a keyframe on each side: each one's weight in a frame times exp(-excess / this), "
+                "excess: the grey levels by which its motion explains the frame worse on average than the other's "
+                "(a keyframe the frame cannot be matched to, a fast move or a blur, gives way; 0: time alone)",
             },
         )
         align: float = field(
@@ -564,6 +576,7 @@ class Layered(Propagator):
             win, sub = (ex0, ey0, ex1, ey1), np.s_[ey0:ey1, ex0:ex1]
             carried = []  # per keyframe: (weight, rigid part, surface part, where it sees the pixel)
             vis = self._visibility([m for _, _, m, _ in motions], sub)
+            motions = self._weighed(motions, sub)
             dacc = np.zeros((ey1 - ey0, ex1 - ex0, 2), np.float32)
             dw = 0.0
             for j, wt, m, part in motions:
@@ -597,6 +610,18 @@ class Layered(Propagator):
 
         list(each(carry, todo))
         return out
+
+    def _weighed(self, motions: list, sub) -> list:
+        """``motions`` (per keyframe: row, temporal weight, motion, edit box) with the weights of two
+        keyframes moved towards the one whose motion explains the frame's window ``sub`` better
+        (``trust``): where the two disagree (a fast move, a blur on one side), the rims and the paint come
+        from the one that matches, not from a blend of both (a double rim)."""
+        tau = self.params.trust
+        if tau <= 0 or len(motions) != 2 or any(m.err is None for _, _, m, _ in motions):
+            return motions
+        errs = [float(m.err[sub].mean()) for _, _, m, _ in motions]
+        w = [float(wt * np.exp((min(errs) - e) / tau)) for (_, wt, _, _), e in zip(motions, errs)]
+        return [(j, wj / sum(w), m, part) for (j, _, m, part), wj in zip(motions, w)]
 
     def _visibility(self, motions: list[_Motion], sub) -> list[np.ndarray]:
         """How much each keyframe's surface parts count at each pixel of the window ``sub``: where it sees
