@@ -195,7 +195,16 @@ def test_interrupted_edit_leaves_nothing_and_resumes_after_finished_stages(sig, 
         "--json",
     ]
     env = {**os.environ, "IPFACEDIFF_CACHE": str(cache)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Ctrl-C as a terminal sends it: the edit starts with SIGINT's default disposition, even where this test
+    # runs with SIGINT ignored (a shell's background job: the edit would inherit that and finish with 0)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     _wait_for(cache / "keyframe-edits", "*.pt", proc)  # keyframes edited: interrupt while rendering
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=300)
