@@ -79,6 +79,24 @@ def _misplaced(src, out, gt, rims, frames) -> float:
     return float(np.max(dists))
 
 
+def _opening_mouth(frame, lms, drop, depth: float):
+    """9 frames of ``frame`` whose lower lip comes down by ``depth`` px times ``drop(t)`` (its corners by
+    half), their landmarks, and where each frame's mouth is open beyond the closed mouth of ``lms``."""
+    from ipfacediff.jobs.bench.truth68 import INNER_LIPS, _poly
+
+    def moves(t, p):
+        for i in (56, 57, 58, 65, 66, 67):
+            p[i] += [0, depth * drop(t)]
+        for i in (55, 59, 64, 60):
+            p[i] += [0, depth / 2 * drop(t)]
+        return p
+
+    frames, track = _clip(frame, lms, moves)
+    frames, track = frames[:9], track[:9]
+    before = cv2.dilate(_poly(lms[INNER_LIPS], frame.shape).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return frames, track, [_poly(p[INNER_LIPS], frame.shape) & ~before for p in track]
+
+
 def test_a_rigid_accessory_stays_within_a_pixel_of_the_head_while_the_eyes_close(catalog, d0_face68):
     """Eyeglasses follow the head's similarity (the truth's rigid layer) while the upper lids come down
     (closed at keyframe 8, open at 0 and 16): the rims of every propagated frame lie within 1 px of
@@ -144,22 +162,12 @@ def test_eyeglasses_touching_a_skin_paint_are_told_apart_from_it(catalog):
 def test_an_opening_mouth_keeps_the_source_teeth(catalog, d0_face68):
     """Lip colour on keyframes with the mouth closed (0 and 8); between them the mouth opens on teeth no
     keyframe saw: they stay the frame's own, while the lips around them take the colour."""
-    from ipfacediff.jobs.bench.truth68 import INNER_LIPS, _poly, ground_truth
+    from ipfacediff.jobs.bench.truth68 import ground_truth
 
     frame, lms, det = d0_face68
 
-    def moves(t, p):
-        drop = max(0.0, 1 - abs(t - 4) / 3)  # open at frame 4, closed at 0 and 8
-        for i in (56, 57, 58, 65, 66, 67):
-            p[i] += [0, 14 * drop]
-        for i in (55, 59, 64, 60):
-            p[i] += [0, 7 * drop]
-        return p
-
-    frames, track = _clip(frame, lms, moves)
-    frames, track = frames[:9], track[:9]
-    before = cv2.dilate(_poly(lms[INNER_LIPS], frame.shape).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    openings = [_poly(p[INNER_LIPS], frame.shape) & ~before for p in track]  # what the keyframes never show
+    # open at frame 4, closed at 0 and 8: the openings are what the keyframes never show
+    frames, track, openings = _opening_mouth(frame, lms, lambda t: max(0.0, 1 - abs(t - 4) / 3), 14)
     rng = np.random.default_rng(0)
     for f, mouth in zip(frames, openings):  # teeth: bright, with dark gaps
         teeth = np.full(f.shape, 235, np.uint8)
@@ -358,22 +366,11 @@ def test_lips_parting_over_teeth_the_other_keyframe_saw_take_no_lip_colour(catal
     over teeth keyframe 8 saw. The teeth are pale and close to the lips' colour, so the photometric test
     alone does not say keyframe 0 cannot see them; its lip colour is kept off them because keyframe 8's
     motion explains them better (``compete``)."""
-    from ipfacediff.jobs.bench.truth68 import INNER_LIPS, _poly, ground_truth, lips_mask
+    from ipfacediff.jobs.bench.truth68 import ground_truth, lips_mask
 
     frame, lms, det = d0_face68
 
-    def moves(t, p):
-        drop = t / 8  # closed at 0, open at 8
-        for i in (56, 57, 58, 65, 66, 67):
-            p[i] += [0, 24 * drop]
-        for i in (55, 59, 64, 60):
-            p[i] += [0, 12 * drop]
-        return p
-
-    frames, track = _clip(frame, lms, moves)
-    frames, track = frames[:9], track[:9]
-    before = cv2.dilate(_poly(lms[INNER_LIPS], frame.shape).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    openings = [_poly(p[INNER_LIPS], frame.shape) & ~before for p in track]
+    frames, track, openings = _opening_mouth(frame, lms, lambda t: t / 8, 24)  # closed at 0, open at 8
     lip = frames[0][lips_mask(lms, frame.shape)].mean(0)
     rng = np.random.default_rng(0)
     teeth = np.clip(lip + 30 + rng.integers(-6, 6, frames[0].shape), 0, 255).astype(np.uint8)
