@@ -80,7 +80,7 @@ class PipelineSettings:
             "range": (0.0, 100.0),
             "help": (
                 "adaptive: the self-check PSNR (dB) of a keyframe interval below which it gets a keyframe (on the "
-                "dlib truth, intervals below 28 dB all carried the edit below 30 dB: benchmarks/README.md)"
+                "dlib truth, intervals below 28 dB gained the most when split: benchmarks/README.md)"
             ),
         },
     )
