@@ -66,8 +66,12 @@ LANDING_PAD = 0.5
 #: neighbourhood to choose its motion, whatever its region says
 CLEAR_GAIN = 24.0
 
-#: face widths the landmarks must say the face moved by for the flow to be also tried after that motion
+#: face widths the landmarks must say the face moved by for the flow to be found after that motion
 PRIOR_MOTION = 0.1
+
+#: mean photometric error over the face (grey levels) above which the flow found after the landmarks'
+#: motion is checked against the flow found without it (landmarks that went wrong)
+PRIOR_DOUBT = TRUSTED_LEVEL
 
 
 def _peak(x: np.ndarray) -> np.ndarray:
@@ -339,18 +343,21 @@ class Layered(Propagator):
         """Motion from frame ``a`` to keyframe ``b``, direct: a frame's result depends on that frame and its
         keyframes alone, so chunked propagation equals whole-clip propagation. Estimated on the frames
         downscaled by ``scale`` and brought back to full size. ``prior``: the face's similarity from ``a``
-        to ``b`` by the face processor's landmarks (:meth:`_landmark_prior`); then the flow is also found
-        after moving ``b`` by it (what is left of the motion), and of the two the one that explains the
-        face's pixels better is used, so a face that moved by most of its size between the two (a head
-        rising in the frame, a fast turn) is still matched."""
+        to ``b`` by the face processor's landmarks (:meth:`_landmark_prior`); then the flow is found after
+        moving ``b`` by it (what is left of the motion), so a face that moved by most of its size between
+        the two (a head rising in the frame, a fast turn) is still matched. Only where that flow explains
+        the face's pixels worse than ``PRIOR_DOUBT`` on average (landmarks that went wrong) is the flow
+        without it found too, and the better of the two used. (Both on every such frame, the better
+        kept, scored lower on the dlib truth and cost a second flow: benchmarks/README.md.)"""
         h, w = a.shape[:2]
         small = (max(8, round(w * scale)), max(8, round(h * scale)))
         if scale < 1.0:
             a, b = (cv2.resize(x, small, interpolation=cv2.INTER_AREA) for x in (a, b))
         sx, sy = small[0] / w if scale < 1.0 else 1.0, small[1] / h if scale < 1.0 else 1.0
         low_box = None if box is None else np.asarray(box, np.float64) * [sx, sy, sx, sy]
-        fwd = self._flow(a, b)
-        if prior is not None:  # the prior at the small frame's scale (pixel centres: p_low = S p + c)
+        if prior is None:
+            fwd = self._flow(a, b)
+        else:  # the prior at the small frame's scale (pixel centres: p_low = S p + c)
             s = np.diag([sx, sy])
             c = 0.5 * np.array([sx, sy]) - 0.5 if scale < 1.0 else np.zeros(2)
             a_low = s @ prior[:, :2] @ np.linalg.inv(s)
@@ -365,8 +372,11 @@ class Layered(Propagator):
             def error(f: np.ndarray) -> float:
                 return float(_mean_abs(warp_back(b, f)[face].astype(np.float32) - a[face]).mean())
 
-            if error(guided) < error(fwd):
-                fwd = guided
+            fwd, doubt = guided, error(guided)
+            if doubt > PRIOR_DOUBT:
+                direct = self._flow(a, b)
+                if error(direct) < doubt:
+                    fwd = direct
         ok, seen, err = self._fit(a, b, fwd)
         sim = self._similarity(fwd, ok, low_box, min(sx, sy))
         size = float(low_box[2] - low_box[0]) if low_box is not None else float(max(a.shape[:2])) / 2
