@@ -66,6 +66,43 @@ def _window(lms, shape, margin=0.35):
     )
 
 
+def _five(pts: np.ndarray) -> np.ndarray:
+    """RetinaFace's five points (the eyes' centres, the nose tip, the mouth's corners) from dlib's 68."""
+    return np.stack([pts[:, 36:42].mean(1), pts[:, 42:48].mean(1), pts[:, 30], pts[:, 48], pts[:, 54]], 1)
+
+
+def _tracked(pts: np.ndarray, five: list | None) -> list[FaceDetection]:
+    """Each frame's face: the box of its 68 landmarks ``pts``, and ``five[t]`` as its landmarks (None:
+    a box only)."""
+    out = []
+    for t in range(len(pts)):
+        box = np.concatenate([pts[t].min(0), pts[t].max(0)]).astype(np.float32)
+        lm = None if five is None or five[t] is None else np.asarray(five[t], np.float32)
+        out.append(FaceDetection(box, 1.0, lm))
+    return out
+
+
+def _worst_face_psnr(catalog, src, gt, pts, faces, keys, frames, **params) -> float:
+    """The worst face PSNR (dB; the face: the hull of ``pts``) of ``layered``'s output at ``frames``."""
+    from ipfacediff.jobs.bench.truth68 import face_mask
+
+    inp = PropagationInput(
+        key_rows=keys,
+        frames=list(range(len(src))),
+        source_pixels=src,
+        edited_pixels=gt[keys],
+        reconstructed_pixels=src[keys],
+        faces=faces,
+    )
+    out = catalog.build("propagator", "layered", params).propagate(inp)
+    scores = []
+    for t in frames:
+        m = face_mask(pts[t], src.shape[1:3]) > 0
+        err = (out[t].astype(np.float64) - gt[t])[m]
+        scores.append(10 * np.log10(255.0**2 / max(float((err**2).mean()), 1e-10)))
+    return float(min(scores))
+
+
 def _misplaced(src, out, gt, rims, frames) -> float:
     """The 95th percentile distance (px) of the output's rim pixels (clearly darkened) from the truth's and
     back, at the worst of ``frames``."""
@@ -265,7 +302,7 @@ def test_a_face_that_moves_by_most_of_its_size_is_matched_with_the_landmarks_hel
     similarity of the face processor's landmarks (RetinaFace's five points, here from the truth's), the
     flow finds the rest and the edit lands where the truth has it. Without landmarks (a box only) the
     same frames get the flow alone, as before."""
-    from ipfacediff.jobs.bench.truth68 import face_mask, ground_truth
+    from ipfacediff.jobs.bench.truth68 import ground_truth
 
     frame, lms, det = d0_face68
     width = float(lms[:, 0].max() - lms[:, 0].min())
@@ -283,35 +320,10 @@ def test_a_face_that_moves_by_most_of_its_size_is_matched_with_the_landmarks_hel
     x1, y1 = min(x1, frame.shape[1]), min(y1, frame.shape[0])
     src, gt = _crop(frames, gt, box=(x0, y0, x1, y1))
     pts = track - [x0, y0]
-    five = np.stack([pts[:, 36:42].mean(1), pts[:, 42:48].mean(1), pts[:, 30], pts[:, 48], pts[:, 54]], 1)
-
-    def faces(with_landmarks: bool):
-        out = []
-        for t in range(len(src)):
-            box = np.concatenate([pts[t].min(0), pts[t].max(0)]).astype(np.float32)
-            out.append(FaceDetection(box, 1.0, five[t].astype(np.float32) if with_landmarks else None))
-        return out
-
-    keys = [0, 16]
-
-    def worst_psnr(with_landmarks: bool) -> float:
-        inp = PropagationInput(
-            key_rows=keys,
-            frames=list(range(len(src))),
-            source_pixels=src,
-            edited_pixels=gt[keys],
-            reconstructed_pixels=src[keys],
-            faces=faces(with_landmarks),
-        )
-        out = catalog.build("propagator", "layered").propagate(inp)
-        scores = []
-        for t in range(1, 16):
-            m = face_mask(pts[t], src.shape[1:3]) > 0
-            err = (out[t].astype(np.float64) - gt[t])[m]
-            scores.append(10 * np.log10(255.0**2 / max(float((err**2).mean()), 1e-10)))
-        return float(min(scores))
-
-    guided, alone = worst_psnr(True), worst_psnr(False)
+    five = _five(pts)
+    keys, frames_between = [0, 16], range(1, 16)
+    guided = _worst_face_psnr(catalog, src, gt, pts, _tracked(pts, five), keys, frames_between)
+    alone = _worst_face_psnr(catalog, src, gt, pts, _tracked(pts, None), keys, frames_between)
     print(f"worst propagated frame, face PSNR: with landmarks {guided:.2f} dB, box only {alone:.2f} dB")
     assert guided > alone + 2.0
 
@@ -440,7 +452,7 @@ def test_landmarks_that_went_wrong_give_way_to_the_flow_without_them(catalog, d0
     all. With that check switched off (``PRIOR_DOUBT`` infinite), the wrong landmarks misplace it."""
     import sys
 
-    from ipfacediff.jobs.bench.truth68 import face_mask, ground_truth
+    from ipfacediff.jobs.bench.truth68 import ground_truth
 
     frame, lms, _ = d0_face68
     frames, track = _clip(frame, lms, _head)
@@ -448,41 +460,15 @@ def test_landmarks_that_went_wrong_give_way_to_the_flow_without_them(catalog, d0
     box = _window(lms, frame.shape)
     src, gt = _crop(frames, gt, box=box)
     pts = track - box[:2]
-    five = np.stack([pts[:, 36:42].mean(1), pts[:, 42:48].mean(1), pts[:, 30], pts[:, 48], pts[:, 54]], 1)
-    wrong = set(range(4, 13))
-
-    def faces(landmarks: bool):
-        out = []
-        for t in range(len(src)):
-            lm = None
-            if landmarks:
-                lm = five[t]
-                if t in wrong:
-                    centre = lm.mean(0)
-                    m = cv2.getRotationMatrix2D(tuple(float(v) for v in centre), 35.0, 0.7)
-                    lm = lm @ m[:, :2].T + m[:, 2]
-            box_t = np.concatenate([pts[t].min(0), pts[t].max(0)]).astype(np.float32)
-            out.append(FaceDetection(box_t, 1.0, None if lm is None else lm.astype(np.float32)))
-        return out
-
-    keys = [0, 16]
+    wrong = range(4, 13)
+    five = list(_five(pts))
+    for t in wrong:
+        m = cv2.getRotationMatrix2D(tuple(float(v) for v in five[t].mean(0)), 35.0, 0.7)
+        five[t] = five[t] @ m[:, :2].T + m[:, 2]
 
     def worst_psnr(landmarks: bool) -> float:
-        inp = PropagationInput(
-            key_rows=keys,
-            frames=list(range(len(src))),
-            source_pixels=src,
-            edited_pixels=gt[keys],
-            reconstructed_pixels=src[keys],
-            faces=faces(landmarks),
-        )
-        out = catalog.build("propagator", "layered", {"threads": 1}).propagate(inp)
-        scores = []
-        for t in sorted(wrong):
-            m = face_mask(pts[t], src.shape[1:3]) > 0
-            err = (out[t].astype(np.float64) - gt[t])[m]
-            scores.append(10 * np.log10(255.0**2 / max(float((err**2).mean()), 1e-10)))
-        return float(min(scores))
+        faces = _tracked(pts, five if landmarks else None)
+        return _worst_face_psnr(catalog, src, gt, pts, faces, [0, 16], wrong, threads=1)
 
     checked, none = worst_psnr(True), worst_psnr(False)
     module = sys.modules[type(catalog.build("propagator", "layered")).__module__]
