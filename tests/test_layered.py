@@ -1,7 +1,8 @@
 """The ``layered`` propagator on synthetic clips with a known answer, made from a real face (d0's first
 frame) whose dlib landmarks are moved by hand and the frame warped with them (the truth's thin-plate
 spline): a rigid accessory stays on the head while the eyes close, an opening mouth keeps its own
-teeth, a smile is carried as a displacement, and an edit of nothing gives the source byte for byte."""
+teeth, a smile is carried as a displacement, a face that moves far is matched with its landmarks'
+help (and without it where they went wrong), and an edit of nothing gives the source byte for byte."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def _five(pts: np.ndarray) -> np.ndarray:
     return np.stack([pts[:, 36:42].mean(1), pts[:, 42:48].mean(1), pts[:, 30], pts[:, 48], pts[:, 54]], 1)
 
 
-def _tracked(pts: np.ndarray, five: list | None) -> list[FaceDetection]:
+def _tracked(pts: np.ndarray, five: np.ndarray | list | None) -> list[FaceDetection]:
     """Each frame's face: the box of its 68 landmarks ``pts``, and ``five[t]`` as its landmarks (None:
     a box only)."""
     out = []
