@@ -41,18 +41,24 @@ def _crop(frames, *more, box):
     return [np.ascontiguousarray(a[:, y0:y1, x0:x1]) for a in (frames, *more)]
 
 
-def _propagate(catalog, name, src, gt, keys, det, box, **params):
-    x0, y0 = box[:2]
-    face = FaceDetection(box=np.asarray(det.box, np.float32) - [x0, y0, x0, y0], score=1.0)
+def _carry(catalog, name, src, gt, keys, faces, **params):
+    """``name``'s output given the truth ``gt`` at ``keys`` and each frame's face in ``faces``."""
     inp = PropagationInput(
         key_rows=keys,
         frames=list(range(len(src))),
         source_pixels=src,
         edited_pixels=gt[keys],
         reconstructed_pixels=src[keys],
-        faces=[face] * len(src),
+        faces=faces,
     )
     return catalog.build("propagator", name, params).propagate(inp)
+
+
+def _propagate(catalog, name, src, gt, keys, det, box, **params):
+    """As :func:`_carry`, every frame with ``det``'s box (a box only), in the crop ``box``."""
+    x0, y0 = box[:2]
+    face = FaceDetection(box=np.asarray(det.box, np.float32) - [x0, y0, x0, y0], score=1.0)
+    return _carry(catalog, name, src, gt, keys, [face] * len(src), **params)
 
 
 def _window(lms, shape, margin=0.35):
@@ -87,15 +93,7 @@ def _worst_face_psnr(catalog, src, gt, pts, faces, keys, frames, **params) -> fl
     """The worst face PSNR (dB; the face: the hull of ``pts``) of ``layered``'s output at ``frames``."""
     from ipfacediff.jobs.bench.truth68 import face_mask
 
-    inp = PropagationInput(
-        key_rows=keys,
-        frames=list(range(len(src))),
-        source_pixels=src,
-        edited_pixels=gt[keys],
-        reconstructed_pixels=src[keys],
-        faces=faces,
-    )
-    out = catalog.build("propagator", "layered", params).propagate(inp)
+    out = _carry(catalog, "layered", src, gt, keys, faces, **params)
     scores = []
     for t in frames:
         m = face_mask(pts[t], src.shape[1:3]) > 0
