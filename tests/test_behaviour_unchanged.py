@@ -22,7 +22,9 @@ re-recorded the ``ip-facediff`` case when its propagator became ``layered`` (iss
 next frame searched around the previous face: landmarks move by a fraction of a pixel) and ``layered``
 began estimating motion at a face width of 160 px, and the ``ip-facediff`` case when ``layered``'s
 keyframes began competing where both see a pixel (``compete``) and weighing each by how well the frame matches it
-(``trust``; thumbnails 0.64 grey levels from the previous recording).
+(``trust``; thumbnails 0.64 grey levels from the previous recording), and the ``ip-facediff`` case
+when ``layered`` began carrying each edited pixel as a local linear change of the frame's own pixel
+(``opacity``; thumbnails 0.49 grey levels from the previous recording, 6 at most).
 ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew (only when a
 change of output is intended, and said so in the commit and the changelog).
 """

@@ -476,3 +476,30 @@ def test_landmarks_that_went_wrong_give_way_to_the_flow_without_them(catalog, d0
     print(f"worst frame, wrong landmarks: checked {checked:.2f} dB, none {none:.2f}, trusted {trusted:.2f}")
     assert checked > none - 0.5
     assert checked > trusted + 2.0
+
+
+@pytest.mark.parametrize("edit", ["lips", "paint"])
+def test_an_edit_that_hides_the_skin_keeps_its_colour_where_the_light_on_the_skin_changes(catalog, d0_face68, edit):
+    """A shadow passes over a moving head between keyframes 0 and 8 (the frames darken by up to 12%).
+    The truth's lip colour (60% opaque) and face paint (75%, its own texture) hide that much of the
+    skin, so they darken by only the part of the skin that shows through. Carried as a fixed difference
+    the whole shadow shows through; carried as the local linear change the keyframe shows (``opacity``)
+    the layers stay closer to the truth."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms, det = d0_face68
+    frames, track = _clip(frame, lms, _head)
+    frames, track = frames[:9], track[:9]
+    gain = 1 - 0.12 * np.sin(np.pi * np.arange(9) / 8)
+    shaded = np.clip(np.rint(frames * gain[:, None, None, None]), 0, 255).astype(np.uint8)
+    gt, where = ground_truth(shaded, track, edit)
+    box = _window(lms, frame.shape)
+    src, gt, layer = _crop(shaded, gt, where[edit], box=box)
+
+    def error(out):
+        return float(np.mean([np.abs(out[t].astype(int) - gt[t])[layer[t]].mean() for t in (3, 4, 5)]))
+
+    hidden = error(_propagate(catalog, "layered", src, gt, [0, 8], det, box))
+    added = error(_propagate(catalog, "layered", src, gt, [0, 8], det, box, opacity=False))
+    print(f"{edit} off the truth (grey levels), frames 3-5: opacity {hidden:.2f}, a fixed difference {added:.2f}")
+    assert hidden < 0.8 * added

@@ -20,6 +20,13 @@ Each keyframe's edit is decomposed into
     worse counts less there (``compete``): lips that part over teeth the other keyframe saw keep no
     lip colour even where lips and teeth are too alike for the photometric test alone.
 
+Each part is carried as the local linear change the keyframe's edit makes to its source
+(``opacity``): how much of the source shows through each edited pixel is fitted over the edited pixels
+around it (a tint or a lip colour keeps the skin's texture, an opaque rim or paint replaces it), and a
+frame gets the edit's colour where the edit hides the source, not the keyframe's difference added to
+its own pixel: a shadow or light that passes over the skin shows through a lip colour only as much as
+the skin does.
+
 With a keyframe on each side, a frame weighs them by time and by how well its motion to each explains
 it (``trust``): a keyframe the frame cannot be matched to (a fast move, a blur) gives way to the other.
 
@@ -72,6 +79,13 @@ PRIOR_MOTION = 0.1
 #: mean photometric error over the face (grey levels) above which the flow found after the landmarks'
 #: motion is checked against the flow found without it (landmarks that went wrong)
 PRIOR_DOUBT = TRUSTED_LEVEL
+
+#: px: the width of the neighbourhood over which an edited pixel's opacity is estimated (``opacity``)
+OPACITY_SIGMA = 2.0
+
+#: grey levels squared: how much source texture a neighbourhood needs before its opacity is believed
+#: (below it the edit counts as a fixed difference: the estimate leans towards no opacity)
+OPACITY_EPS = 16.0
 
 
 def _peak(x: np.ndarray) -> np.ndarray:
@@ -224,6 +238,14 @@ class Layered(Propagator):
                 "range": (0.0, 1.0),
                 "help": "largest shift, as a fraction of the edit's size, by which the two keyframes' carried "
                 "edits are moved onto each other before blending (0: blend as they land)",
+            },
+        )
+        opacity: bool = field(
+            default=True,
+            metadata={
+                "help": "carry each edited pixel as a local linear change of the frame's own pixel (how much of the "
+                "source shows through the edit, estimated around it in the keyframe) instead of a fixed difference: "
+                "an opaque rim stays the rim's colour where the skin under it changes"
             },
         )
         geometric: bool = field(default=True, metadata={"help": "carry displacement edits as a displacement field"})
@@ -408,6 +430,37 @@ class Layered(Propagator):
             return None
         return (disp * w[..., None]).astype(np.float32)
 
+    def _opacity(self, base: np.ndarray, edited: np.ndarray, residual: np.ndarray) -> np.ndarray | None:
+        """Per edited pixel and channel, how much of the source the edit hides (0: a difference added to the
+        source, 1: a colour painted over it), from the local linear fit ``edited = (1 - a) base + a c``
+        over the edited pixels around it (a tint keeps the source's texture, an overlay replaces it);
+        None with nothing edited or ``opacity`` off."""
+        if not self.params.opacity:
+            return None
+        mask = _peak(residual) > EDITED_LEVEL
+        ys, xs = np.nonzero(mask)
+        if not len(ys):
+            return None
+        pad = int(np.ceil(3 * OPACITY_SIGMA)) + 1
+        h, w = mask.shape
+        box = np.s_[
+            max(0, ys.min() - pad) : min(h, ys.max() + pad + 1), max(0, xs.min() - pad) : min(w, xs.max() + pad + 1)
+        ]
+        wt = mask[box].astype(np.float32)
+        x, y = base[box].astype(np.float32), edited[box].astype(np.float32)
+
+        def mean(z: np.ndarray) -> np.ndarray:
+            return cv2.GaussianBlur(z * wt[..., None], (0, 0), OPACITY_SIGMA)
+
+        mw = np.maximum(cv2.GaussianBlur(wt, (0, 0), OPACITY_SIGMA), 1e-6)[..., None]
+        mx, my = mean(x) / mw, mean(y) / mw
+        var = np.maximum(mean(x * x) / mw - mx * mx, 0)
+        cov = mean(x * y) / mw - mx * my
+        slope = (cov + OPACITY_EPS) / (var + OPACITY_EPS)
+        out = np.zeros(base.shape, np.float32)
+        out[box] = np.clip(1 - slope, 0, 1) * wt[..., None]
+        return out
+
     @staticmethod
     def _parts(residual: np.ndarray) -> tuple[np.ndarray, int]:
         edited = (_peak(residual) > EDITED_LEVEL).astype(np.uint8)
@@ -526,6 +579,10 @@ class Layered(Propagator):
         base = [recon[j] if d is None else warp_back(recon[j], d) for j, d in enumerate(disp)]
         resid = [edited[j].astype(np.float32) - b for j, b in enumerate(base)]
         parts = [self._parts(r) for r in resid]
+        opacity = list(each(lambda j: self._opacity(base[j], edited[j], resid[j]), range(len(keys))))
+        # what is carried per keyframe: the residual plus, where the edit hides the source, the hidden part
+        # (so a frame gets residual + a (keyframe's source - its own): the edit's colour, not the difference)
+        lifted = [r if a is None else r + a * b for r, a, b in zip(resid, opacity, base)]
         rigidity: dict[tuple[int, int | None], np.ndarray] = {}
 
         def rho(j: int, o: int | None) -> np.ndarray:
@@ -589,6 +646,13 @@ class Layered(Propagator):
             motions = self._weighed(motions, sub)
             dacc = np.zeros((ey1 - ey0, ex1 - ex0, 2), np.float32)
             dw = 0.0
+            for j, wt, m, part in motions:  # the keyframes' displacements, carried: the frame's new shape
+                if part is not None and disp[j] is not None:
+                    bx0, by0, bx1, by1 = part
+                    there = np.s_[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]
+                    dacc += wt * warp_back(disp[j][there], m.surface[sub], (int(ex0 - bx0), int(ey0 - by0)))
+                    dw += wt
+            frame = src[i][crop][sub] if not dw else warp_back(src[i][crop], dacc / dw, (int(ex0), int(ey0)))
             for j, wt, m, part in motions:
                 if part is None:
                     zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)
@@ -599,23 +663,26 @@ class Layered(Propagator):
                 there = np.s_[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]  # the edit's box in the window
                 r = rho(j, other)[there][..., None]
                 origin = (int(ex0 - bx0), int(ey0 - by0))  # the output window's corner in the edit's box
-                rigid = m.move_rigidly(resid[j][there] * r, win, (bx0, by0))
-                surface = warp_back(resid[j][there] * (1 - r), m.surface[sub], origin)
+                a = None if opacity[j] is None else opacity[j][there]
+                zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)
+                rigid, surface = zero, zero
+                if r.max() > 0:  # (most edits have no rigid part: nothing to move)
+                    rigid = m.move_rigidly(lifted[j][there] * r, win, (bx0, by0))
+                    if a is not None:  # where the edit hides the source, it hides the frame's own
+                        rigid -= m.move_rigidly(a * r, win, (bx0, by0)) * frame
+                if r.min() < 1:
+                    surface = warp_back(lifted[j][there] * (1 - r), m.surface[sub], origin)
+                    if a is not None:
+                        surface -= warp_back(a * (1 - r), m.surface[sub], origin) * frame
                 carried.append((wt, rigid, surface, vis[len(carried)]))
-                if disp[j] is not None:
-                    dacc += wt * warp_back(disp[j][there], m.surface[sub], origin)
-                    dw += wt
-            frame = src[i][crop][sub]
             if two:
-                carried = self._aligned(frame, carried, scale)
+                carried = self._aligned(src[i][crop][sub], carried, scale)
             wsum = sum(wt * seen for wt, _, _, seen in carried)
             seen = np.maximum.reduce([c[3] for c in carried])
             rigid = sum(wt * rp for wt, rp, _, _ in carried)
             surface = sum((wt * sn)[..., None] * sp for wt, _, sp, sn in carried)
             # surface parts: blended over the keyframes that see the pixel, faded where none does
             surface = surface * (seen / np.maximum(wsum, 1e-6))[..., None]
-            if dw:
-                frame = warp_back(src[i][crop], dacc / dw, (int(ex0), int(ey0)))
             out[i][crop][sub] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
 
         list(each(carry, todo))
