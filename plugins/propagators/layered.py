@@ -33,8 +33,10 @@ it (``trust``): a keyframe the frame cannot be matched to (a fast move, a blur) 
 Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's edit
 is predicted from the other keyframe both ways (rigid and surface), and each connected part of it takes
 the motion that predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot
-tell apart takes ``prior``. With ``region``, each neighbourhood of that many face widths chooses instead
-(eyeglasses that touch a skin paint are then not one part with it). Motion is estimated directly from
+tell apart takes ``prior``, except that with one keyframe an edit that goes all the way round both eyes
+in thin strokes (eyeglasses' rims and bridge) moves with the head near the eyes (``eyewear``). With
+``region``, each neighbourhood of that many face widths chooses instead (eyeglasses that touch a skin
+paint are then not one part with it). Motion is estimated directly from
 each frame to its keyframes (a frame's result depends on it and its keyframes alone, so chunked
 propagation equals whole-clip). Where nothing was edited the output is the source, byte for byte. It
 follows no landmark model: the face box bounds the head-motion fit, and where the face processor's
@@ -79,6 +81,16 @@ PRIOR_MOTION = 0.1
 #: mean photometric error over the face (grey levels) above which the flow found after the landmarks'
 #: motion is checked against the flow found without it (landmarks that went wrong)
 PRIOR_DOUBT = TRUSTED_LEVEL
+
+#: eye distances: the ring around an eye's landmark that an edit must go all the way round (from this
+#: radius to ``EYEWEAR_REACH``) to be taken for eyewear with one keyframe; eye make-up stays on the lid
+EYEWEAR_RING = 0.15
+
+#: eye distances from an eye's landmark within which eyewear's edit moves with the head (with ``eyewear``)
+EYEWEAR_REACH = 0.8
+
+#: eye distances: the widest edit stroke counted as eyewear's rims (a paint is wider)
+EYEWEAR_THIN = 0.06
 
 #: px: the width of the neighbourhood over which an edited pixel's opacity is estimated (``opacity``)
 OPACITY_SIGMA = 2.0
@@ -238,6 +250,14 @@ class Layered(Propagator):
                 "range": (0.0, 1.0),
                 "help": "largest shift, as a fraction of the edit's size, by which the two keyframes' carried "
                 "edits are moved onto each other before blending (0: blend as they land)",
+            },
+        )
+        eyewear: bool = field(
+            default=True,
+            metadata={
+                "help": "where the keyframes cannot tell a part's motion (one keyframe): an edit that goes all the "
+                "way round an eye (eyeglasses, sunglasses) moves with the head near the eyes, whatever prior says, "
+                "so its rims do not bend when the eyes close"
             },
         )
         opacity: bool = field(
@@ -468,8 +488,55 @@ class Layered(Propagator):
         n, labels = cv2.connectedComponents(edited, connectivity=8)
         return labels, n
 
+    def _eyewear(self, edited: np.ndarray, residual: np.ndarray, face) -> np.ndarray | None:
+        """Where ``edited`` (a keyframe's edited pixels, bool; ``residual``: its edit) is eyewear: its thin
+        strokes (what an opening by a disc of ``EYEWEAR_THIN`` eye distances removes) within ``EYEWEAR_REACH``
+        eye distances of an eye (by ``face``'s landmarks) that they go all the way round (on nearly every ray
+        from the eye between ``EYEWEAR_RING`` and ``EYEWEAR_REACH`` eye distances, not over the eye itself)
+        and that they make most of the edit around (not the edges of an edit of the whole face). None where
+        no eye is ringed so, without landmarks, or with ``eyewear`` off."""
+        if not self.params.eyewear or face is None or face.landmarks is None or len(face.landmarks) < 2:
+            return None
+        eyes = np.asarray(face.landmarks, np.float64)[:2]
+        dist = float(np.linalg.norm(eyes[1] - eyes[0]))
+        if dist < 4:
+            return None
+        r = max(1, int(round(EYEWEAR_THIN * dist)))
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        strokes = (_peak(residual) > EDITED_LEVEL).astype(np.uint8)
+        thin = strokes & ~cv2.morphologyEx(strokes, cv2.MORPH_OPEN, disc)
+        thin = (cv2.dilate(thin, np.ones((7, 7), np.uint8)) > 0) & edited  # as the parts are: with their edges
+        h, w = edited.shape
+        angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        radii = np.linspace(EYEWEAR_RING, EYEWEAR_REACH, 24) * dist
+        ys, xs = np.mgrid[0:h, 0:w]
+        out = None
+        for eye in eyes:
+            px = np.rint(eye[0] + np.cos(angles)[:, None] * radii).astype(int)
+            py = np.rint(eye[1] + np.sin(angles)[:, None] * radii).astype(int)
+            inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            hit = np.zeros_like(inside)
+            hit[inside] = thin[py[inside], px[inside]]
+            if hit.any(1).mean() < 0.9:  # not ringed: make-up on a lid, a paint below the eye
+                continue
+            d2 = (xs - eye[0]) ** 2 + (ys - eye[1]) ** 2
+            near = d2 <= (EYEWEAR_REACH * dist) ** 2
+            if thin[near].sum() < 0.5 * edited[near].sum():  # mostly a wide edit: its edges ring the eye
+                continue
+            if thin[d2 <= (EYEWEAR_RING * dist) ** 2].mean() > 0.25:  # strokes over the eye too: not a rim
+                continue
+            out = near if out is None else out | near
+        return None if out is None else out & thin
+
     def _rigidity(
-        self, residual: np.ndarray, other: np.ndarray, to_other: _Motion, labels: np.ndarray, n: int, size: float
+        self,
+        residual: np.ndarray,
+        other: np.ndarray,
+        to_other: _Motion,
+        labels: np.ndarray,
+        n: int,
+        size: float,
+        face=None,
     ) -> np.ndarray:
         """Per region of ``residual`` (a keyframe's; ``size``: its face's width), 1 where moving ``other`` (the
         other keyframe's) rigidly predicts it better than moving it with the skin, 0 where the skin does,
@@ -479,6 +546,10 @@ class Layered(Propagator):
         prior = 1.0 if self.params.prior == "rigid" else 0.0
         rho = np.full(residual.shape[:2], prior, np.float32)
         if other is None:
+            eyewear = self._eyewear(labels > 0, residual, face)
+            if eyewear is not None:
+                rho[eyewear] = 1.0
+                return cv2.GaussianBlur(rho, (0, 0), 1.5) if rho.min() < 1 else rho
             return rho
         e_r = _mean_abs(to_other.move_rigidly(other) - residual)
         e_s = _mean_abs(warp_back(other, to_other.surface) - residual)
@@ -596,7 +667,9 @@ class Layered(Propagator):
                     move = self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]), prior)
                 face = boxes[k]
                 size = float(face[2] - face[0]) if face is not None else float(max(src.shape[1:3])) / 2
-                rigidity[(j, o)] = self._rigidity(resid[j], None if o is None else resid[o], move, *parts[j], size)
+                rigidity[(j, o)] = self._rigidity(
+                    resid[j], None if o is None else resid[o], move, *parts[j], size, faces[k]
+                )
             return rigidity[(j, o)]
 
         key_times = [at[k] for k in keys]
