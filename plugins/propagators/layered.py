@@ -255,9 +255,9 @@ class Layered(Propagator):
         eyewear: bool = field(
             default=True,
             metadata={
-                "help": "where the keyframes cannot tell a part's motion (one keyframe): an edit that goes all the "
-                "way round an eye (eyeglasses, sunglasses) moves with the head near the eyes, whatever prior says, "
-                "so its rims do not bend when the eyes close"
+                "help": "with one keyframe (the part's motion cannot be learnt): thin strokes that go all the way "
+                "round an eye and make most of the edit there (eyeglasses' rims) move with the head, whatever prior "
+                "says, so they do not bend when the eyes close"
             },
         )
         opacity: bool = field(
@@ -540,9 +540,10 @@ class Layered(Propagator):
     ) -> np.ndarray:
         """Per region of ``residual`` (a keyframe's; ``size``: its face's width), 1 where moving ``other`` (the
         other keyframe's) rigidly predicts it better than moving it with the skin, 0 where the skin does,
-        else the prior. A region is the whole connected part, or with ``region`` the neighbourhood of
-        ``region`` face widths around each pixel, overruled where the pixel's own 1.5 px neighbourhood
-        tells by more than ``CLEAR_GAIN`` grey levels (a thin rim beside a large paint)."""
+        else the prior (with no ``other``: the prior, and 1 on eyewear by ``face``'s landmarks). A region
+        is the whole connected part, or with ``region`` the neighbourhood of ``region`` face widths around
+        each pixel, overruled where the pixel's own 1.5 px neighbourhood tells by more than ``CLEAR_GAIN``
+        grey levels (a thin rim beside a large paint)."""
         prior = 1.0 if self.params.prior == "rigid" else 0.0
         rho = np.full(residual.shape[:2], prior, np.float32)
         if other is None:
