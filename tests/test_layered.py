@@ -1,8 +1,10 @@
 """The ``layered`` propagator on synthetic clips with a known answer, made from a real face (d0's first
 frame) whose dlib landmarks are moved by hand and the frame warped with them (the truth's thin-plate
-spline): a rigid accessory stays on the head while the eyes close, an opening mouth keeps its own
-teeth, a smile is carried as a displacement, a face that moves far is matched with its landmarks'
-help (and without it where they went wrong), and an edit of nothing gives the source byte for byte."""
+spline): a rigid accessory stays on the head while the eyes close (between keyframes, and drawn on the
+first frame alone), an opening mouth keeps its own teeth, a smile is carried as a displacement, a face
+that moves far is matched with its landmarks' help (and without it where they went wrong), an edit
+that hides the skin keeps its colour under a passing shadow, and an edit of nothing gives the source
+byte for byte."""
 
 from __future__ import annotations
 
@@ -167,7 +169,7 @@ def test_a_rigid_accessory_stays_within_a_pixel_of_the_head_while_the_eyes_close
 def test_eyeglasses_drawn_on_one_keyframe_do_not_bend_when_the_eyes_close(catalog, d0_face68):
     """Eyeglasses on the first frame alone (how creators work: one frame edited, carried through the clip)
     while the eyes close and the brows come down: one keyframe cannot tell the rims' motion, but an edit
-    that goes all the way round both eyes in thin strokes is eyewear (``eyewear``) and moves with the head,
+    that goes all the way round an eye in thin strokes is eyewear (``eyewear``) and moves with the head,
     so its rims stay where the truth has them; moved with the skin (the prior) they bend with the lids."""
     from ipfacediff.jobs.bench.truth68 import ground_truth
 

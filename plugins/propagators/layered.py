@@ -33,8 +33,8 @@ it (``trust``): a keyframe the frame cannot be matched to (a fast move, a blur) 
 Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's edit
 is predicted from the other keyframe both ways (rigid and surface), and each connected part of it takes
 the motion that predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot
-tell apart takes ``prior``, except that with one keyframe an edit that goes all the way round both eyes
-in thin strokes (eyeglasses' rims and bridge) moves with the head near the eyes (``eyewear``). With
+tell apart takes ``prior``, except that with one keyframe an edit that goes all the way round an eye in
+thin strokes (eyeglasses' rims and bridge) moves with the head near the eye (``eyewear``). With
 ``region``, each neighbourhood of that many face widths chooses instead (eyeglasses that touch a skin
 paint are then not one part with it). Motion is estimated directly from
 each frame to its keyframes (a frame's result depends on it and its keyframes alone, so chunked
