@@ -720,25 +720,31 @@ class Layered(Propagator):
             motions = self._weighed(motions, sub)
             dacc = np.zeros((ey1 - ey0, ex1 - ex0, 2), np.float32)
             dw = 0.0
-            for j, wt, m, part in motions:  # the keyframes' displacements, carried: the frame's new shape
-                if part is not None and disp[j] is not None:
-                    bx0, by0, bx1, by1 = part
-                    there = np.s_[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]
-                    dacc += wt * warp_back(disp[j][there], m.surface[sub], (int(ex0 - bx0), int(ey0 - by0)))
+            # per keyframe: its edit's box in the frame and the output window's corner in that box
+            placed = [
+                None
+                if part is None
+                else (
+                    np.s_[y0 + part[1] : y0 + part[3], x0 + part[0] : x0 + part[2]],
+                    (int(ex0 - part[0]), int(ey0 - part[1])),
+                )
+                for _, _, _, part in motions
+            ]
+            for (j, wt, m, _), at_box in zip(motions, placed):  # the displacements carried: the frame's new shape
+                if at_box is not None and disp[j] is not None:
+                    dacc += wt * warp_back(disp[j][at_box[0]], m.surface[sub], at_box[1])
                     dw += wt
             frame = src[i][crop][sub] if not dw else warp_back(src[i][crop], dacc / dw, (int(ex0), int(ey0)))
-            for j, wt, m, part in motions:
-                if part is None:
-                    zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)
+            zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)  # (never written to: parts are new arrays)
+            for (j, wt, m, part), at_box in zip(motions, placed):
+                if at_box is None:
                     carried.append((wt, zero, zero, vis[len(carried)]))
                     continue
                 other = next((o for o, _ in near[i] if o != j), None)
-                bx0, by0, bx1, by1 = part
-                there = np.s_[y0 + by0 : y0 + by1, x0 + bx0 : x0 + bx1]  # the edit's box in the window
+                bx0, by0 = part[:2]
+                there, origin = at_box
                 r = rho(j, other)[there][..., None]
-                origin = (int(ex0 - bx0), int(ey0 - by0))  # the output window's corner in the edit's box
                 a = None if opacity[j] is None else opacity[j][there]
-                zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)
                 rigid, surface = zero, zero
                 if r.max() > 0:  # (most edits have no rigid part: nothing to move)
                     rigid = m.move_rigidly(lifted[j][there] * r, win, (bx0, by0))
