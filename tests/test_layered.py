@@ -1,10 +1,10 @@
 """The ``layered`` propagator on synthetic clips with a known answer, made from a real face (d0's first
 frame) whose dlib landmarks are moved by hand and the frame warped with them (the truth's thin-plate
 spline): a rigid accessory stays on the head while the eyes close (between keyframes, and drawn on the
-first frame alone), an opening mouth keeps its own teeth, a smile is carried as a displacement, a face
-that moves far is matched with its landmarks' help (and without it where they went wrong), an edit
-that hides the skin keeps its colour under a passing shadow, and an edit of nothing gives the source
-byte for byte."""
+first frame alone) and while the lower face moves on its own, an opening mouth keeps its own teeth, a
+smile is carried as a displacement, a face that moves far is matched with its landmarks' help (and
+without it where they went wrong), an edit that hides the skin keeps its colour under a passing shadow,
+and an edit of nothing gives the source byte for byte."""
 
 from __future__ import annotations
 
@@ -191,6 +191,41 @@ def test_eyeglasses_drawn_on_one_keyframe_do_not_bend_when_the_eyes_close(catalo
     print(f"rims misplaced (px, 95th percentile, worst frame), one keyframe: eyewear {eyewear:.2f}, skin {skin:.2f}")
     assert eyewear <= 1.0
     assert skin > eyewear + 1.0
+
+
+def _grimace(t: int, p: np.ndarray) -> np.ndarray:
+    """The head of :func:`_head` while the lower face pulls aside and down (a grimace, reached at frame 8):
+    the jaw, the mouth and the nose's base move by 10 px right and 6 px down; the eyes and the brows stay."""
+    lower = list(range(3, 14)) + list(range(31, 36)) + list(range(48, 68))
+    p[lower] += min(1.0, t / 8) * np.float32([10, 6])
+    return _head(t, p)
+
+
+def test_eyeglasses_stay_with_the_head_while_the_lower_face_moves_on_its_own(catalog, d0_face68, monkeypatch):
+    """Eyeglasses on the first frame alone while the jaw and the mouth pull aside (a grimace, talking): the
+    head's similarity is fitted to the upper face (eyes, brows, nose bridge) where the face's own fit moves
+    the eyes elsewhere, so the rims stay with the eyes. Fitted to the whole face, the similarity follows
+    the lower face, the largest part that moves as one, and the rims go with it."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+    from ipfacediff.plugins.propagators import layered
+
+    frame, lms, _ = d0_face68
+    frames, track = _clip(frame, lms, _grimace)
+    gt, where = ground_truth(frames, track, "glasses")
+    box = _window(lms, frame.shape)
+    src, gt, rims = _crop(frames, gt, where["glasses"], box=box)
+    pts = track - np.float32(box[:2])
+    faces = _tracked(pts, _five(pts))
+
+    def misplaced() -> float:
+        return _misplaced(src, _carry(catalog, "layered", src, gt, [0], faces), gt, rims, range(1, 17))
+
+    upper = misplaced()
+    monkeypatch.setattr(layered, "HEAD_INLIER", 0.0)  # the whole face's similarity
+    whole = misplaced()
+    print(f"rims misplaced (px, 95th percentile, worst frame): upper face {upper:.2f}, whole face {whole:.2f}")
+    assert upper <= 1.0
+    assert whole > upper + 3.0
 
 
 def test_eyeglasses_touching_a_skin_paint_are_told_apart_from_it(catalog):

@@ -92,12 +92,29 @@ EYEWEAR_REACH = 0.8
 #: eye distances: the widest edit stroke counted as eyewear's rims (a paint is wider)
 EYEWEAR_THIN = 0.06
 
+#: the least share of the edit within ``EYEWEAR_REACH`` of an eye that its thin strokes must make (else it is
+#: a wide edit, whose edges ring the eye)
+EYEWEAR_SHARE = 0.5
+
 #: px: the width of the neighbourhood over which an edited pixel's opacity is estimated (``opacity``)
 OPACITY_SIGMA = 2.0
 
 #: grey levels squared: how much source texture a neighbourhood needs before its opacity is believed
 #: (below it the edit counts as a fixed difference: the estimate leans towards no opacity)
 OPACITY_EPS = 16.0
+
+#: eye distances: the upper face, whose flow the head's similarity (what rigid parts follow) is also fitted
+#: to: this far beside the eyes, above them and below the nose tip. The skull's rigid part, where eyeglasses
+#: rest; the jaw and the mouth, which move on their own when a face talks or grimaces, are left out.
+HEAD_BAND = (0.7, 0.6, 0.2)
+
+#: px (full size): the upper face's fit keeps the flow within this of it (RANSAC); 0: the whole face's fit
+HEAD_INLIER = 2.0
+
+#: px (full size): the upper face's similarity replaces the whole face's where the two put the eyes or the
+#: nose further apart than this (the lower face moved on its own); closer, the whole face's, fitted to more
+#: of the flow, is steadier
+HEAD_GAP = 2.0
 
 
 def _peak(x: np.ndarray) -> np.ndarray:
@@ -381,7 +398,36 @@ class Layered(Propagator):
             return None
         return m
 
-    def _motion(self, a: np.ndarray, b: np.ndarray, box, scale: float = 1.0, prior=None) -> _Motion:
+    @staticmethod
+    def _landmarks(face, offset=(0, 0)) -> np.ndarray | None:
+        """``face``'s landmarks less ``offset`` (None without them)."""
+        if face is None or face.landmarks is None:
+            return None
+        return np.asarray(face.landmarks, np.float64) - np.asarray(offset, np.float64)
+
+    @staticmethod
+    def _head_band(landmarks, box, scale: tuple[float, float]):
+        """The box ``(x0, y0, x1, y1)`` (frame downscaled by ``scale``) of the upper face whose flow gives the
+        head's similarity: around the eyes and down to the nose (``landmarks``: the face's, eyes then nose,
+        full size), within the face ``box`` (downscaled); ``box`` itself without landmarks."""
+        if landmarks is None or len(landmarks) < 3:
+            return box
+        lm = np.asarray(landmarks, np.float64)[:3] * scale
+        dist = float(np.linalg.norm(lm[1] - lm[0]))
+        if dist < 2:
+            return box
+        side, above, below = HEAD_BAND
+        band = [
+            lm[:2, 0].min() - side * dist,
+            lm[:2, 1].min() - above * dist,
+            lm[:2, 0].max() + side * dist,
+            lm[2, 1] + below * dist,
+        ]
+        if box is not None:
+            band = [max(band[0], box[0]), max(band[1], box[1]), min(band[2], box[2]), min(band[3], box[3])]
+        return box if band[2] - band[0] < 4 or band[3] - band[1] < 4 else band
+
+    def _motion(self, a: np.ndarray, b: np.ndarray, box, scale: float = 1.0, prior=None, landmarks=None) -> _Motion:
         """Motion from frame ``a`` to keyframe ``b``, direct: a frame's result depends on that frame and its
         keyframes alone, so chunked propagation equals whole-clip propagation. Estimated on the frames
         downscaled by ``scale`` and brought back to full size. ``prior``: the face's similarity from ``a``
@@ -389,8 +435,11 @@ class Layered(Propagator):
         moving ``b`` by it (what is left of the motion), so a face that moved by most of its size between
         the two (a head rising in the frame, a fast turn) is still matched. Only where that flow explains
         the face's pixels worse than ``PRIOR_DOUBT`` on average (landmarks that went wrong) is the flow
-        without it found too, and the better of the two used. (Both on every such frame, the better
-        kept, scored lower on the dlib truth and cost a second flow: benchmarks/README.md.)"""
+        without it found too, and the better of the two used. (Both on every such frame, the better kept,
+        scored lower on the dlib truth and cost a second flow: benchmarks/README.md.) ``landmarks``: ``a``'s
+        face's (eyes, then nose); with them, the head's similarity (what rigid parts follow) is the upper
+        face's where the lower face moved on its own (``HEAD_GAP``); the surface motion's base stays the
+        whole face's."""
         h, w = a.shape[:2]
         small = (max(8, round(w * scale)), max(8, round(h * scale)))
         if scale < 1.0:
@@ -423,6 +472,13 @@ class Layered(Propagator):
         sim = self._similarity(fwd, ok, low_box, min(sx, sy))
         size = float(low_box[2] - low_box[0]) if low_box is not None else float(max(a.shape[:2])) / 2
         surface = self._surface(fwd, self._as_flow(sim, a.shape), ok, size)
+        head = self._head_band(landmarks, low_box, (sx, sy)) if HEAD_INLIER > 0 else low_box
+        if head is not low_box:  # the upper face's own similarity, where it moves the eyes and nose elsewhere
+            upper = self._similarity(fwd, ok, head, HEAD_INLIER * min(sx, sy))
+            at = np.asarray(landmarks, np.float64)[:3] * [sx, sy]
+            gap = np.abs((at @ upper[:, :2].T + upper[:, 2]) - (at @ sim[:, :2].T + sim[:, 2])) / [sx, sy]
+            if float(np.linalg.norm(gap, axis=1).max()) > HEAD_GAP:
+                sim = upper
         if scale < 1.0:
             # a full-size pixel p is at p_low = S p + c in the small frame (pixel centres), so the small
             # frame's similarity q = A p_low + t is, at full size, A p + S^-1 (A c + t - c)
@@ -521,7 +577,7 @@ class Layered(Propagator):
                 continue
             d2 = (xs - eye[0]) ** 2 + (ys - eye[1]) ** 2
             near = d2 <= (EYEWEAR_REACH * dist) ** 2
-            if thin[near].sum() < 0.5 * edited[near].sum():  # mostly a wide edit: its edges ring the eye
+            if thin[near].sum() < EYEWEAR_SHARE * edited[near].sum():  # mostly a wide edit: its edges ring the eye
                 continue
             if thin[d2 <= (EYEWEAR_RING * dist) ** 2].mean() > 0.25:  # strokes over the eye too: not a rim
                 continue
@@ -665,7 +721,8 @@ class Layered(Propagator):
                 move = None
                 if o is not None:
                     prior = self._landmark_prior(faces[k], faces[ko], np.zeros(2))
-                    move = self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]), prior)
+                    points = self._landmarks(faces[k])
+                    move = self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]), prior, points)
                 face = boxes[k]
                 size = float(face[2] - face[0]) if face is not None else float(max(src.shape[1:3])) / 2
                 rigidity[(j, o)] = self._rigidity(
@@ -697,6 +754,7 @@ class Layered(Propagator):
                     here if here is not None else there,
                     self._scale(boxes[k]),
                     self._landmark_prior(faces[i], faces[k], np.array([x0, y0], np.float64)),
+                    self._landmarks(faces[i], (x0, y0)),
                 )
                 part = None
                 if support[j] is not None:  # the edit's box, padded by the bilinear footprint, in the crop
