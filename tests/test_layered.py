@@ -4,7 +4,8 @@ spline): a rigid accessory stays on the head while the eyes close (between keyfr
 first frame alone) and while the lower face moves on its own, an opening mouth keeps its own teeth, a
 smile is carried as a displacement, a face that moves far is matched with its landmarks' help (and
 without it where they went wrong), an edit that hides the skin keeps its colour under a passing shadow,
-and an edit of nothing gives the source byte for byte."""
+an edit from one keyframe does not fade where the light changes, and an edit of nothing gives the source
+byte for byte."""
 
 from __future__ import annotations
 
@@ -569,3 +570,35 @@ def test_an_edit_that_hides_the_skin_keeps_its_colour_where_the_light_on_the_ski
     added = error(_propagate(catalog, "layered", src, gt, [0, 8], det, box, opacity=False))
     print(f"{edit} off the truth (grey levels), frames 3-5: opacity {hidden:.2f}, a fixed difference {added:.2f}")
     assert hidden < 0.8 * added
+
+
+@pytest.mark.parametrize("edit", ["lips", "paint"])
+def test_an_edit_from_one_keyframe_does_not_fade_where_the_light_on_the_face_changes(
+    catalog, d0_face68, edit, monkeypatch
+):
+    """The light fades over a moving head (the last frame 40% darker) and the edit is drawn on the first
+    frame alone. The change of light is smooth over the face, so it is taken out before the flow's
+    photometric error decides which pixels the keyframe saw: the edit is carried as if every pixel were
+    seen (``disocclusion`` 0), where the error alone (the light kept in) fades it out of the dark frames."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+    from ipfacediff.plugins.propagators import layered
+
+    frame, lms, det = d0_face68
+    frames, track = _clip(frame, lms, _head)
+    frames, track = frames[:9], track[:9]
+    gain = 1 - 0.4 * np.arange(9) / 8
+    shaded = np.clip(np.rint(frames * gain[:, None, None, None]), 0, 255).astype(np.uint8)
+    gt, where = ground_truth(shaded, track, edit)
+    box = _window(lms, frame.shape)
+    src, gt, layer = _crop(shaded, gt, where[edit], box=box)
+
+    def error(**params) -> float:
+        out = _propagate(catalog, "layered", src, gt, [0], det, box, **params)
+        return float(np.mean([np.abs(out[t].astype(int) - gt[t])[layer[t]].mean() for t in (6, 7, 8)]))
+
+    kept, all_seen = error(), error(disocclusion=0.0)
+    monkeypatch.setattr(layered, "LIGHT_SIGMA", 0.0)
+    faded = error()
+    print(f"{edit} off the truth (grey levels), frames 6-8: {kept:.2f}, all seen {all_seen:.2f}, light in {faded:.2f}")
+    assert kept < all_seen + 0.5
+    assert faded > 1.5 * kept
