@@ -246,7 +246,7 @@ class Layered(Propagator):
             metadata={
                 "range": (0.0, 255.0),
                 "help": "grey levels of photometric error above which the keyframe is taken not to see "
-                "a pixel (the frame keeps its source there)",
+                "a pixel (the frame keeps its source there), after taking out a change of light smooth over the face",
             },
         )
         compete: float = field(
