@@ -26,7 +26,9 @@ keyframes began competing where both see a pixel (``compete``) and weighing each
 when ``layered`` began carrying each edited pixel as a local linear change of the frame's own pixel
 (``opacity``; thumbnails 0.49 grey levels from the previous recording, 6 at most), and the
 ``ip-facediff`` case when ``layered`` began telling what a keyframe saw with the change of light taken
-out (``LIGHT_SIGMA``; thumbnails 0.008 grey levels from the previous recording, 4 at most).
+out (``LIGHT_SIGMA``; thumbnails 0.008 grey levels from the previous recording, 4 at most), and again when
+that change of light was blurred on a coarser grid (the frames recorded before ``LIGHT_SIGMA`` came back
+byte for byte).
 ``IPFACEDIFF_RECORD_GOLDEN=1 pytest tests/test_behaviour_unchanged.py`` records them anew (only when a
 change of output is intended, and said so in the commit and the changelog).
 """

@@ -136,6 +136,18 @@ def _mean_abs(x: np.ndarray) -> np.ndarray:
     return sum(a[..., c] for c in range(a.shape[-1])) / np.float32(a.shape[-1])
 
 
+def _blur_wide(x: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of the 2-d ``x`` at a ``sigma`` of many pixels, worked out on a grid coarse enough that
+    the blur there spans about 2 cells, then brought back by linear interpolation: what the blur keeps is
+    smooth at that scale, and a direct blur at 20-30 px cost a fifth of the whole carry at 720p."""
+    step = int(sigma // 2)
+    if step < 2:
+        return cv2.GaussianBlur(x, (0, 0), sigma)
+    h, w = x.shape[:2]
+    coarse = cv2.resize(x, (max(1, round(w / step)), max(1, round(h / step))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.GaussianBlur(coarse, (0, 0), sigma / step), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 @dataclass
 class _Motion:
     """Motion from one frame to one keyframe (pixel -> its place in the keyframe)."""
@@ -380,8 +392,8 @@ class Layered(Propagator):
         lit = err  # the error that tells what the keyframe saw: with the light's change taken out
         sigma = LIGHT_SIGMA * size
         if sigma >= 1.0:
-            num = cv2.GaussianBlur(_mean_abs(here), (0, 0), sigma)
-            den = cv2.GaussianBlur(_mean_abs(moved), (0, 0), sigma)
+            num = _blur_wide(_mean_abs(here), sigma)
+            den = _blur_wide(_mean_abs(moved), sigma)
             moved *= np.clip(num / np.maximum(den, 1.0), 1 / LIGHT_GAIN, LIGHT_GAIN)[..., None]
             lit = cv2.GaussianBlur(_mean_abs(moved - here), (0, 0), 1.5)
         seen = np.clip((2 * lim - lit) / lim, 0, 1).astype(np.float32)
