@@ -34,7 +34,8 @@ Which parts are rigid is learnt from the keyframes: with a keyframe on each side
 is predicted from the other keyframe both ways (rigid and surface), and each connected part of it takes
 the motion that predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot
 tell apart takes ``prior``, except that with one keyframe an edit that goes all the way round an eye in
-thin strokes (eyeglasses' rims and bridge) moves with the head near the eye (``eyewear``). With
+thin strokes (eyeglasses' rims and bridge; or most of the way, where the rims run into a paint that closes
+the ring) moves with the head near the eye (``eyewear``). With
 ``region``, each neighbourhood of that many face widths chooses instead (eyeglasses that touch a skin
 paint are then not one part with it). Motion is estimated directly from
 each frame to its keyframes (a frame's result depends on it and its keyframes alone, so chunked
@@ -96,6 +97,13 @@ EYEWEAR_THIN = 0.06
 #: a wide edit, whose edges ring the eye)
 EYEWEAR_SHARE = 0.5
 
+#: the least share of the rays round an eye that thin strokes must cross where the rest of the ring is a wide
+#: edit that the rims run into (eyeglasses over a painted cheek or a beard: the rims' bottoms merge into the
+#: paint, which is no longer thin there, and the paint is most of the edit near the eye); with the eye itself
+#: clear of any edit, such strokes are eyewear too (a rim with its bottom quarter in the paint crosses about
+#: three quarters of the rays; the shared clips' paint+glasses, 0.73-0.83). 0: not
+EYEWEAR_MERGED = 0.7
+
 #: px: the width of the neighbourhood over which an edited pixel's opacity is estimated (``opacity``)
 OPACITY_SIGMA = 2.0
 
@@ -134,6 +142,14 @@ def _mean_abs(x: np.ndarray) -> np.ndarray:
     """``|x|`` averaged over the channels (the last axis), float32."""
     a = np.abs(x.astype(np.float32, copy=False))
     return sum(a[..., c] for c in range(a.shape[-1])) / np.float32(a.shape[-1])
+
+
+def _crossed(mask: np.ndarray, px: np.ndarray, py: np.ndarray, inside: np.ndarray) -> float:
+    """The share of the rays (rows of the pixel positions ``px``, ``py``; ``inside``: those in the image) that
+    cross ``mask``."""
+    hit = np.zeros_like(inside)
+    hit[inside] = mask[py[inside], px[inside]]
+    return float(hit.any(1).mean())
 
 
 def _blur_wide(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -292,8 +308,9 @@ class Layered(Propagator):
             default=True,
             metadata={
                 "help": "with one keyframe (the part's motion cannot be learnt): thin strokes that go all the way "
-                "round an eye and make most of the edit there (eyeglasses' rims) move with the head, whatever prior "
-                "says, so they do not bend when the eyes close"
+                "round an eye and make most of the edit there (eyeglasses' rims), or most of the way where a paint "
+                "they run into closes the ring, move with the head, whatever prior says, so they do not bend when "
+                "the eyes close"
             },
         )
         opacity: bool = field(
@@ -583,8 +600,10 @@ class Layered(Propagator):
         strokes (what an opening by a disc of ``EYEWEAR_THIN`` eye distances removes) within ``EYEWEAR_REACH``
         eye distances of an eye (by ``face``'s landmarks) that they go all the way round (on nearly every ray
         from the eye between ``EYEWEAR_RING`` and ``EYEWEAR_REACH`` eye distances, not over the eye itself)
-        and that they make most of the edit around (not the edges of an edit of the whole face). None where
-        no eye is ringed so, without landmarks, or with ``eyewear`` off."""
+        and that they make most of the edit around (not the edges of an edit of the whole face); or that they
+        go most of the way round (``EYEWEAR_MERGED``) where the edit as a whole closes the ring and leaves the
+        eye clear (rims whose bottoms run into a paint: those bottoms, no longer thin, go with the prior).
+        None where no eye is ringed so, without landmarks, or with ``eyewear`` off."""
         if not self.params.eyewear or face is None or face.landmarks is None or len(face.landmarks) < 2:
             return None
         eyes = np.asarray(face.landmarks, np.float64)[:2]
@@ -605,15 +624,17 @@ class Layered(Propagator):
             px = np.rint(eye[0] + np.cos(angles)[:, None] * radii).astype(int)
             py = np.rint(eye[1] + np.sin(angles)[:, None] * radii).astype(int)
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-            hit = np.zeros_like(inside)
-            hit[inside] = thin[py[inside], px[inside]]
-            if hit.any(1).mean() < 0.9:  # not ringed: make-up on a lid, a paint below the eye
-                continue
             d2 = (xs - eye[0]) ** 2 + (ys - eye[1]) ** 2
-            near = d2 <= (EYEWEAR_REACH * dist) ** 2
-            if thin[near].sum() < EYEWEAR_SHARE * edited[near].sum():  # mostly a wide edit: its edges ring the eye
+            near, over = d2 <= (EYEWEAR_REACH * dist) ** 2, d2 <= (EYEWEAR_RING * dist) ** 2
+            if thin[over].mean() > 0.25:  # strokes over the eye too: not a rim
                 continue
-            if thin[d2 <= (EYEWEAR_RING * dist) ** 2].mean() > 0.25:  # strokes over the eye too: not a rim
+            rays_thin, rays_edited = _crossed(thin, px, py, inside), _crossed(edited, px, py, inside)
+            # rims alone: thin strokes all the way round, most of the edit there (a wide edit's edges ring it too)
+            alone = rays_thin >= 0.9 and thin[near].sum() >= EYEWEAR_SHARE * edited[near].sum()
+            # rims run into a wide edit (a paint below them): thin strokes most of the way, the edit all of it,
+            # the eye clear
+            merged = 0 < EYEWEAR_MERGED <= rays_thin and rays_edited >= 0.9 and edited[over].mean() <= 0.1
+            if not (alone or merged):  # make-up on a lid, a paint below the eye, an edit of the whole face
                 continue
             out = near if out is None else out | near
         return None if out is None else out & thin
