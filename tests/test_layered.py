@@ -1,11 +1,11 @@
 """The ``layered`` propagator on synthetic clips with a known answer, made from a real face (d0's first
 frame) whose dlib landmarks are moved by hand and the frame warped with them (the truth's thin-plate
 spline): a rigid accessory stays on the head while the eyes close (between keyframes, and drawn on the
-first frame alone, also where its rims run into a paint) and while the lower face moves on its own, an opening mouth keeps its own teeth, a
-smile is carried as a displacement, a face that moves far is matched with its landmarks' help (and
-without it where they went wrong), an edit that hides the skin keeps its colour under a passing shadow,
-an edit from one keyframe does not fade where the light changes, and an edit of nothing gives the source
-byte for byte."""
+first frame alone, also where its rims run into a paint) and while the lower face moves on its own, an
+opening mouth keeps its own teeth, a smile is carried as a displacement, a face that moves far is matched
+with its landmarks' help (and without it where they went wrong), an edit that hides the skin keeps its
+colour under a passing shadow, an edit from one keyframe does not fade where the light changes, and an
+edit of nothing gives the source byte for byte."""
 
 from __future__ import annotations
 
