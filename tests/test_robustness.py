@@ -127,6 +127,26 @@ def test_fuzz_video_reader_raises_only_its_own_errors(data, suffix, mp4_bytes, t
     assert path.read_bytes() == blob  # never modified
 
 
+def test_a_video_cut_short_inside_its_header_is_an_input_error(mp4_bytes, tmp_path):
+    """The sample MP4 (its header, ``moov``, after the frames) cut at every byte of its header: some cuts
+    leave a video stream with no codec description (found by the fuzz test above: an ``AttributeError``
+    escaped). Every cut either reads or raises ipfacediff's own one-line error."""
+    start = mp4_bytes.find(b"moov") - 4
+    assert start > 0
+    path = tmp_path / "cut.mp4"
+    for cut in range(start, len(mp4_bytes)):
+        path.write_bytes(mp4_bytes[:cut])
+        try:
+            src = open_frames(path)
+            try:
+                for _, chunk in src.iter_chunks(4, len(src)):
+                    assert chunk.dtype == np.uint8 and chunk.ndim == 4
+            finally:
+                src.close()
+        except IPFaceDiffError as exc:
+            assert "\n" not in str(exc)
+
+
 def _frame_hashes(path):
     src = open_frames(path)
     try:

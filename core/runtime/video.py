@@ -288,7 +288,10 @@ def _probe(p: Path) -> VideoInfo:
             n = vs.frames or 0
             if n == 0 and vs.duration and vs.time_base:
                 n = int(round(float(vs.duration * vs.time_base * rate)))
-            width, height = vs.codec_context.width, vs.codec_context.height
+            ctx = vs.codec_context  # None where the header is cut short inside the stream's description
+            if ctx is None or not ctx.width or not ctx.height:
+                raise InputError(f"{p}: the video stream has no frame size (a damaged or cut-short video)")
+            width, height = ctx.width, ctx.height
             pts = sorted(pkt.pts for pkt in container.demux(vs) if pkt.pts is not None and pkt.size)  # no decoding
             steps = np.diff(pts) if len(pts) > 2 else np.zeros(1)
             vfr = bool(steps.size and steps.max() - steps.min() > max(1, 0.02 * float(np.median(steps))))
