@@ -383,22 +383,51 @@ def test_self_check_predicts_each_keyframe_from_the_others_and_flags_one_that_di
     assert json.loads(r.stdout)["self_check"] is None
 
 
-def test_suggestions_rank_the_pose_furthest_from_every_keyframe_first():
+def _drifting_track(n: int, turned: set[int]) -> list:
+    """Five landmarks drifting slowly to the right (the same pose), turned (the features bunched to one
+    side) on the frames in ``turned``."""
     from ipfacediff.interfaces import FaceDetection
-    from ipfacediff.jobs.propagate import suggest_keyframes
 
     base = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140]], np.float64)
     track = []
-    for t in range(40):
-        lm = base + [t * 0.5, 0]  # a slow drift: the same pose
-        if t == 27:  # a turned head: the features bunch to one side
-            lm = base.copy()
-            lm[:, 0] = 100 + (lm[:, 0] - 100) * 0.4
+    for t in range(n):
+        lm = base + [t * 0.5, 0]
+        if t in turned:
+            lm[:, 0] = lm[0, 0] + (lm[:, 0] - lm[0, 0]) * 0.4
         track.append(FaceDetection(np.array([80, 80, 160, 160.0]), 0.99, lm, "test"))
-    picks = suggest_keyframes(track, [0, 39], 2)
-    assert picks[0]["frame"] == 27 and picks[0]["reason"] == "pose or expression"
-    assert picks[1]["frame"] not in (0, 27, 39)
-    assert suggest_keyframes(track, [], 2) == []
+    return track
+
+
+def test_suggestions_put_a_keyframe_inside_a_turn_that_lasts():
+    from ipfacediff.jobs.propagate import suggest_keyframes
+
+    turn = range(22, 33)
+    picks = suggest_keyframes(_drifting_track(40, set(turn)), [0, 39], 3)
+    assert picks[0]["frame"] in turn and picks[0]["reason"] == "pose or expression"
+    assert picks[0]["nearest_keyframe"] == 39 and picks[0]["frames_away"] == 39 - picks[0]["frame"]
+    assert len({p["frame"] for p in picks}) == 3 and not {p["frame"] for p in picks} & {0, 39}
+    assert suggest_keyframes(_drifting_track(40, set(turn)), [], 2) == []
+
+
+def test_a_pose_held_for_one_frame_does_not_outweigh_the_middle_of_a_long_interval():
+    from ipfacediff.jobs.propagate import suggest_keyframes
+
+    picks = suggest_keyframes(_drifting_track(40, {27}), [0, 39], 2)
+    assert picks[0]["frame"] != 27 and 12 <= picks[0]["frame"] <= 27
+    assert picks[0]["reason"] == "far from a keyframe"
+
+
+def test_suggestions_on_a_long_clip_sample_its_intervals():
+    """One keyframe and 600 frames: the interval is sampled (SUGGEST_SAMPLES), the first pick still falls
+    far from the keyframe; with keyframes around it, a 70-frame turn gets a keyframe inside it."""
+    from ipfacediff.jobs.propagate import SUGGEST_SAMPLES, suggest_keyframes
+
+    assert SUGGEST_SAMPLES < 600
+    turn = range(400, 470)
+    first = suggest_keyframes(_drifting_track(600, set()), [0], 1)[0]
+    assert 300 <= first["frame"] <= 500 and first["reason"] == "far from a keyframe"
+    picks = suggest_keyframes(_drifting_track(600, set(turn)), [0, 300, 599], 2)
+    assert picks[0]["frame"] in turn and picks[0]["reason"] == "pose or expression"
 
 
 def test_frames_suggest_exports_the_frames_the_self_check_would_add(sample_clip, tmp_path):
