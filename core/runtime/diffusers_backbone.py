@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ipfacediff.errors import InputError, ModelNotFoundError
+from ipfacediff.errors import InputError, ModelNotFoundError, first_line
 from ipfacediff.interfaces import Backbone
 from ipfacediff.runtime import models
 from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
@@ -138,9 +138,7 @@ class DiffusersBackbone(Backbone):
                 )
                 self.unet.load_lora_adapter(str(p), prefix="unet", adapter_name=name, **kw)
         except Exception as exc:  # noqa: BLE001 - a bad adapter folder is a user error
-            raise InputError(
-                f"LoRA adapter {name!r} at {p} cannot be loaded: {str(exc).splitlines()[0][:200]}"
-            ) from exc
+            raise InputError(f"LoRA adapter {name!r} at {p} cannot be loaded: {first_line(exc)}") from exc
         self._adapters.append(name)
         # what the weights are, not where: an adapter retrained into the same folder must not hit cached stages
         files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ipfacediff.errors import InputError, OutputExistsError
+from ipfacediff.errors import InputError, OutputExistsError, first_line
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
@@ -109,7 +109,7 @@ class _DecordSource(FrameSource):
         try:
             self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=2)
         except Exception as exc:  # decord raises DECORDError / RuntimeError
-            raise InputError(f"{path}: cannot decode the video ({str(exc).splitlines()[0][:200]})") from exc
+            raise InputError(f"{path}: cannot decode the video ({first_line(exc)})") from exc
         n = len(self._vr)
         if n == 0:
             raise InputError(f"{path}: the video has no frames")
@@ -127,8 +127,7 @@ class _DecordSource(FrameSource):
             frames = self._vr.get_batch(indices).asnumpy()
         except Exception as exc:
             raise InputError(
-                f"{self.info.path}: cannot decode frames {indices[0]}..{indices[-1]} "
-                f"({str(exc).splitlines()[0][:200]})"
+                f"{self.info.path}: cannot decode frames {indices[0]}..{indices[-1]} ({first_line(exc)})"
             ) from exc
         self._vr.seek(0)  # stops decord decoding (and keeping) the rest of the clip in the background
         return frames
@@ -241,7 +240,7 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from exc
+        raise InputError(f"{path}: not a readable image ({first_line(exc)})") from exc
 
 
 _PROBED: dict[tuple[str, int, int], VideoInfo] = {}
@@ -323,7 +322,7 @@ def _probe(p: Path) -> VideoInfo:
             f"{p}: no video frames could be read (the file ends before its first frame: an empty or cut-short video)"
         ) from exc
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"{p}: not a readable video or image ({str(exc).splitlines()[0][:200]})") from exc
+        raise InputError(f"{p}: not a readable video or image ({first_line(exc)})") from exc
 
 
 def check_size(info: VideoInfo, max_side: int) -> None:

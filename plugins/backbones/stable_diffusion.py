@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 import ipfacediff
-from ipfacediff.errors import InputError, ModelNotFoundError
+from ipfacediff.errors import InputError, ModelNotFoundError, first_line
 from ipfacediff.runtime import models
 from ipfacediff.runtime.diffusers_backbone import (
     SD_SCHEDULER_CONFIG,
@@ -130,7 +130,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
         try:
             family = single_file_family(path)
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{path}: cannot read as a checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+            raise InputError(f"{path}: cannot read as a checkpoint ({first_line(exc)})") from exc
         prediction = self.params.prediction_type
         if prediction == "auto":
             prediction = "v_prediction" if family == "sd2" else "epsilon"
@@ -146,9 +146,7 @@ class StableDiffusionBackbone(DiffusersBackbone):
                 str(path), local_files_only=True, safety_checker=None, config=str(sd_config_dir(family, prediction))
             )
         except Exception as exc:  # noqa: BLE001
-            raise InputError(
-                f"{path}: cannot load as a Stable Diffusion checkpoint ({str(exc).splitlines()[0][:200]})"
-            ) from exc
+            raise InputError(f"{path}: cannot load as a Stable Diffusion checkpoint ({first_line(exc)})") from exc
         self.unet, self.text_encoder, self.tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
         self.vae, self.vae_kind = pipe.vae.eval().requires_grad_(False), "kl"
         self.scheduler_config = {**SD_SCHEDULER_CONFIG, **dict(pipe.scheduler.config)}

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import ipfacediff
-from ipfacediff.errors import InputError, ModelNotFoundError
+from ipfacediff.errors import InputError, ModelNotFoundError, first_line
 from ipfacediff.interfaces import LocalizationLoss
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -46,7 +46,7 @@ def open_clip_tokenizer(model: str):
     except Exception as exc:  # noqa: BLE001 - offline, not cached
         raise ModelNotFoundError(
             f"clip-directional: the tokenizer of {model!r} is not available offline "
-            f"({str(exc).splitlines()[0][:120]}); "
+            f"({first_line(exc, 120)}); "
             f"put it in the Hugging Face cache, or use a model with CLIP's own vocabulary (ViT-B-32, ViT-L-14, ...)"
         ) from exc
 

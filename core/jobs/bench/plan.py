@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipfacediff.errors import InputError, ParameterError
+from ipfacediff.errors import InputError, ParameterError, first_line
 from ipfacediff.runtime.video import VIDEO_EXTS
 
 SCHEMA = "ipfacediff.jobs.bench/1"
@@ -113,7 +113,7 @@ def load_prompts_file(path: str | Path | None) -> dict[str, list[str]]:
         try:
             data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
-            raise InputError(f"--prompts {p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+            raise InputError(f"--prompts {p}: not valid YAML ({first_line(exc)})") from exc
         if not isinstance(data, dict):
             raise InputError(f"--prompts {p}: expected a mapping clip -> list of prompts")
         for clip, prompts in data.items():
