@@ -11,8 +11,9 @@ from conftest import run_cli, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipfacediff.errors import IPFaceDiffError, first_line
+from ipfacediff.errors import IPFaceDiffError
 from ipfacediff.registry import load_registry
+from ipfacediff.runtime.messages import first_line
 from ipfacediff.runtime.video import open_frames
 
 # YAML-shaped values: what a user could write in a registry file

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from ipfacediff.errors import InputError, ModelNotFoundError, first_line
+from ipfacediff.errors import InputError, ModelNotFoundError
 from ipfacediff.interfaces import Backbone
 from ipfacediff.runtime import models
 from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
 from ipfacediff.runtime.files import write_atomic
+from ipfacediff.runtime.messages import first_line
 
 RANDOM_BACKBONE_NOTE = "random-weight backbone: shows the mechanics, not a real edit"
 

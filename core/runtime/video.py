@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ipfacediff.errors import InputError, OutputExistsError, first_line
+from ipfacediff.errors import InputError, OutputExistsError
+from ipfacediff.runtime.messages import first_line
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 import ipfacediff
-from ipfacediff.errors import InputError, ModelNotFoundError, first_line
+from ipfacediff.errors import InputError, ModelNotFoundError
 from ipfacediff.runtime import models
 from ipfacediff.runtime.diffusers_backbone import (
     SD_SCHEDULER_CONFIG,
@@ -24,6 +24,7 @@ from ipfacediff.runtime.diffusers_backbone import (
     single_file_family,
 )
 from ipfacediff.runtime.diffusion import clip_tokenizer, file_digest
+from ipfacediff.runtime.messages import first_line
 
 
 class StableDiffusionBackbone(DiffusersBackbone):

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import ipfacediff
-from ipfacediff.errors import InputError, ModelNotFoundError, first_line
+from ipfacediff.errors import InputError, ModelNotFoundError
 from ipfacediff.interfaces import LocalizationLoss
+from ipfacediff.runtime.messages import first_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

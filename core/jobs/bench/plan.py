@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipfacediff.errors import InputError, ParameterError, first_line
+from ipfacediff.errors import InputError, ParameterError
+from ipfacediff.runtime.messages import first_line
 from ipfacediff.runtime.video import VIDEO_EXTS
 
 SCHEMA = "ipfacediff.jobs.bench/1"
