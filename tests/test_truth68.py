@@ -1,6 +1,6 @@
 """The independent ground truth of ``bench --ground-truth`` (dlib's 68 landmarks): each layer moves
 by its own motion. On a real face (d0's first frame, its dlib landmarks) with landmark motion made by
-hand: the spline reproduces a similarity, eyeglasses do not bend when the eyes close, paint never
+hand: the spline reproduces a similarity, eyeglasses (and sunglasses) do not bend when the eyes close, paint never
 lands in an opening mouth, the smile changes the mouth alone; and the benchmark end to end."""
 
 from __future__ import annotations
@@ -49,10 +49,12 @@ def test_the_spline_is_exact_on_a_similarity_and_the_identity(face):
     assert np.abs(got - want).max() < 0.05
 
 
-def test_eyeglasses_stay_rigid_when_the_eyes_close_and_paint_changes(face):
+@pytest.mark.parametrize("eyewear", ["glasses", "sunglasses"])
+def test_eyeglasses_stay_rigid_when_the_eyes_close_and_paint_changes(face, eyewear):
     """Closing the eyelids (the upper lid landmarks moved onto the lower ones) moves the paint's
-    spline but not the eyeglasses: they follow the stable points only."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
+    spline but not the eyeglasses (rims, or sunglasses: the rims filled with a tint that covers each
+    eye): they follow the stable points only."""
+    from ipfacediff.jobs.bench.truth68 import EYES, ground_truth
 
     frame, lms = face
     closed = lms.copy()
@@ -60,12 +62,22 @@ def test_eyeglasses_stay_rigid_when_the_eyes_close_and_paint_changes(face):
         closed[up] = closed[low] - [0, 1]
     closed[8] += [0, 6]  # and the chin lower: the surface layer must follow it
     frames, both = np.stack([frame, frame]), np.stack([lms, closed])
-    gt, where = ground_truth(frames, both, "glasses")
-    rims = where["glasses"][0]
-    assert rims.sum() > 500 and np.array_equal(where["glasses"][1], rims)
+    gt, where = ground_truth(frames, both, eyewear)
+    rims = where[eyewear][0]
+    assert rims.sum() > 500 and np.array_equal(where[eyewear][1], rims)
     assert np.array_equal(gt[1], gt[0])  # the rims drawn the same, pixel for pixel
-    _, where = ground_truth(frames, both, "paint+glasses")
-    assert np.array_equal(where["glasses"][1], where["glasses"][0])
+    centres = [np.rint(lms[eye].mean(0)).astype(int) for eye in EYES]
+    covered = [bool(rims[y, x]) for x, y in centres]
+    assert covered == (
+        [False, False] if eyewear == "glasses" else [True, True]
+    )  # a rim rings the eye, a lens fills it
+    if eyewear == "sunglasses":  # a dark tint (alpha 0.7-0.85) that lets the eye show through
+        inside = cv2.erode(rims.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        seen, under = gt[0][inside].astype(float).mean(-1), frame[inside].astype(float).mean(-1)
+        assert 0.12 < np.std(seen) / np.std(under) < 0.32  # the eye's texture, dimmed to 15-30%
+        assert np.corrcoef(seen, under)[0, 1] > 0.7  # (0.84: the tint is darker at the top)
+    _, where = ground_truth(frames, both, f"paint+{eyewear}")
+    assert np.array_equal(where[eyewear][1], where[eyewear][0])
     assert not np.array_equal(where["paint"][1], where["paint"][0])
 
 
@@ -140,4 +152,4 @@ def test_ground_truth_benchmark_grades_no_propagator_against_its_own_landmarks(t
     assert "truth: dlib's 68 landmarks (independent), keyframes the first frame only" in table
     assert "glasses PSNR" in table and "grades itself" not in table
     r = run_main("bench", "--ground-truth", "--edits", "paint+hat", "-o", str(tmp_path / "c"))
-    assert r.returncode == 2 and "layers paint, glasses, lips, smile" in r.stderr
+    assert r.returncode == 2 and "layers paint, glasses, sunglasses, lips, smile" in r.stderr

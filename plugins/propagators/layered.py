@@ -104,6 +104,29 @@ EYEWEAR_SHARE = 0.5
 #: three quarters of the rays; the shared clips' paint+glasses, 0.73-0.83). 0: not
 EYEWEAR_MERGED = 0.7
 
+#: eye distances from an eye's landmark that a filled lens (sunglasses: the edit covers the eye) must cover on
+#: every ray; an edit of the eye alone (its colour, the iris) is smaller. 0: filled lenses are not eyewear
+EYEWEAR_LENS = 0.2
+
+#: eye distances: half the widest hole in a filled lens that is closed before the lens is looked for (a dark
+#: pupil that a dark tint hardly changes, about 0.1 wide); an open eye ringed by make-up (0.15-0.2 high) is a
+#: wider hole, and stays one
+EYEWEAR_HOLE = 0.05
+
+#: the least share of the rays round an eye on which a filled lens must end within ``EYEWEAR_REACH`` (the edit
+#: stops and stays clear out to it); an edit of the whole face goes on past it on most rays, the lens's bottom
+#: may run into a paint
+EYEWEAR_BOUNDED = 0.5
+
+#: face widths: the neighbourhood over which a displacement must explain most of what the edit changed to be
+#: carried as one (``geometric``); 0: wherever it explains the pixel
+GEOMETRIC_AREA = 0.08
+
+#: the least share of the changed pixels around (``GEOMETRIC_AREA``) that a displacement must explain: a smile
+#: explains nearly all of them (a smile with lip colour, 0.98 and more); a dark lens, whose top a brow pulled
+#: down matches, 0.2-0.25
+GEOMETRIC_SHARE = 0.5
+
 #: px: the width of the neighbourhood over which an edited pixel's opacity is estimated (``opacity``)
 OPACITY_SIGMA = 2.0
 
@@ -544,14 +567,22 @@ class Layered(Propagator):
         return _Motion(sim, surface.astype(np.float32), seen, err)
 
     # ------------------------------------------------------------------------------ the edit's parts
-    def _geometric(self, recon: np.ndarray, edited: np.ndarray) -> np.ndarray | None:
-        """The displacement (flow from the edited keyframe into the unedited one) where it explains the edit."""
+    def _geometric(self, recon: np.ndarray, edited: np.ndarray, size: float) -> np.ndarray | None:
+        """The displacement (flow from the edited keyframe into the unedited one) where it explains the edit,
+        and explains most of it around (``GEOMETRIC_SHARE`` of the changed pixels within ``GEOMETRIC_AREA``
+        face widths; ``size``: the face's width): a dark fill that a shifted brow happens to match at its
+        edge is a recolouring, not a displacement."""
         if not self.params.geometric:
             return None
         disp = self._flow(edited, recon)
         before = cv2.GaussianBlur(_mean_abs(edited.astype(np.float32) - recon), (0, 0), 2.0)
         after = cv2.GaussianBlur(_mean_abs(edited.astype(np.float32) - warp_back(recon, disp)), (0, 0), 2.0)
-        fits = (after < 0.5 * before) & (before > 2.0) & (np.linalg.norm(disp, axis=-1) > 0.3)
+        changed = before > 2.0
+        fits = (after < 0.5 * before) & changed & (np.linalg.norm(disp, axis=-1) > 0.3)
+        if fits.any() and GEOMETRIC_AREA > 0:
+            sigma = GEOMETRIC_AREA * size
+            share = _blur_wide(fits.astype(np.float32), sigma)
+            fits &= share >= GEOMETRIC_SHARE * _blur_wide(changed.astype(np.float32), sigma)
         w = cv2.GaussianBlur(fits.astype(np.float32), (0, 0), 2.0) * fits
         if w.max() <= 0:
             return None
@@ -619,8 +650,12 @@ class Layered(Propagator):
         angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         radii = np.linspace(EYEWEAR_RING, EYEWEAR_REACH, 24) * dist
         ys, xs = np.mgrid[0:h, 0:w]
+        lenses = [self._lens(strokes > 0, edited, eye, dist) for eye in eyes] if EYEWEAR_LENS > 0 else [None, None]
         out = None
-        for eye in eyes:
+        for eye, lens in zip(eyes, lenses):
+            if lens is not None:  # a filled lens: the lens is eyewear, and a bridge to the other one
+                out = lens if out is None else out | lens
+                continue
             px = np.rint(eye[0] + np.cos(angles)[:, None] * radii).astype(int)
             py = np.rint(eye[1] + np.sin(angles)[:, None] * radii).astype(int)
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
@@ -636,8 +671,54 @@ class Layered(Propagator):
             merged = 0 < EYEWEAR_MERGED <= rays_thin and rays_edited >= 0.9 and edited[over].mean() <= 0.1
             if not (alone or merged):  # make-up on a lid, a paint below the eye, an edit of the whole face
                 continue
-            out = near if out is None else out | near
-        return None if out is None else out & thin
+            out = near & thin if out is None else out | (near & thin)
+        if out is not None and lenses[0] is not None and lenses[1] is not None:  # the bridge between two lenses
+            mid = eyes.mean(0)
+            out |= thin & ((xs - mid[0]) ** 2 + (ys - mid[1]) ** 2 <= (0.5 * dist) ** 2)
+        return out
+
+    @staticmethod
+    def _lens(strokes: np.ndarray, edited: np.ndarray, eye: np.ndarray, dist: float) -> np.ndarray | None:
+        """Where ``edited`` (a keyframe's edited pixels with their edges, bool) is a filled lens over the eye at
+        ``eye`` (``dist``: the eye distance): the edit's ``strokes`` (bool: the pixels it changed; holes
+        narrower than twice ``EYEWEAR_HOLE`` closed) cover every ray from the eye out to ``EYEWEAR_LENS`` eye
+        distances, and end
+        within ``EYEWEAR_REACH`` (clear from there out) on at least ``EYEWEAR_BOUNDED`` of them. The lens is
+        the polygon of where each ray leaves the edit; a ray that does not (the lens's bottom in a paint)
+        takes the radius of its mirror image across the eye's horizontal, else of the nearest ray that
+        does. None where the edit is no such lens."""
+        h, w = edited.shape
+        n_rays, n_radii = 48, 32
+        angles = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
+        radii = np.linspace(0, EYEWEAR_REACH, n_radii) * dist
+        px = np.rint(eye[0] + np.cos(angles)[:, None] * radii).astype(int)
+        py = np.rint(eye[1] + np.sin(angles)[:, None] * radii).astype(int)
+        if px.min() < 0 or py.min() < 0 or px.max() >= w or py.max() >= h:
+            return None  # the lens would be cut by the frame's edge: not told
+        x0, y0, x1, y1 = px.min(), py.min(), px.max() + 1, py.max() + 1
+        r = max(1, int(round(EYEWEAR_HOLE * dist)))
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        box = np.pad(strokes[y0:y1, x0:x1].astype(np.uint8), r, constant_values=0)
+        filled = cv2.morphologyEx(box, cv2.MORPH_CLOSE, disc)[r:-r, r:-r] > 0  # a pupil the tint left alone
+        prof = filled[py - y0, px - x0]
+        if not prof[:, radii <= EYEWEAR_LENS * dist].all(1).mean() >= 0.98:
+            return None
+        last = n_radii - 1 - np.argmax(prof[:, ::-1], axis=1)  # the last edited sample on each ray
+        ends = last < n_radii - 1
+        first_out = np.argmin(prof, axis=1)  # the first clear sample (0 where the ray never leaves the edit)
+        ends &= first_out > last  # clear from where it leaves out to the reach
+        if ends.mean() < EYEWEAR_BOUNDED:
+            return None
+        r = np.where(ends, radii[np.minimum(first_out, n_radii - 1)], np.nan)
+        mirror = (n_rays - np.arange(n_rays)) % n_rays  # the angle reflected across the horizontal
+        r = np.where(np.isnan(r), r[mirror], r)
+        good = np.flatnonzero(~np.isnan(r))
+        gap = np.abs(np.arange(n_rays)[:, None] - good[None])
+        r = r[good[np.argmin(np.minimum(gap, n_rays - gap), axis=1)]]
+        poly = np.stack([eye[0] + np.cos(angles) * r, eye[1] + np.sin(angles) * r], -1)
+        lens = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(lens, [np.rint(poly).astype(np.int32)], 1)
+        return (cv2.dilate(lens, np.ones((9, 9), np.uint8)) > 0) & edited  # with the edges the parts have
 
     def _rigidity(
         self,
@@ -758,7 +839,11 @@ class Layered(Propagator):
                 pool.shutdown()
 
     def _propagate(self, src, edited, recon, keys, at, faces, boxes, out, todo, each) -> np.ndarray:
-        disp = list(each(lambda j: self._geometric(recon[j], edited[j]), range(len(keys))))
+        def width(k: int) -> float:
+            face = boxes[k]
+            return float(face[2] - face[0]) if face is not None else float(max(src.shape[1:3])) / 2
+
+        disp = list(each(lambda j: self._geometric(recon[j], edited[j], width(keys[j])), range(len(keys))))
         base = [recon[j] if d is None else warp_back(recon[j], d) for j, d in enumerate(disp)]
         resid = [edited[j].astype(np.float32) - b for j, b in enumerate(base)]
         parts = [self._parts(r) for r in resid]
@@ -778,10 +863,8 @@ class Layered(Propagator):
                     prior = self._landmark_prior(faces[k], faces[ko], np.zeros(2))
                     points = self._landmarks(faces[k])
                     move = self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]), prior, points)
-                face = boxes[k]
-                size = float(face[2] - face[0]) if face is not None else float(max(src.shape[1:3])) / 2
                 rigidity[(j, o)] = self._rigidity(
-                    resid[j], None if o is None else resid[o], move, *parts[j], size, faces[k]
+                    resid[j], None if o is None else resid[o], move, *parts[j], width(k), faces[k]
                 )
             return rigidity[(j, o)]
 

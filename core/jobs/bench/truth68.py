@@ -11,6 +11,8 @@ each carried to every frame by its own motion:
   the frame's own open mouth (teeth and tongue show through);
 * ``glasses`` (rigid): eyeglass rims and bridge, carried by the similarity fitted to the stable
   points (eye corners and nose bridge), so they do not bend when the eyes close;
+* ``sunglasses`` (rigid): tinted lenses (a dark tint over each eye, filled: the eye shows through
+  faintly), their rims and a bridge, carried as ``glasses`` are;
 * ``lips`` (surface): lip colour, carried by the spline and kept on the frame's own lips (outer lip
   minus the open mouth);
 * ``smile`` (geometric): no colour at all: the mouth corners pulled out and up by a displacement field
@@ -26,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-LAYERS = ("paint", "glasses", "lips", "smile")
+LAYERS = ("paint", "glasses", "sunglasses", "lips", "smile")
 JAW, BROWS, NOSE_BRIDGE = list(range(0, 17)), list(range(17, 27)), [27, 28, 29, 30]
 EYES = (list(range(36, 42)), list(range(42, 48)))
 OUTER_LIPS, INNER_LIPS = list(range(48, 60)), list(range(60, 68))
@@ -216,8 +218,9 @@ def _paint(lms: np.ndarray, shape, seed: int) -> np.ndarray:
     return rgba(color, cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(1.0, eye_w / 40)) * 0.75)
 
 
-def _glasses(lms: np.ndarray, shape) -> np.ndarray:
-    """RGBA: thin dark rims around both eyes and a bridge, anti-aliased."""
+def _glasses(lms: np.ndarray, shape, lenses: bool = False) -> np.ndarray:
+    """RGBA: thin dark rims around both eyes and a bridge, anti-aliased; with ``lenses``, the rims filled
+    with a dark tint (alpha 0.8, darker at the top: sunglasses)."""
     h, w = shape[:2]
     ss = 4
     canvas = np.zeros((h * ss, w * ss), np.float32)
@@ -234,6 +237,12 @@ def _glasses(lms: np.ndarray, shape) -> np.ndarray:
         ends.append((c, half))
         pt = tuple(int(round(x * ss)) for x in c)
         cv2.ellipse(canvas, pt, tuple(int(round(a * ss)) for a in axes), ang, 0, 360, 1.0, thick, cv2.LINE_AA)
+        if lenses:
+            lens = np.zeros_like(canvas)
+            cv2.ellipse(lens, pt, tuple(int(round(a * ss)) for a in axes), ang, 0, 360, 1.0, -1, cv2.LINE_AA)
+            top = (c[1] - axes[1]) * ss  # a gradient tint: 0.85 at the lens's top, 0.7 at its bottom
+            fall = np.clip((np.arange(h * ss, dtype=np.float32) - top) / (2 * axes[1] * ss), 0, 1)
+            canvas = np.maximum(canvas, lens * (0.85 - 0.15 * fall)[:, None] / 0.95)
     a_in, b_in = ends[0][0] + u * ends[0][1], ends[1][0] - u * ends[1][1]
     cv2.line(
         canvas,
@@ -256,13 +265,14 @@ def ground_truth(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The edited clip (``uint8 [T, H, W, 3]``) and, per layer, where it is in each frame (``bool
     [T, H, W]``): the layers drawn on frame ``ref``, each carried by its motion, composited in the
-    order paint, lips, glasses (glasses on top); ``smile`` warps each source frame first."""
+    order paint, lips, glasses, sunglasses (eyewear on top); ``smile`` warps each source frame first."""
     shape = frames.shape[1:3]
     layers = parse_edit(edit)
     drawn = {
         "paint": _paint(lms[ref], shape, seed) if "paint" in layers else None,
         "lips": _lips(lms[ref], shape) if "lips" in layers else None,
         "glasses": _glasses(lms[ref], shape) if "glasses" in layers else None,
+        "sunglasses": _glasses(lms[ref], shape, lenses=True) if "sunglasses" in layers else None,
     }
     out = np.empty_like(frames)
     where = {name: np.zeros(frames.shape[:3], bool) for name in layers}
@@ -274,11 +284,11 @@ def ground_truth(
             moved = np.linalg.norm(mp - np.stack(np.mgrid[0 : shape[0], 0 : shape[1]][::-1], -1), axis=-1)
             where["smile"][t] = moved > 0.25
         surface = tps_map(lms[t], lms[ref], shape) if drawn["paint"] is not None or drawn["lips"] is not None else None
-        for name in ("paint", "lips", "glasses"):
+        for name in ("paint", "lips", "glasses", "sunglasses"):
             layer = drawn[name]
             if layer is None:
                 continue
-            mp = similarity_map(lms[t], lms[ref], shape) if name == "glasses" else surface
+            mp = similarity_map(lms[t], lms[ref], shape) if name in ("glasses", "sunglasses") else surface
             lt = cv2.remap(
                 layer, np.ascontiguousarray(mp, np.float32), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
             )
