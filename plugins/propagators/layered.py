@@ -30,14 +30,15 @@ the skin does.
 With a keyframe on each side, a frame weighs them by time and by how well its motion to each explains
 it (``trust``): a keyframe the frame cannot be matched to (a fast move, a blur) gives way to the other.
 
-Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's edit
-is predicted from the other keyframe both ways (rigid and surface), and each connected part of it takes
-the motion that predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot
-tell apart takes ``prior``, except that with one keyframe an edit that goes all the way round an eye in
-thin strokes (eyeglasses' rims and bridge; or most of the way, where the rims run into a paint that closes
-the ring) moves with the head near the eye (``eyewear``). With
-``region``, each neighbourhood of that many face widths chooses instead (eyeglasses that touch a skin
-paint are then not one part with it). Motion is estimated directly from
+Which parts are rigid is learnt from the keyframes: with a keyframe on each side, each keyframe's edit is
+predicted from the other keyframe both ways (rigid and surface), and each connected part of it takes the
+motion that predicts it better (by more than ``decide`` grey levels); a part the keyframes cannot tell
+apart takes ``prior``, except that (with one keyframe, and with two unless the skin predicts it better by
+more than ``EYEWEAR_DOUBT``) an edit that goes all the way round an eye in thin strokes (eyeglasses' rims
+and bridge; or most of the way, where the rims run into a paint that closes the ring), or that fills the
+eye out to a lens that ends round it (sunglasses; make-up leaves the open eye clear), moves with the head
+near the eye (``eyewear``). With ``region``, each neighbourhood of that many face widths chooses instead
+(eyeglasses that touch a skin paint are then not one part with it). Motion is estimated directly from
 each frame to its keyframes (a frame's result depends on it and its keyframes alone, so chunked
 propagation equals whole-clip). Where nothing was edited the output is the source, byte for byte. It
 follows no landmark model: the face box bounds the head-motion fit, and where the face processor's
@@ -103,6 +104,12 @@ EYEWEAR_SHARE = 0.5
 #: clear of any edit, such strokes are eyewear too (a rim with its bottom quarter in the paint crosses about
 #: three quarters of the rays; the shared clips' paint+glasses, 0.73-0.83). 0: not
 EYEWEAR_MERGED = 0.7
+
+#: grey levels: with two keyframes, eyewear (``eyewear``) moves with the head unless moving the other
+#: keyframe's edit with the skin predicts it better by more than this (where both keyframes have the eyes open
+#: and the head still, both motions predict it about as well: the choice would be noise). Below 0: the
+#: keyframes choose, as for any part
+EYEWEAR_DOUBT = 1.0
 
 #: eye distances from an eye's landmark that a filled lens (sunglasses: the edit covers the eye) must cover on
 #: every ray; an edit of the eye alone (its colour, the iris) is smaller. 0: filled lenses are not eyewear
@@ -330,10 +337,11 @@ class Layered(Propagator):
         eyewear: bool = field(
             default=True,
             metadata={
-                "help": "with one keyframe (the part's motion cannot be learnt): thin strokes that go all the way "
+                "help": "with one keyframe (the part's motion cannot be learnt), and with two unless they tell "
+                "clearly that it moves with the skin: thin strokes that go all the way "
                 "round an eye and make most of the edit there (eyeglasses' rims), or most of the way where a paint "
-                "they run into closes the ring, move with the head, whatever prior says, so they do not bend when "
-                "the eyes close"
+                "they run into closes the ring, and filled lenses that cover an eye and end round it (sunglasses), "
+                "move with the head, whatever prior says, so they do not bend when the eyes close"
             },
         )
         opacity: bool = field(
@@ -732,7 +740,8 @@ class Layered(Propagator):
     ) -> np.ndarray:
         """Per region of ``residual`` (a keyframe's; ``size``: its face's width), 1 where moving ``other`` (the
         other keyframe's) rigidly predicts it better than moving it with the skin, 0 where the skin does,
-        else the prior (with no ``other``: the prior, and 1 on eyewear by ``face``'s landmarks). A region
+        else the prior; on eyewear by ``face``'s landmarks 1 unless the skin predicts it better by more than
+        ``EYEWEAR_DOUBT`` (with no ``other``: the prior, and 1 on eyewear). A region
         is the whole connected part, or with ``region`` the neighbourhood of ``region`` face widths around
         each pixel, overruled where the pixel's own 1.5 px neighbourhood tells by more than ``CLEAR_GAIN``
         grey levels (a thin rim beside a large paint)."""
@@ -758,16 +767,22 @@ class Layered(Propagator):
             gain, near = around(sigma), around(1.5)
             clear = np.abs(near) > CLEAR_GAIN
             gain[clear] = near[clear]
-            rho[(labels > 0) & (gain > self.params.region_decide)] = 1.0
-            rho[(labels > 0) & (gain < -self.params.region_decide)] = 0.0
+            told = (labels > 0) & (np.abs(gain) > self.params.region_decide)
+            rho[told] = (gain[told] > 0).astype(np.float32)
+            skin = (labels > 0) & (gain < -EYEWEAR_DOUBT)
         else:  # over each connected part
+            skin = np.zeros(residual.shape[:2], bool)
             for part in range(1, n):
                 where = labels == part
                 gain = float((e_s[where] - e_r[where]).mean())
-                if gain > self.params.decide:
-                    rho[where] = 1.0
-                elif gain < -self.params.decide:
-                    rho[where] = 0.0
+                if abs(gain) > self.params.decide:
+                    rho[where] = float(gain > 0)
+                if gain < -EYEWEAR_DOUBT:
+                    skin |= where
+        if EYEWEAR_DOUBT >= 0 and not skin[labels > 0].all():  # eyewear, unless the keyframes say skin
+            eyewear = self._eyewear(labels > 0, residual, face)
+            if eyewear is not None:
+                rho[eyewear & ~skin] = 1.0
         return cv2.GaussianBlur(rho, (0, 0), 1.5) if 0 < rho.max() and rho.min() < 1 else rho
 
     def _aligned(self, frame: np.ndarray, carried: list, scale: float = 1.0) -> list:
