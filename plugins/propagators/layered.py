@@ -690,11 +690,10 @@ class Layered(Propagator):
         """Where ``edited`` (a keyframe's edited pixels with their edges, bool) is a filled lens over the eye at
         ``eye`` (``dist``: the eye distance): the edit's ``strokes`` (bool: the pixels it changed; holes
         narrower than twice ``EYEWEAR_HOLE`` closed) cover every ray from the eye out to ``EYEWEAR_LENS`` eye
-        distances, and end
-        within ``EYEWEAR_REACH`` (clear from there out) on at least ``EYEWEAR_BOUNDED`` of them. The lens is
-        the polygon of where each ray leaves the edit; a ray that does not (the lens's bottom in a paint)
-        takes the radius of its mirror image across the eye's horizontal, else of the nearest ray that
-        does. None where the edit is no such lens."""
+        distances, and end within ``EYEWEAR_REACH`` (clear from there out) on at least ``EYEWEAR_BOUNDED``
+        of them. The lens is the polygon of where each ray leaves the edit; a ray that does not (the lens's
+        bottom in a paint) takes the radius of its mirror image across the eye's horizontal, else of the
+        nearest ray that does. None where the edit is no such lens."""
         h, w = edited.shape
         n_rays, n_radii = 48, 32
         angles = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)

@@ -220,7 +220,7 @@ def _paint(lms: np.ndarray, shape, seed: int) -> np.ndarray:
 
 def _glasses(lms: np.ndarray, shape, lenses: bool = False) -> np.ndarray:
     """RGBA: thin dark rims around both eyes and a bridge, anti-aliased; with ``lenses``, the rims filled
-    with a dark tint (alpha 0.8, darker at the top: sunglasses)."""
+    with a dark tint (sunglasses: alpha 0.85 at the lens's top to 0.7 at its bottom)."""
     h, w = shape[:2]
     ss = 4
     canvas = np.zeros((h * ss, w * ss), np.float32)
