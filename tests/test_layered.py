@@ -77,6 +77,29 @@ def _window(lms, shape, margin=0.35):
     )
 
 
+def _truth_clip(d0_face68, moves, edit: str):
+    """The 17 frames of d0's face moved by ``moves``, the dlib truth of ``edit`` on them, cropped to the
+    face's window: ``(src, gt, where, box, pts)``, ``where`` each layer's pixels per frame and ``pts``
+    the landmarks in the crop."""
+    from ipfacediff.jobs.bench.truth68 import ground_truth
+
+    frame, lms, _ = d0_face68
+    frames, track = _clip(frame, lms, moves)
+    gt, where = ground_truth(frames, track, edit)
+    box = _window(lms, frame.shape)
+    src, gt, *layers = _crop(frames, gt, *where.values(), box=box)
+    return src, gt, dict(zip(where, layers)), box, track - np.float32(box[:2])
+
+
+def _one_keyframe_face(det, box) -> FaceDetection:
+    """``det`` (the first frame's face, with its five landmarks) in the crop ``box``: given to every frame,
+    only the keyframe's is read."""
+    x0, y0 = box[:2]
+    return FaceDetection(
+        np.asarray(det.box, np.float32) - [x0, y0, x0, y0], 1.0, np.asarray(det.landmarks, np.float32) - [x0, y0]
+    )
+
+
 def _five(pts: np.ndarray) -> np.ndarray:
     """RetinaFace's five points (the eyes' centres, the nose tip, the mouth's corners) from dlib's 68."""
     return np.stack([pts[:, 36:42].mean(1), pts[:, 42:48].mean(1), pts[:, 30], pts[:, 48], pts[:, 54]], 1)
@@ -153,13 +176,9 @@ def test_a_rigid_accessory_stays_within_a_pixel_of_the_head_while_the_eyes_close
     """Eyeglasses follow the head's similarity (the truth's rigid layer) while the upper lids come down
     (closed at keyframe 8, open at 0 and 16): the rims of every propagated frame lie within 1 px of
     the truth's, where the skin's optical flow bends them (the brows come down with the lids)."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _squeeze)
-    gt, where = ground_truth(frames, track, "glasses")
-    box = _window(lms, frame.shape)
-    src, gt, rims = _crop(frames, gt, where["glasses"], box=box)
+    det = d0_face68[2]
+    src, gt, where, box, _ = _truth_clip(d0_face68, _squeeze, "glasses")
+    rims = where["glasses"]
     keys = [0, 8, 16]
     others = [t for t in range(17) if t not in keys]
 
@@ -175,17 +194,8 @@ def test_eyeglasses_drawn_on_one_keyframe_do_not_bend_when_the_eyes_close(catalo
     while the eyes close and the brows come down: one keyframe cannot tell the rims' motion, but an edit
     that goes all the way round an eye in thin strokes is eyewear (``eyewear``) and moves with the head,
     so its rims stay where the truth has them; moved with the skin (the prior) they bend with the lids."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _squeeze)
-    gt, where = ground_truth(frames, track, "glasses")
-    box = _window(lms, frame.shape)
-    src, gt, rims = _crop(frames, gt, where["glasses"], box=box)
-    x0, y0 = box[:2]  # every frame given the first one's face and landmarks: only the keyframe's are read
-    face = FaceDetection(
-        np.asarray(det.box, np.float32) - [x0, y0, x0, y0], 1.0, np.asarray(det.landmarks, np.float32) - [x0, y0]
-    )
+    src, gt, where, box, _ = _truth_clip(d0_face68, _squeeze, "glasses")
+    rims, face = where["glasses"], _one_keyframe_face(d0_face68[2], box)
     frames_out = range(1, 17)
 
     def misplaced(**params):
@@ -204,19 +214,11 @@ def test_eyeglasses_that_run_into_a_paint_do_not_bend_when_the_eyes_close(catalo
     (``EYEWEAR_MERGED``) and move with the head. Where they meet the paint they go with the skin, so the
     rims are scored above the paint; with the rule off the paint makes the edit there wide and the whole
     rims move with the skin."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
     from ipfacediff.plugins.propagators import layered
 
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _squeeze)
-    gt, where = ground_truth(frames, track, "paint+glasses")
-    box = _window(lms, frame.shape)
-    src, gt, rims, paint = _crop(frames, gt, where["glasses"], where["paint"], box=box)
-    above = np.stack([cv2.dilate(p.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0 for p in paint])
-    x0, y0 = box[:2]
-    face = FaceDetection(
-        np.asarray(det.box, np.float32) - [x0, y0, x0, y0], 1.0, np.asarray(det.landmarks, np.float32) - [x0, y0]
-    )
+    src, gt, where, box, _ = _truth_clip(d0_face68, _squeeze, "paint+glasses")
+    rims, face = where["glasses"], _one_keyframe_face(d0_face68[2], box)
+    above = np.stack([cv2.dilate(p.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0 for p in where["paint"]])
     frames_out = range(1, 17)
 
     def misplaced():
@@ -231,15 +233,6 @@ def test_eyeglasses_that_run_into_a_paint_do_not_bend_when_the_eyes_close(catalo
     assert skin > merged + 1.0
 
 
-def _one_keyframe_face(det, box) -> FaceDetection:
-    """``det`` (the first frame's face, with its five landmarks) in the crop ``box``: given to every frame,
-    only the keyframe's is read."""
-    x0, y0 = box[:2]
-    return FaceDetection(
-        np.asarray(det.box, np.float32) - [x0, y0, x0, y0], 1.0, np.asarray(det.landmarks, np.float32) - [x0, y0]
-    )
-
-
 def _layer_psnr(out, gt, where, frames) -> float:
     """PSNR (dB) of ``out`` against ``gt`` over the pixels of a layer (``where``), all of ``frames`` together."""
     err = np.concatenate([(out[t].astype(np.float64) - gt[t])[where[t]] for t in frames])
@@ -252,14 +245,8 @@ def test_sunglasses_drawn_on_one_keyframe_do_not_bend_when_the_eyes_close(catalo
     rays is a filled lens (``EYEWEAR_LENS``), eyewear, and moves with the head; with ``eyewear`` off the
     lenses move with the skin and their tops come down with the lids. The lens's dark edge, which a
     brow pulled down matches, is not taken for a displacement of the face (``GEOMETRIC_SHARE``)."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _squeeze)
-    gt, where = ground_truth(frames, track, "sunglasses")
-    box = _window(lms, frame.shape)
-    src, gt, lenses = _crop(frames, gt, where["sunglasses"], box=box)
-    face = _one_keyframe_face(det, box)
+    src, gt, where, box, _ = _truth_clip(d0_face68, _squeeze, "sunglasses")
+    lenses, face = where["sunglasses"], _one_keyframe_face(d0_face68[2], box)
     size = float(face.box[2] - face.box[0])
     assert catalog.build("propagator", "layered", {})._geometric(src[0], gt[0], size) is None
 
@@ -280,14 +267,8 @@ def test_sunglasses_over_a_paint_move_with_the_head(catalog, d0_face68):
     are scored by their PSNR over the clip: moved with the skin they lose more than 5 dB (measured: 29.6
     against 19.5), while the paint's loses little (42.6 against 42.9 dB: its rim along the lenses' bottoms
     goes with them)."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _squeeze)
-    gt, where = ground_truth(frames, track, "paint+sunglasses")
-    box = _window(lms, frame.shape)
-    src, gt, lenses, paint = _crop(frames, gt, where["sunglasses"], where["paint"], box=box)
-    face = _one_keyframe_face(det, box)
+    src, gt, where, box, _ = _truth_clip(d0_face68, _squeeze, "paint+sunglasses")
+    lenses, paint, face = where["sunglasses"], where["paint"], _one_keyframe_face(d0_face68[2], box)
 
     def psnr(**params) -> tuple[float, float]:
         out = _carry(catalog, "layered", src, gt, [0], [face] * 17, **params)
@@ -305,16 +286,10 @@ def test_sunglasses_between_two_keyframes_with_open_eyes_move_with_the_head(cata
     lenses' motion (which they then took by a hair's difference, here the skin's for one of them). Eyewear
     moves with the head unless the skin predicts it better by more than ``EYEWEAR_DOUBT`` grey levels.
     Measured: the lenses' PSNR 31.6 dB against 24.0 with the keyframes choosing alone."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
     from ipfacediff.plugins.propagators import layered
 
-    frame, lms, _ = d0_face68
-    frames, track = _clip(frame, lms, _squeeze)
-    gt, where = ground_truth(frames, track, "sunglasses")
-    box = _window(lms, frame.shape)
-    src, gt, lenses = _crop(frames, gt, where["sunglasses"], box=box)
-    pts = track - np.float32(box[:2])
-    faces = _tracked(pts, _five(pts))
+    src, gt, where, _, pts = _truth_clip(d0_face68, _squeeze, "sunglasses")
+    lenses, faces = where["sunglasses"], _tracked(pts, _five(pts))
 
     def psnr() -> float:
         return _layer_psnr(_carry(catalog, "layered", src, gt, [0, 16], faces), gt, lenses, range(1, 16))
@@ -378,16 +353,10 @@ def test_eyeglasses_stay_with_the_head_while_the_lower_face_moves_on_its_own(cat
     head's similarity is fitted to the upper face (eyes, brows, nose bridge) where the face's own fit moves
     the eyes elsewhere, so the rims stay with the eyes. Fitted to the whole face, the similarity follows
     the lower face, the largest part that moves as one, and the rims go with it."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
     from ipfacediff.plugins.propagators import layered
 
-    frame, lms, _ = d0_face68
-    frames, track = _clip(frame, lms, _grimace)
-    gt, where = ground_truth(frames, track, "glasses")
-    box = _window(lms, frame.shape)
-    src, gt, rims = _crop(frames, gt, where["glasses"], box=box)
-    pts = track - np.float32(box[:2])
-    faces = _tracked(pts, _five(pts))
+    src, gt, where, _, pts = _truth_clip(d0_face68, _grimace, "glasses")
+    rims, faces = where["glasses"], _tracked(pts, _five(pts))
 
     def misplaced() -> float:
         return _misplaced(src, _carry(catalog, "layered", src, gt, [0], faces), gt, rims, range(1, 17))
@@ -470,13 +439,9 @@ def test_an_opening_mouth_keeps_the_source_teeth(catalog, d0_face68):
 def test_a_smile_is_carried_as_a_displacement(catalog, d0_face68):
     """A geometric edit (the truth's smile warp) on keyframes 0, 8, 16 of a moving head: carried as a
     displacement field it is closer to the truth than the intensity residual warped by the flow."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _head)
-    gt, where = ground_truth(frames, track, "smile")
-    box = _window(lms, frame.shape)
-    src, gt, region = _crop(frames, gt, where["smile"], box=box)
+    det = d0_face68[2]
+    src, gt, where, box, _ = _truth_clip(d0_face68, _head, "smile")
+    region = where["smile"]
     keys = [0, 8, 16]
     others = [t for t in range(17) if t not in keys]
 
@@ -507,13 +472,8 @@ def test_nothing_edited_is_the_source_byte_for_byte(catalog, d0_face68):
 def test_a_run_between_two_keyframes_is_the_same_alone_or_in_the_clip(catalog, d0_face68):
     """Edits stream long clips chunk by chunk: each run between two keyframes, propagated alone, gives
     the frames the whole clip gives (the parts' motion is told per pair of keyframes)."""
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _head)
-    gt, _ = ground_truth(frames, track, "paint+glasses")
-    box = _window(lms, frame.shape)
-    src, gt = _crop(frames, gt, box=box)
+    det = d0_face68[2]
+    src, gt, _, box, _ = _truth_clip(d0_face68, _head, "paint+glasses")
     whole = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box)
     first = _propagate(catalog, "layered", src[:9], gt[:9], [0, 8], det, box)
     second = _propagate(catalog, "layered", src[8:], gt[8:], [0, 8], det, box)
@@ -521,13 +481,8 @@ def test_a_run_between_two_keyframes_is_the_same_alone_or_in_the_clip(catalog, d
 
 
 def test_frames_worked_on_at_once_are_the_frames_worked_on_one_at_a_time(catalog, d0_face68):
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, det = d0_face68
-    frames, track = _clip(frame, lms, _head)
-    gt, _ = ground_truth(frames, track, "paint+glasses")
-    box = _window(lms, frame.shape)
-    src, gt = _crop(frames, gt, box=box)
+    det = d0_face68[2]
+    src, gt, _, box, _ = _truth_clip(d0_face68, _head, "paint+glasses")
     alone = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box, threads=1)
     together = _propagate(catalog, "layered", src, gt, [0, 8, 16], det, box, threads=4)
     assert not np.array_equal(alone, src) and np.array_equal(alone, together)
@@ -689,14 +644,7 @@ def test_landmarks_that_went_wrong_give_way_to_the_flow_without_them(catalog, d0
     all. With that check switched off (``PRIOR_DOUBT`` infinite), the wrong landmarks misplace it."""
     import sys
 
-    from ipfacediff.jobs.bench.truth68 import ground_truth
-
-    frame, lms, _ = d0_face68
-    frames, track = _clip(frame, lms, _head)
-    gt, _ = ground_truth(frames, track, "paint+glasses")
-    box = _window(lms, frame.shape)
-    src, gt = _crop(frames, gt, box=box)
-    pts = track - box[:2]
+    src, gt, _, _, pts = _truth_clip(d0_face68, _head, "paint+glasses")
     wrong = range(4, 13)
     five = list(_five(pts))
     for t in wrong:

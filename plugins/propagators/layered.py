@@ -112,7 +112,8 @@ EYEWEAR_MERGED = 0.7
 EYEWEAR_DOUBT = 1.0
 
 #: eye distances from an eye's landmark that a filled lens (sunglasses: the edit covers the eye) must cover on
-#: every ray; an edit of the eye alone (its colour, the iris) is smaller. 0: filled lenses are not eyewear
+#: every ray (98% of them); an edit of the eye alone (its colour, the iris) is smaller. 0: filled lenses are
+#: not eyewear
 EYEWEAR_LENS = 0.2
 
 #: eye distances: half the widest hole in a filled lens that is closed before the lens is looked for (a dark
@@ -689,7 +690,7 @@ class Layered(Propagator):
     def _lens(strokes: np.ndarray, edited: np.ndarray, eye: np.ndarray, dist: float) -> np.ndarray | None:
         """Where ``edited`` (a keyframe's edited pixels with their edges, bool) is a filled lens over the eye at
         ``eye`` (``dist``: the eye distance): the edit's ``strokes`` (bool: the pixels it changed; holes
-        narrower than twice ``EYEWEAR_HOLE`` closed) cover every ray from the eye out to ``EYEWEAR_LENS`` eye
+        narrower than twice ``EYEWEAR_HOLE`` closed) cover every ray (98%) from the eye out to ``EYEWEAR_LENS`` eye
         distances, and end within ``EYEWEAR_REACH`` (clear from there out) on at least ``EYEWEAR_BOUNDED``
         of them. The lens is the polygon of where each ray leaves the edit; a ray that does not (the lens's
         bottom in a paint) takes the radius of its mirror image across the eye's horizontal, else of the
