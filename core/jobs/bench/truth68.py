@@ -15,6 +15,12 @@ each carried to every frame by its own motion:
   faintly), their rims and a bridge, carried as ``glasses`` are;
 * ``lips`` (surface): lip colour, carried by the spline and kept on the frame's own lips (outer lip
   minus the open mouth);
+* ``hair`` (a recolour of the frame's own pixels): blonde hair. The reference frame's hair is found
+  by GrabCut (the head told from the background) less the face and the skin's colour
+  (:func:`hair_model`); it is carried by the head's similarity, as ``glasses`` are, and in each frame
+  recoloured (:func:`blonde`: the pixel's brightness on a golden ramp, the texture kept) where the
+  frame's own pixel has hair's colour (a colour model of the reference frame's hair against the rest
+  of the zone round the head), so background the head uncovers stays as it is;
 * ``smile`` (geometric): no colour at all: the mouth corners pulled out and up by a displacement field
   built on each frame's own landmarks; the truth is each source frame warped by it.
 
@@ -28,11 +34,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-LAYERS = ("paint", "glasses", "sunglasses", "lips", "smile")
+LAYERS = ("paint", "glasses", "sunglasses", "lips", "smile", "hair")
 JAW, BROWS, NOSE_BRIDGE = list(range(0, 17)), list(range(17, 27)), [27, 28, 29, 30]
 EYES = (list(range(36, 42)), list(range(42, 48)))
 OUTER_LIPS, INNER_LIPS = list(range(48, 60)), list(range(60, 68))
 STABLE = [27, 28, 29, 30, 31, 35, 36, 39, 42, 45]  # nose bridge, nostrils, eye corners: the rigid frame
+HAIR_ALPHA = 0.85  # how much of the recolour the hair takes
 
 
 def parse_edit(edit: str) -> list[str]:
@@ -255,6 +262,91 @@ def _glasses(lms: np.ndarray, shape, lenses: bool = False) -> np.ndarray:
     return rgba((22, 20, 24), cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95)
 
 
+def head_zone(lms: np.ndarray, shape) -> np.ndarray:
+    """Where hair can be round one face: an ellipse over the top and the sides of the head (as wide as
+    1.7 jaw widths, reaching 0.9 face heights above the brows and down to the chin), less the face."""
+    h, w = shape[:2]
+    jaw_w = float(np.linalg.norm(lms[16] - lms[0]))
+    brow_y = float(lms[BROWS][:, 1].min())
+    height = float(lms[8, 1]) - brow_y
+    cx = float(lms[JAW][:, 0].mean())
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy = brow_y + 0.2 * height
+    inside = ((xs - cx) / (0.85 * jaw_w)) ** 2 + ((ys - cy) / (1.1 * height)) ** 2 <= 1
+    return inside & (ys <= lms[8, 1]) & ~face_mask(lms, shape)
+
+
+def hair_model(frame: np.ndarray, lms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hair of one frame (``float32 [h, w]`` in 0..1) and a colour model (``float32 [16, 16, 16]``:
+    the chance that a pixel of an RGB bin is hair). The head (face and hair) is told from the background
+    by GrabCut (OpenCV; seeded with the face as the head, the frame's edge as background) inside
+    :func:`head_zone`; hair is the head less the face and less pixels of the skin's colour (the
+    forehead, ears, neck). The colour model: hair's colour histogram against that of the rest of the
+    zone (background and skin)."""
+    h, w = frame.shape[:2]
+    zone = head_zone(lms, frame.shape)
+    face = face_mask(lms, frame.shape)
+    ys, xs = np.nonzero(zone | face)
+    pad = int(0.1 * (xs.max() - xs.min() + 1))
+    x0, y0 = max(0, xs.min() - pad), max(0, ys.min() - pad)
+    x1, y1 = min(w, xs.max() + pad + 1), min(h, ys.max() + pad + 1)
+    s = min(1.0, 200.0 / max(x1 - x0, y1 - y0))
+    small = (max(8, round((x1 - x0) * s)), max(8, round((y1 - y0) * s)))
+
+    def shrink(m: np.ndarray) -> np.ndarray:
+        return cv2.resize(m[y0:y1, x0:x1].astype(np.uint8), small, interpolation=cv2.INTER_NEAREST) > 0
+
+    img = cv2.resize(np.ascontiguousarray(frame[y0:y1, x0:x1]), small, interpolation=cv2.INTER_AREA)
+    seed = np.full(img.shape[:2], cv2.GC_PR_BGD, np.uint8)
+    seed[shrink(zone)] = cv2.GC_PR_FGD
+    seed[cv2.erode(shrink(face).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0] = cv2.GC_FGD
+    edge = np.zeros(img.shape[:2], bool)
+    edge[:3], edge[:, :3], edge[:, -3:] = True, True, True
+    seed[edge & ~shrink(zone)] = cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut starts its colour models from k-means on OpenCV's shared generator
+    cv2.grabCut(img[..., ::-1].copy(), seed, None, bgd, fgd, 5, cv2.GC_INIT_WITH_MASK)
+    head = np.zeros((h, w), bool)
+    head[y0:y1, x0:x1] = (
+        cv2.resize(
+            ((seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)).astype(np.uint8), (x1 - x0, y1 - y0), cv2.INTER_NEAREST
+        )
+        > 0
+    )
+    lab = cv2.cvtColor(frame, cv2.COLOR_RGB2LAB).astype(np.float32)
+    skin = np.median(lab[face], 0)
+    skin_like = (np.linalg.norm((lab - skin)[..., 1:], axis=-1) < 10) & (np.abs(lab[..., 0] - skin[0]) < 50)
+    hair = head & zone & ~skin_like
+    hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hair, connectivity=8)
+    if n > 1:  # islands (a highlight on the forehead, a strand of background) are not the hair
+        area = stats[1:, cv2.CC_STAT_AREA]
+        hair = np.isin(labels, 1 + np.flatnonzero(area >= 0.05 * area.max()))
+    hair = hair.astype(bool)
+    bins = (frame // 16).astype(np.int64)
+    idx = bins[..., 0] * 256 + bins[..., 1] * 16 + bins[..., 2]
+    hist_h = np.bincount(idx[hair], minlength=4096).reshape(16, 16, 16).astype(np.float32)
+    hist_o = np.bincount(idx[zone & ~hair], minlength=4096).reshape(16, 16, 16).astype(np.float32)
+    hist_h = cv2.GaussianBlur(hist_h / max(hist_h.sum(), 1), (0, 0), 0.7)
+    hist_o = cv2.GaussianBlur(hist_o / max(hist_o.sum(), 1), (0, 0), 0.7)
+    chance = hist_h / np.maximum(hist_h + hist_o, 1e-9)
+    return cv2.GaussianBlur(hair.astype(np.float32), (0, 0), 1.0), chance.astype(np.float32)
+
+
+def hair_chance(frame: np.ndarray, chance: np.ndarray) -> np.ndarray:
+    """``float32 [h, w]``: how likely each pixel of ``frame`` is hair by its colour (:func:`hair_model`)."""
+    b = (frame // 16).astype(np.int64)
+    return chance[b[..., 0], b[..., 1], b[..., 2]]
+
+
+def blonde(img: np.ndarray) -> np.ndarray:
+    """The recolour of the ``hair`` layer: each pixel's brightness mapped onto a golden ramp (dark gold to
+    pale straw), so the hair's own texture stays and its colour changes."""
+    y = (img @ np.float32([0.299, 0.587, 0.114]) / 255.0)[..., None] ** 0.6
+    lo, hi = np.float32([95, 62, 25]), np.float32([250, 226, 160])
+    return lo + (hi - lo) * y
+
+
 def _lips(lms: np.ndarray, shape) -> np.ndarray:
     """RGBA: a red lip colour on the lips (alpha 0.6, soft edge)."""
     return rgba((190, 20, 60), cv2.GaussianBlur(lips_mask(lms, shape).astype(np.float32), (0, 0), 1.0) * 0.6)
@@ -265,9 +357,18 @@ def ground_truth(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The edited clip (``uint8 [T, H, W, 3]``) and, per layer, where it is in each frame (``bool
     [T, H, W]``): the layers drawn on frame ``ref``, each carried by its motion, composited in the
-    order paint, lips, glasses, sunglasses (eyewear on top); ``smile`` warps each source frame first."""
+    order hair, paint, lips, glasses, sunglasses (eyewear on top); ``smile`` warps each source frame
+    first."""
     shape = frames.shape[1:3]
     layers = parse_edit(edit)
+    hair = None
+    if "hair" in layers:  # the reference frame's hair, a little wider (the head's similarity is not exact)
+        hair, chance = hair_model(frames[ref], lms[ref])
+        grow = max(3, int(round(0.04 * float(np.linalg.norm(lms[ref][16] - lms[ref][0])))) | 1)
+        hair = cv2.dilate(hair, np.ones((grow, grow), np.uint8))
+        chin, top = float(lms[ref][8, 1]), float(lms[ref][BROWS][:, 1].min())
+        ys = np.arange(shape[0], dtype=np.float32)[:, None]
+        hair *= np.clip((chin - ys) / (0.3 * (chin - top)), 0, 1)  # long hair fades out towards the chin
     drawn = {
         "paint": _paint(lms[ref], shape, seed) if "paint" in layers else None,
         "lips": _lips(lms[ref], shape) if "lips" in layers else None,
@@ -283,6 +384,13 @@ def ground_truth(
             img = cv2.remap(img, mp, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
             moved = np.linalg.norm(mp - np.stack(np.mgrid[0 : shape[0], 0 : shape[1]][::-1], -1), axis=-1)
             where["smile"][t] = moved > 0.25
+        if hair is not None:  # the frame's own hair-coloured pixels where the head carries the hair
+            moved = cv2.remap(
+                hair, similarity_map(lms[t], lms[ref], shape), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            )
+            a = (HAIR_ALPHA * moved * cv2.GaussianBlur(hair_chance(f, chance), (0, 0), 1.0))[..., None]
+            img = img * (1 - a) + blonde(img) * a
+            where["hair"][t] = a[..., 0] > 0.02
         surface = tps_map(lms[t], lms[ref], shape) if drawn["paint"] is not None or drawn["lips"] is not None else None
         for name in ("paint", "lips", "glasses", "sunglasses"):
             layer = drawn[name]
