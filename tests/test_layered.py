@@ -455,6 +455,62 @@ def test_a_smile_is_carried_as_a_displacement(catalog, d0_face68):
     assert layered > flow + 1.0
 
 
+def test_a_recolour_is_not_carried_as_a_displacement(catalog, monkeypatch):
+    """Blonde hair (the dlib truth's ``hair`` on s18, a pale background beside red hair) is a recolour: a
+    shifted neighbour that happens to match it is not taken for a displacement, because the flow back
+    from where it points does not return (``GEOMETRIC_RETURN``; without the test, hundreds of hair pixels
+    were); the smile's displacement is found all the same."""
+    import importlib
+
+    from conftest import DATA
+
+    from ipfacediff.jobs.bench.truth68 import dlib68_landmarks, ground_truth
+    from ipfacediff.runtime.video import open_frames
+
+    frame = open_frames(DATA / "videos" / "s18.mp4").get([16])[0]
+    det = catalog.build("face_processor", "retinaface", {"verify": "none"}).detect(frame)[0]
+    lms = dlib68_landmarks(frame[None], [det], smooth=1)[0]
+    layered = catalog.build("propagator", "layered", {})
+    module = importlib.import_module(type(layered).__module__)
+    width = float(det.box[2] - det.box[0])
+
+    def displaced(edit: str) -> int:
+        gt, _ = ground_truth(frame[None], lms[None], edit)
+        disp = layered._geometric(frame, gt[0], width)
+        return 0 if disp is None else int((np.linalg.norm(disp, axis=-1) > 0.3).sum())
+
+    hair, smile = displaced("hair"), displaced("smile")
+    monkeypatch.setattr(module, "GEOMETRIC_RETURN", 0.0)
+    hair_without, smile_without = displaced("hair"), displaced("smile")
+    print(f"pixels displaced: hair {hair} ({hair_without} without the test), smile {smile} ({smile_without})")
+    assert hair == 0 and hair_without > 100
+    assert smile > 5000 and smile >= 0.95 * smile_without
+
+
+def test_keyframes_tints_are_aligned_without_moving_the_frame_under_them(catalog):
+    """Two keyframes tint a band over a fine texture 4 px apart (they disagree): the alignment moves the
+    tints onto each other, and the frame's own texture under them stays where it is (it moved with them
+    before: 1.8 grey levels off on the band's sides, mid-way between the two tints, where both cover it)."""
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur(rng.random((160, 160, 3)).astype(np.float32), (0, 0), 1.2)
+    tex = (60 + 150 * (tex - tex.min()) / (tex.max() - tex.min())).astype(np.uint8)
+    src = np.stack([tex] * 9)
+
+    def tinted(dx: int) -> np.ndarray:
+        a = np.zeros((160, 160), np.float32)
+        cv2.ellipse(a, (80 + dx, 80), (45, 35), 0, 0, 360, 1.0, 14)
+        a = cv2.GaussianBlur(a, (0, 0), 1.0)[..., None] * 0.6
+        return np.clip(np.rint(tex * (1 - a) + np.float32([230, 190, 70]) * a), 0, 255).astype(np.uint8)
+
+    out = _carry(catalog, "layered", src, np.stack([tinted(0)] * 8 + [tinted(4)]), [0, 8], None)
+    agree = np.zeros((160, 160), np.uint8)
+    cv2.ellipse(agree, (82, 80), (45, 35), 0, 0, 360, 1, 3)
+    agree[:, 70:94] = 0  # the band's sides, mid-way between the two tints (both cover it): where they were moved
+    errs = [float(np.abs(out[t].astype(float) - tinted(0))[agree > 0].mean()) for t in range(1, 8)]
+    print("grey levels off the tinted frame, frames 1-7:", np.round(errs, 2))
+    assert max(errs) < 0.5
+
+
 def test_nothing_edited_is_the_source_byte_for_byte(catalog, d0_face68):
     frame, lms, det = d0_face68
     frames, _ = _clip(frame, lms, _head)

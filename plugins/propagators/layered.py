@@ -135,6 +135,13 @@ GEOMETRIC_AREA = 0.08
 #: down matches, 0.2-0.25
 GEOMETRIC_SHARE = 0.5
 
+#: px (and a quarter of the displacement's length, times this): how far the flow from the unedited keyframe into
+#: the edited one, taken where a displacement points, may miss the pixel it started from for the displacement to
+#: count. A shape edit moves the face's content, so the flow back returns; a recolour that a shifted neighbour
+#: happens to match (blonde hair that the pale background beside it resembles) points at pixels that match
+#: themselves in the edited keyframe (flow back near 0). 0: no such test
+GEOMETRIC_RETURN = 2.0
+
 #: px: the width of the neighbourhood over which an edited pixel's opacity is estimated (``opacity``)
 OPACITY_SIGMA = 2.0
 
@@ -181,6 +188,12 @@ def _crossed(mask: np.ndarray, px: np.ndarray, py: np.ndarray, inside: np.ndarra
     hit = np.zeros_like(inside)
     hit[inside] = mask[py[inside], px[inside]]
     return float(hit.any(1).mean())
+
+
+def _over(part: tuple, frame: np.ndarray) -> np.ndarray:
+    """What a carried part (the edit, and how much of the source it hides or None) changes on ``frame``."""
+    edit, hides = part
+    return edit if hides is None else edit - hides * frame
 
 
 def _blur_wide(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -588,6 +601,10 @@ class Layered(Propagator):
         after = cv2.GaussianBlur(_mean_abs(edited.astype(np.float32) - warp_back(recon, disp)), (0, 0), 2.0)
         changed = before > 2.0
         fits = (after < 0.5 * before) & changed & (np.linalg.norm(disp, axis=-1) > 0.3)
+        if fits.any() and GEOMETRIC_RETURN > 0:  # the flow back from where each pixel came must return to it
+            back = warp_back(self._flow(recon, edited), disp)
+            gap = np.linalg.norm(disp + back, axis=-1)
+            fits &= gap < GEOMETRIC_RETURN * (1.0 + 0.25 * np.linalg.norm(disp, axis=-1))
         if fits.any() and GEOMETRIC_AREA > 0:
             sigma = GEOMETRIC_AREA * size
             share = _blur_wide(fits.astype(np.float32), sigma)
@@ -788,14 +805,16 @@ class Layered(Propagator):
     def _aligned(self, frame: np.ndarray, carried: list, scale: float = 1.0) -> list:
         """The two keyframes' edits carried to ``frame``, moved onto each other in proportion to the
         temporal weights where they disagree (a rim a few pixels apart), so the blend has no double edges.
-        The shift between them is estimated on the frames downscaled by ``scale``."""
+        The shift between them is estimated on the frames downscaled by ``scale``. The edits move, the
+        frame under them does not (a tint's share of the frame is taken out where the tint lands)."""
         (wa, ra, sa, na), (wb, rb, sb, nb) = carried
-        la, lb = ra + sa * na[..., None], rb + sb * nb[..., None]
+        base = frame.astype(np.float32)
+        la = _over(ra, base) + _over(sa, base) * na[..., None]
+        lb = _over(rb, base) + _over(sb, base) * nb[..., None]
         support = (_peak(la) > EDITED_LEVEL) | (_peak(lb) > EDITED_LEVEL)
         if not support.any():
             return carried
         h, w = frame.shape[:2]
-        base = frame.astype(np.float32)
         img_a = np.clip(base + la, 0, 255).astype(np.uint8)
         img_b = np.clip(base + lb, 0, 255).astype(np.uint8)
         if scale < 1.0:
@@ -819,10 +838,14 @@ class Layered(Propagator):
         if delta.shape[:2] != (h, w):
             fx, fy = w / delta.shape[1], h / delta.shape[0]
             delta = cv2.resize(delta, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([fx, fy])
+
+        def moved(part: tuple, by: np.ndarray) -> tuple:
+            return tuple(None if x is None else warp_back(x, by) for x in part)
+
         to_a, to_b = wb * delta, -wa * delta
         return [
-            (wa, warp_back(ra, to_a), warp_back(sa, to_a), warp_back(na, to_a)),
-            (wb, warp_back(rb, to_b), warp_back(sb, to_b), warp_back(nb, to_b)),
+            (wa, moved(ra, to_a), moved(sa, to_a), warp_back(na, to_a)),
+            (wb, moved(rb, to_b), moved(sb, to_b), warp_back(nb, to_b)),
         ]
 
     # ------------------------------------------------------------------------------ propagate
@@ -947,34 +970,40 @@ class Layered(Propagator):
                     dw += wt
             frame = src[i][crop][sub] if not dw else warp_back(src[i][crop], dacc / dw, (int(ex0), int(ey0)))
             zero = np.zeros((ey1 - ey0, ex1 - ex0, 3), np.float32)  # (never written to: parts are new arrays)
+            # per keyframe: weight, rigid part, surface part, where it sees the pixel; a part is the edit carried
+            # and, where the edit hides the source, how much it hides (None: nowhere), so the frame's own pixel
+            # under it is taken out where the part lands (after the alignment, which moves the edit, not the frame)
             for (j, wt, m, part), at_box in zip(motions, placed):
                 if at_box is None:
-                    carried.append((wt, zero, zero, vis[len(carried)]))
+                    carried.append((wt, (zero, None), (zero, None), vis[len(carried)]))
                     continue
                 other = next((o for o, _ in near[i] if o != j), None)
                 bx0, by0 = part[:2]
                 there, origin = at_box
                 r = rho(j, other)[there][..., None]
                 a = None if opacity[j] is None else opacity[j][there]
-                rigid, surface = zero, zero
+                rigid, surface = (zero, None), (zero, None)
                 if r.max() > 0:  # (most edits have no rigid part: nothing to move)
-                    rigid = m.move_rigidly(lifted[j][there] * r, win, (bx0, by0))
-                    if a is not None:  # where the edit hides the source, it hides the frame's own
-                        rigid -= m.move_rigidly(a * r, win, (bx0, by0)) * frame
+                    rigid = (
+                        m.move_rigidly(lifted[j][there] * r, win, (bx0, by0)),
+                        None if a is None else m.move_rigidly(a * r, win, (bx0, by0)),
+                    )
                 if r.min() < 1:
-                    surface = warp_back(lifted[j][there] * (1 - r), m.surface[sub], origin)
-                    if a is not None:
-                        surface -= warp_back(a * (1 - r), m.surface[sub], origin) * frame
+                    surface = (
+                        warp_back(lifted[j][there] * (1 - r), m.surface[sub], origin),
+                        None if a is None else warp_back(a * (1 - r), m.surface[sub], origin),
+                    )
                 carried.append((wt, rigid, surface, vis[len(carried)]))
             if two:
                 carried = self._aligned(src[i][crop][sub], carried, scale)
+            base = frame.astype(np.float32)
             wsum = sum(wt * seen for wt, _, _, seen in carried)
             seen = np.maximum.reduce([c[3] for c in carried])
-            rigid = sum(wt * rp for wt, rp, _, _ in carried)
-            surface = sum((wt * sn)[..., None] * sp for wt, _, sp, sn in carried)
+            rigid = sum(wt * _over(rp, base) for wt, rp, _, _ in carried)
+            surface = sum((wt * sn)[..., None] * _over(sp, base) for wt, _, sp, sn in carried)
             # surface parts: blended over the keyframes that see the pixel, faded where none does
             surface = surface * (seen / np.maximum(wsum, 1e-6))[..., None]
-            out[i][crop][sub] = np.clip(np.rint(frame.astype(np.float32) + rigid + surface), 0, 255).astype(np.uint8)
+            out[i][crop][sub] = np.clip(np.rint(base + rigid + surface), 0, 255).astype(np.uint8)
 
         list(each(carry, todo))
         return out
