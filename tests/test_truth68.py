@@ -99,7 +99,7 @@ def test_blonde_hair_recolours_the_frames_own_hair_and_follows_the_head(face):
     """The ``hair`` layer: found round the face and never inside it, recoloured with its texture kept,
     carried by the head's similarity, and only where the frame's own pixel has hair's colour: where the
     head moved further than its landmarks say (the layer lands 12 px off), the green background it
-    lands on stays as it is."""
+    lands on stays as it is; a face that fills the frame still gets its truth."""
     from ipfacediff.jobs.bench.truth68 import face_mask, ground_truth
 
     frame, lms = face
@@ -128,6 +128,11 @@ def test_blonde_hair_recolours_the_frames_own_hair_and_follows_the_head(face):
     truly = cv2.warpAffine(hair.astype(np.uint8), left, frame.shape[1::-1])
     off = landed & ~(cv2.dilate(truly, np.ones((5, 5), np.uint8)) > 0) & green  # background under the layer
     assert off.sum() > 500 and (changed & off).sum() < 0.05 * off.sum()
+    # a face that fills the frame (from above the brows to the chin, inside the jaw) still gets its truth
+    x0, y0, x1, y1 = int(lms[0, 0]) + 10, int(lms[17:27, 1].min()) - 20, int(lms[16, 0]) - 10, int(lms[8, 1])
+    close = np.ascontiguousarray(frame[y0:y1, x0:x1])
+    gt, where = ground_truth(close[None], (lms - [x0, y0]).astype(np.float32)[None], "hair")
+    assert where["hair"].any() and gt.shape == close[None].shape
 
 
 def test_the_hair_found_is_the_same_however_opencvs_random_generator_stands(catalog):

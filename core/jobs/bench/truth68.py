@@ -281,8 +281,9 @@ def hair_model(frame: np.ndarray, lms: np.ndarray) -> tuple[np.ndarray, np.ndarr
     the chance that a pixel of an RGB bin is hair). The head (face and hair) is told from the background
     by GrabCut (OpenCV; seeded with the face as the head, the frame's edge as background) inside
     :func:`head_zone`; hair is the head less the face and less pixels of the skin's colour (the
-    forehead, ears, neck). The colour model: hair's colour histogram against that of the rest of the
-    zone (background and skin)."""
+    forehead, ears, neck) and less islands under 5% of its largest part (a highlight on the forehead).
+    The colour model: hair's colour histogram against that of the rest of the zone (background and
+    skin)."""
     h, w = frame.shape[:2]
     zone = head_zone(lms, frame.shape)
     face = face_mask(lms, frame.shape)
