@@ -3,7 +3,8 @@ frame) whose dlib landmarks are moved by hand and the frame warped with them (th
 spline): a rigid accessory stays on the head while the eyes close (between keyframes, and drawn on the
 first frame alone, also where its rims run into a paint; filled lenses too, and only they of what covers
 the eye) and while the lower face moves on its own, an
-opening mouth keeps its own teeth, a smile is carried as a displacement, a face that moves far is matched
+opening mouth keeps its own teeth, a smile is carried as a displacement (and blonde hair, a recolour, is
+not), two keyframes' tints are aligned without moving the frame under them, a face that moves far is matched
 with its landmarks' help (and without it where they went wrong), an edit that hides the skin keeps its
 colour under a passing shadow, an edit from one keyframe does not fade where the light changes, and an
 edit of nothing gives the source byte for byte."""

@@ -593,7 +593,8 @@ class Layered(Propagator):
         """The displacement (flow from the edited keyframe into the unedited one) where it explains the edit,
         and explains most of it around (``GEOMETRIC_SHARE`` of the changed pixels within ``GEOMETRIC_AREA``
         face widths; ``size``: the face's width): a dark fill that a shifted brow happens to match at its
-        edge is a recolouring, not a displacement."""
+        edge is a recolouring, not a displacement. And only where the flow back returns to the pixel
+        (``GEOMETRIC_RETURN``): blonde hair that the pale wall beside it matches is a recolouring too."""
         if not self.params.geometric:
             return None
         disp = self._flow(edited, recon)
