@@ -485,3 +485,87 @@ def open_frames_of(path: Path, indices: list[int]) -> np.ndarray:
 
     with open_frames(path) as src:
         return src.get(indices)
+
+
+class _Nearest:
+    """A pixel-space propagator that gives every frame its first keyframe's edit and notes each call."""
+
+    name = "nearest-test"
+    space = "pixels"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def propagate(self, inp):
+        self.calls.append((tuple(inp.frames), tuple(inp.frames[r] for r in inp.key_rows)))
+        out = np.asarray(inp.source_pixels).copy()
+        out[:] = inp.edited_pixels[0]
+        out[inp.key_rows] = inp.edited_pixels
+        return out
+
+
+def _mark_clip(n: int, keys: list[int], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (n, 48, 64, 3), dtype=np.uint8)
+    edits = {}
+    for k in keys:
+        edits[k] = frames[k].copy()
+        edits[k][10:30, 20:40] = (40 * (k % 6), 200, 90)  # a different mark on each keyframe
+    return frames, edits
+
+
+def test_the_two_self_checks_predict_an_end_keyframe_once_and_agree_with_separate_runs():
+    """The leave-one-out check and each interval's check both predict the first and last keyframes
+    from their one neighbour: sharing ``memo`` makes those predictions once (5 carries, not 7, for 3
+    keyframes) and gives the same numbers as the checks run apart."""
+    from ipfacediff.jobs.propagate import across_intervals, leave_one_out
+
+    frames, edits = _mark_clip(12, [0, 5, 11])
+    track = [None] * len(frames)  # full frame: no face processor needed
+    apart = _Nearest()
+    loo = leave_one_out(frames.__getitem__, edits, track, None, apart, full_frame=True)
+    spans = across_intervals(frames.__getitem__, edits, track, None, apart, full_frame=True)
+    shared, memo = _Nearest(), {}
+    assert leave_one_out(frames.__getitem__, edits, track, None, shared, True, memo=memo) == loo
+    assert across_intervals(frames.__getitem__, edits, track, None, shared, True, memo=memo) == spans
+    assert len(apart.calls) == 7 and len(shared.calls) == 5 == len(set(shared.calls)), shared.calls
+    assert [x["keyframe"] for x in loo] == [0, 5, 11] and [(x["from"], x["to"]) for x in spans] == [(0, 5), (5, 11)]
+    assert all(np.isfinite(x["psnr"]) for x in loo)
+
+
+@pytest.mark.parametrize("keys", [[0, 9, 22], [4], [3, 25], [0, 27]])
+def test_the_carry_hands_over_every_frame_once_in_order_keyframes_as_given(monkeypatch, keys):
+    """Runs of frames are carried in place (no copy of the run) and handed over as they finish: each
+    frame once, in order, keyframes as given, the rest the propagator's result, through runs shorter
+    than the keyframe intervals and before the first and after the last keyframe."""
+    from ipfacediff.jobs import propagate
+
+    monkeypatch.setattr(propagate, "CARRY_RUN", 4)
+    frames, edits = _mark_clip(28, keys, seed=1)
+    got: list[tuple[int, np.ndarray]] = []
+    propagate.carry_edits(
+        frames.__getitem__,
+        len(frames),
+        edits,
+        [None] * len(frames),
+        None,
+        _Nearest(),
+        full_frame=True,
+        on_frames=lambda first, part: got.append((first, part)),  # kept as given: never written to after
+    )
+    starts = [first for first, _ in got]
+    out = np.concatenate([part for _, part in got])
+    assert starts[0] == 0 and len(out) == len(frames)
+    assert all(b == a + len(p) for (a, p), b in zip(got, starts[1:])), starts
+    for i in range(len(frames)):
+        if i in edits:
+            assert np.array_equal(out[i], edits[i]), i
+        else:  # the first keyframe of the frame's interval (or its one nearest keyframe), as _Nearest gives it
+            assert np.array_equal(out[i], edits[_nearest_first(i, keys)]), i
+
+
+def _nearest_first(i: int, keys: list[int]) -> int:
+    """The keyframe ``carry_edits`` gives frame ``i`` first: its interval's first, or the first keyframe
+    before the first."""
+    before = [k for k in keys if k <= i]
+    return before[-1] if before else keys[0]

@@ -172,16 +172,18 @@ def carry_rows(
     processor: FaceProcessor,
     propagator: Propagator,
     full_frame: bool = False,
+    in_place: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """One call of the propagator: ``frames`` (``uint8 [T, H, W, 3]``, the clip's frames ``times``,
     in order) with the edits ``keys`` (row -> edited full frame) carried to the other rows, cut to one
     window around the face and blended back through each row's face region. Returns the rows and
-    their face regions; key rows are the edited frames as given."""
+    their face regions; key rows are the edited frames as given. ``in_place``: the rows are written
+    into ``frames`` itself (a clip's run is not copied) and its key rows keep their source frames."""
     regions = [
         np.ones(frames.shape[1:3], np.float32) if full_frame else face_region(processor, f, det)
         for f, det in zip(frames, faces)
     ]
-    out = frames.copy()
+    out = frames if in_place else frames.copy()
     group_keys = sorted(keys)
     win = _window(regions)
     if win is not None:
@@ -204,7 +206,7 @@ def carry_rows(
             m = regions[r][y0:y1, x0:x1, None]
             blended = src[r].astype(np.float32) + m * (carried[r].astype(np.float32) - src[r])
             out[r, y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    for r in group_keys:
+    for r in [] if in_place else group_keys:
         out[r] = keys[r]
     return out, regions
 
@@ -240,34 +242,59 @@ def carry_edits(
         # the interval's frames a run of at most CARRY_RUN at a time, each with the keyframes (a frame's
         # result depends only on it and its keyframes): memory stays flat however far apart keyframes are
         runs = [todo[s : s + CARRY_RUN] for s in range(0, len(todo), CARRY_RUN)] or [[]]
-        ready: dict[int, np.ndarray] = {}
         at = first
         for run in runs:
             rows = sorted(set(near) | set(run))
             missing = [i for i in rows if i not in key_source]
             read = dict(zip(missing, get(missing))) if missing else {}
             frames = np.stack([key_source[i] if i in key_source else read[i] for i in rows])
-            key_source = {i: frames[rows.index(i)] for i in near}  # the interval's next run reads them again
             del read
             group = {r: keys[i] for r, i in enumerate(rows) if i in keys}
-            out, regions = carry_rows(frames, rows, group, [track[i] for i in rows], processor, propagator, full_frame)
+            faces = [track[i] for i in rows]
+            # in place: the run's frames are carried where they lie (no copy), their key rows left as the source
+            out, regions = carry_rows(frames, rows, group, faces, processor, propagator, full_frame, in_place=True)
+            key_source = {i: out[rows.index(i)] for i in near}  # the interval's next run reads them again
+            ready: dict[int, int] = {}  # the run's frames: their rows in ``out``
             for r, i in enumerate(rows):
                 if i in keys and i not in outside:
-                    changed = cv2.absdiff(keys[i], frames[r]).max(-1) > CHANGED_LEVEL
+                    changed = cv2.absdiff(keys[i], out[r]).max(-1) > CHANGED_LEVEL
                     outside[i] = float(np.mean(changed & (regions[r] <= 1e-3)))
                 elif i in run:
-                    ready[i] = out[r]
+                    ready[i] = r
                     if track[i] is None and not full_frame:
                         no_face.append(i)
-            del frames, out, regions
-            done = run[-1] if run else b
-            batch = []
+            del frames, regions
+            done, start = run[-1] if run else b, at
             while at <= b and (at <= done or at in keys):
-                batch.append(keys[at] if at in keys else ready.pop(at))
                 at += 1
-            if batch and on_frames is not None:
-                on_frames(at - len(batch), np.stack(batch))
+            if on_frames is not None:
+                pass_on(start, at, keys, out, ready, on_frames)
+            del out
     return {"outside_region": outside, "frames_without_face": sorted(set(no_face))}
+
+
+def pass_on(
+    first: int,
+    end: int,
+    keys: dict[int, np.ndarray],
+    out: np.ndarray,
+    ready: dict[int, int],
+    on_frames: Callable[[int, np.ndarray], None],
+) -> None:
+    """The clip's frames ``first`` to ``end - 1`` to ``on_frames`` in order: keyframes as given, the
+    others rows of ``out`` (``ready``: frame -> row). A run of consecutive rows goes as a view of
+    ``out``, not a copy."""
+    at = first
+    while at < end:
+        if at in keys:
+            on_frames(at, keys[at][None])
+            at += 1
+            continue
+        stop = at + 1
+        while stop < end and stop not in keys and ready.get(stop) == ready[at] + stop - at:
+            stop += 1
+        on_frames(at, out[ready[at] : ready[at] + stop - at])
+        at = stop
 
 
 def recent_frames(get: Callable[[list[int]], np.ndarray], keep: int) -> Callable[[list[int]], np.ndarray]:
@@ -288,6 +315,36 @@ def recent_frames(get: Callable[[list[int]], np.ndarray], keep: int) -> Callable
     return cached
 
 
+Predicted = dict[tuple[tuple[int, ...], tuple[int, ...]], float]
+
+
+def _predicted(
+    get: Callable[[list[int]], np.ndarray],
+    idx: list[int],
+    given: list[int],
+    keys: dict[int, np.ndarray],
+    track: list[FaceDetection | None],
+    processor: FaceProcessor,
+    propagator: Propagator,
+    full_frame: bool,
+    memo: Predicted | None,
+) -> float:
+    """The keyframe among the clip's frames ``idx`` that is not ``given`` predicted by :func:`carry_rows`
+    from the keyframes ``given`` (of ``keys``) alone, PSNR (dB) over its face region against its edit.
+    Kept in ``memo``: a propagator's result depends only on the frames and keyframes it is given (its
+    contract), and both self-checks predict an end keyframe from its one neighbour."""
+    name = (tuple(idx), tuple(given))
+    if memo is not None and name in memo:
+        return memo[name]
+    group = {r: keys[i] for r, i in enumerate(idx) if i in given}
+    rows, regions = carry_rows(get(idx), idx, group, [track[i] for i in idx], processor, propagator, full_frame)
+    r = next(r for r, i in enumerate(idx) if i not in given)
+    psnr = region_psnr(rows[r], keys[idx[r]], regions[r])
+    if memo is not None:
+        memo[name] = psnr
+    return psnr
+
+
 def leave_one_out(
     get: Callable[[list[int]], np.ndarray],
     keys: dict[int, np.ndarray],
@@ -295,25 +352,23 @@ def leave_one_out(
     processor: FaceProcessor,
     propagator: Propagator,
     full_frame: bool = False,
+    memo: Predicted | None = None,
 ) -> list[dict[str, Any]]:
     """The self-check of a propagation: each keyframe predicted from the others (its nearest keyframe
     on each side, or the one side it has) and compared with the edit the user gave, PSNR (dB) over the
     face region. Needs two or more keyframes; a low value says the edit does not move the way the
     propagator carries it between those keyframes (an occlusion, a turn, an edit that changes shape).
     A propagator's result for a frame depends on that frame and its keyframes alone (its contract), so
-    each prediction propagates only the keyframe and the keyframes it is predicted from."""
+    each prediction propagates only the keyframe and the keyframes it is predicted from. ``memo``
+    (shared with :func:`across_intervals`) keeps each prediction for the other check."""
     order = sorted(keys)
     out = []
     for pos, k in enumerate(order):
         near = order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]  # the nearest keyframe on each side
         if not near or (track[k] is None and not full_frame):  # no face there: nothing to compare
             continue
-        idx = sorted([k, *near])
-        frames = get(idx)
-        group = {r: keys[i] for r, i in enumerate(idx) if i != k}
-        rows, regions = carry_rows(frames, idx, group, [track[i] for i in idx], processor, propagator, full_frame)
-        r = idx.index(k)
-        out.append({"keyframe": k, "from": near, "psnr": region_psnr(rows[r], keys[k], regions[r])})
+        psnr = _predicted(get, sorted([k, *near]), near, keys, track, processor, propagator, full_frame, memo)
+        out.append({"keyframe": k, "from": near, "psnr": psnr})
     return out
 
 
@@ -324,6 +379,7 @@ def across_intervals(
     processor: FaceProcessor,
     propagator: Propagator,
     full_frame: bool = False,
+    memo: Predicted | None = None,
 ) -> list[dict[str, Any]]:
     """The self-check of each keyframe interval on its own: each of its two keyframes predicted from
     the other alone, across the whole interval (twice as far as a frame inside it is from its nearest
@@ -331,19 +387,15 @@ def across_intervals(
     a keyframe is carried from both sides, this says which interval carries the edit worst (on the
     dlib truth its rank correlation with the true PSNR of the frames inside the interval was 0.85;
     benchmarks/README.md). ``edit --set settings.keyframes=adaptive`` splits the intervals it finds
-    low."""
+    low. The first and last keyframes' predictions are :func:`leave_one_out`'s (``memo``)."""
     order = sorted(keys)
     out = []
     for a, b in zip(order[:-1], order[1:]):
         if not full_frame and (track[a] is None or track[b] is None):  # no face at one end: nothing to compare
             continue
-        frames, faces = get([a, b]), [track[a], track[b]]
-        scores = []
-        for given, predicted in ((0, 1), (1, 0)):
-            rows, regions = carry_rows(
-                frames, [a, b], {given: keys[(a, b)[given]]}, faces, processor, propagator, full_frame
-            )
-            scores.append(region_psnr(rows[predicted], keys[(a, b)[predicted]], regions[predicted]))
+        scores = [
+            _predicted(get, [a, b], [given], keys, track, processor, propagator, full_frame, memo) for given in (a, b)
+        ]
         out.append({"from": a, "to": b, "psnr": round(float(np.mean(scores)), 3)})
     return out
 
@@ -564,13 +616,13 @@ class PropagateJob(ClipJob):
             return
         with self.timer("self_check"):
             get = recent_frames(self.source.get, 4)  # both checks walk the keyframes in order
-            loo = leave_one_out(get, self.keys, self.track, self.processor, self.propagator, self.full_frame)
+            memo: Predicted = {}  # the end keyframes' predictions, made once for both checks
+            job = (self.keys, self.track, self.processor, self.propagator, self.full_frame)
+            loo = leave_one_out(get, *job, memo=memo)
             self.self_check = {
                 "leave_one_out": loo,
                 "mean_psnr": round(float(np.mean([x["psnr"] for x in loo])), 2) if loo else None,
-                "intervals": across_intervals(
-                    get, self.keys, self.track, self.processor, self.propagator, self.full_frame
-                ),
+                "intervals": across_intervals(get, *job, memo=memo),
                 "suggest": suggest_keyframes(self.track, list(self.keys), self.req.suggest),
             }
 
