@@ -2,12 +2,12 @@
 frame) whose dlib landmarks are moved by hand and the frame warped with them (the truth's thin-plate
 spline): a rigid accessory stays on the head while the eyes close (between keyframes, and drawn on the
 first frame alone, also where its rims run into a paint; filled lenses too, and only they of what covers
-the eye) and while the lower face moves on its own, an
-opening mouth keeps its own teeth, a smile is carried as a displacement (and blonde hair, a recolour, is
-not), two keyframes' tints are aligned without moving the frame under them, a face that moves far is matched
-with its landmarks' help (and without it where they went wrong), an edit that hides the skin keeps its
-colour under a passing shadow, an edit from one keyframe does not fade where the light changes, and an
-edit of nothing gives the source byte for byte."""
+the eye) and while the lower face moves on its own, a hat drawn on one keyframe moves with the head over
+a still background, an opening mouth keeps its own teeth, a smile is carried as a displacement (and
+blonde hair, a recolour, is not), two keyframes' tints are aligned without moving the frame under them,
+a face that moves far is matched with its landmarks' help (and without it where they went wrong), an
+edit that hides the skin keeps its colour under a passing shadow, an edit from one keyframe does not
+fade where the light changes, and an edit of nothing gives the source byte for byte."""
 
 from __future__ import annotations
 
@@ -778,3 +778,80 @@ def test_an_edit_from_one_keyframe_does_not_fade_where_the_light_on_the_face_cha
     print(f"{edit} off the truth (grey levels), frames 6-8: {kept:.2f}, all seen {all_seen:.2f}, light in {faded:.2f}")
     assert kept < all_seen + 0.5
     assert faded > 1.5 * kept
+
+
+def _head_over_a_still_background(frame, det, frames: int = 17):
+    """``frame``'s head (the face and the hair over it) drifting right and up by 0.9 and 0.5 px per frame
+    over its background, which stays; a red hat on the head, drawn over the hair and the background (on
+    every frame: the truth moves it with the head). Returns ``(src, gt, hat, face)``: the frames, the
+    truth, the hat's pixels per frame, and the first frame's face."""
+    x0, y0, x1, y1 = det.box
+    w, cx, top = x1 - x0, (x0 + x1) / 2, y0 - 0.05 * (x1 - x0)
+    head = np.zeros(frame.shape[:2], np.float32)
+    cv2.ellipse(head, (int(cx), int((y0 + y1) / 2 - 0.15 * w)), (int(0.75 * w), int(0.95 * w)), 0, 0, 360, 1.0, -1)
+    head = cv2.GaussianBlur(head, (0, 0), 3)
+    hat = np.zeros(frame.shape[:2], np.float32)
+    brim = [[cx - 0.85 * w, top + 8], [cx + 0.85 * w, top - 4], [cx + 0.85 * w, top - 20], [cx - 0.85 * w, top - 8]]
+    crown = [
+        [cx - 0.45 * w, top - 6],
+        [cx + 0.45 * w, top - 12],
+        [cx + 0.4 * w, top - 0.6 * w],
+        [cx - 0.4 * w, top - 0.55 * w],
+    ]
+    for poly in (brim, crown):
+        cv2.fillPoly(hat, [np.int32(poly)], 1.0)
+    size = frame.shape[1::-1]
+    src, gt, where = [], [], []
+    for t in range(frames):
+        m = np.float32([[1, 0, 0.9 * t], [0, 1, -0.5 * t]])
+        on = cv2.warpAffine(head, m, size)[..., None]
+        f = np.rint(on * cv2.warpAffine(frame, m, size, borderMode=cv2.BORDER_REFLECT) + (1 - on) * frame)
+        worn = cv2.warpAffine(hat, m, size)[..., None]
+        src.append(f.astype(np.uint8))
+        gt.append(np.rint(worn * np.float32([170, 40, 40]) + (1 - worn) * f).astype(np.uint8))
+        where.append(cv2.dilate((worn[..., 0] > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    face = FaceDetection(np.asarray(det.box, np.float32), 1.0, np.asarray(det.landmarks, np.float32))
+    return np.stack(src), np.stack(gt), np.stack(where), face
+
+
+def test_a_hat_drawn_on_one_keyframe_moves_with_the_head_not_the_background(catalog, d0_face68):
+    """A hat on the first frame alone, over the hair and the background, while the head drifts over a still
+    background: an opaque part of the edit that lies mostly off the face and above the mouth is headwear
+    (``headwear``) and moves with the head; moved with the skin's motion (the background's, under the
+    brim's ends) it tears. A hair colour (the hair's own strands kept) and a patch below the mouth are not
+    headwear."""
+    frame, _, det = d0_face68
+    src, gt, hat, face = _head_over_a_still_background(frame, det)
+
+    def hat_psnr(**params):
+        out = _carry(catalog, "layered", src, gt, [0], [face] * len(src), **params)
+        return _layer_psnr(out, gt, hat, range(1, len(src)))
+
+    worn, skin = hat_psnr(), hat_psnr(headwear=False)
+    print(f"hat PSNR (dB) over 16 frames, one keyframe: headwear {worn:.2f}, skin {skin:.2f}")
+    assert worn >= 40.0
+    assert worn > skin + 10.0
+
+    layered = catalog.build("propagator", "layered", {})
+    x0, y0, x1, y1 = np.asarray(det.box)
+    w = x1 - x0
+
+    def headwear(edited: np.ndarray):
+        resid = edited.astype(np.float32) - frame
+        return layered._headwear(*layered._parts(resid), resid, frame, face)
+
+    assert headwear(gt[0]) is not None and headwear(gt[0])[hat[0]].mean() > 0.9
+    hair = frame.copy()  # the head above the face, off the face's ellipse: its strands kept, a golden tint
+    zone = np.zeros(frame.shape[:2], bool)
+    zone[int(max(0, y0 - 0.25 * w)) : int(y0 + 0.1 * w), int(x0) : int(x1)] = True
+    zone &= frame.mean(-1) < 90  # the dark hair, not the green background
+    hair[zone] = np.clip(frame[zone] * np.float32([1.9, 1.5, 0.7]) + 25, 0, 255).astype(np.uint8)
+    assert zone.sum() > 2000 and headwear(hair) is None
+    painted = frame.copy()  # the same pixels painted one flat colour over the strands: an object, headwear
+    painted[zone] = (200, 170, 60)
+    assert headwear(painted) is not None
+    beard = frame.copy()  # an opaque patch below the mouth, part of it over the neck (off the face)
+    lm = np.asarray(det.landmarks)
+    bx, by = int(lm[3:5, 0].mean()), int(lm[3:5, 1].max() + 0.15 * w)
+    cv2.ellipse(beard, (bx, by), (int(0.3 * w), int(0.3 * w)), 0, 0, 360, (60, 40, 30), -1)
+    assert headwear(beard) is None

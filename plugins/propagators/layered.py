@@ -126,6 +126,13 @@ EYEWEAR_HOLE = 0.05
 #: may run into a paint
 EYEWEAR_BOUNDED = 0.5
 
+#: headwear (a hat, a headband, earrings: ``headwear``): the least share of a connected part's pixels that lie off
+#: the face (outside the ellipse inscribed in the face box), and the most that the part's fine detail may follow
+#: the source's under it (the correlation of the two, luma less its blur: a hair colour keeps the hair's strands,
+#: near 1; an object drawn over the frame has its own, near 0)
+HEADWEAR_OFF = 0.5
+HEADWEAR_KEEPS = 0.5
+
 #: face widths: the neighbourhood over which a displacement must explain most of what the edit changed to be
 #: carried as one (``geometric``); 0: wherever it explains the pixel
 GEOMETRIC_AREA = 0.08
@@ -356,6 +363,14 @@ class Layered(Propagator):
                 "round an eye and make most of the edit there (eyeglasses' rims), or most of the way where a paint "
                 "they run into closes the ring, and filled lenses that cover an eye and end round it (sunglasses), "
                 "move with the head, whatever prior says, so they do not bend when the eyes close"
+            },
+        )
+        headwear: bool = field(
+            default=True,
+            metadata={
+                "help": "as eyewear: an opaque part of the edit that lies mostly off the face (outside the ellipse "
+                "in the face box) and above the mouth (a hat, a headband, earrings) moves with the head; the skin's "
+                "motion there is the hair's or the background's, which bends it"
             },
         )
         opacity: bool = field(
@@ -755,20 +770,23 @@ class Layered(Propagator):
         n: int,
         size: float,
         face=None,
+        headwear: np.ndarray | None = None,
     ) -> np.ndarray:
         """Per region of ``residual`` (a keyframe's; ``size``: its face's width), 1 where moving ``other`` (the
         other keyframe's) rigidly predicts it better than moving it with the skin, 0 where the skin does,
-        else the prior; on eyewear by ``face``'s landmarks 1 unless the skin predicts it better by more than
-        ``EYEWEAR_DOUBT`` (with no ``other``: the prior, and 1 on eyewear). A region
-        is the whole connected part, or with ``region`` the neighbourhood of ``region`` face widths around
-        each pixel, overruled where the pixel's own 1.5 px neighbourhood tells by more than ``CLEAR_GAIN``
-        grey levels (a thin rim beside a large paint)."""
+        else the prior; on eyewear by ``face``'s landmarks and on ``headwear`` (:meth:`_headwear`) 1 unless
+        the skin predicts it better by more than ``EYEWEAR_DOUBT`` (with no ``other``: the prior, and 1 on
+        eyewear and headwear). A region is the whole connected part, or with ``region`` the neighbourhood of
+        ``region`` face widths around each pixel, overruled where the pixel's own 1.5 px neighbourhood tells
+        by more than ``CLEAR_GAIN`` grey levels (a thin rim beside a large paint)."""
         prior = 1.0 if self.params.prior == "rigid" else 0.0
         rho = np.full(residual.shape[:2], prior, np.float32)
         if other is None:
             eyewear = self._eyewear(labels > 0, residual, face)
-            if eyewear is not None:
-                rho[eyewear] = 1.0
+            if eyewear is not None or headwear is not None:
+                for worn in (eyewear, headwear):
+                    if worn is not None:
+                        rho[worn] = 1.0
                 return cv2.GaussianBlur(rho, (0, 0), 1.5) if rho.min() < 1 else rho
             return rho
         e_r = _mean_abs(to_other.move_rigidly(other) - residual)
@@ -801,7 +819,59 @@ class Layered(Propagator):
             eyewear = self._eyewear(labels > 0, residual, face)
             if eyewear is not None:
                 rho[eyewear & ~skin] = 1.0
+            if headwear is not None:
+                rho[headwear & ~skin] = 1.0
         return cv2.GaussianBlur(rho, (0, 0), 1.5) if 0 < rho.max() and rho.min() < 1 else rho
+
+    def _headwear(self, labels: np.ndarray, n: int, residual: np.ndarray, base: np.ndarray, face) -> np.ndarray | None:
+        """Where a keyframe's edit (``labels``: its ``n - 1`` connected parts; ``residual``: the edit, over
+        ``base``, the keyframe's source) is headwear: the parts that lie mostly off the face (``HEADWEAR_OFF``
+        of the pixels they changed outside the ellipse inscribed in ``face``'s box), whose fine detail is
+        their own, not the source's under them (``HEADWEAR_KEEPS``), and that lie above the mouth (their
+        centre, along the line from the eyes to the mouth by ``face``'s landmarks): a hat, a headband,
+        earrings. A beard or a paint is on the face or below the mouth, a hair colour keeps the hair's
+        strands. None where no part is, without a face box and landmarks, or with ``headwear`` off. Headwear
+        moves with the head and hides the frame under it where it changed it (its opacity 1: a flat colour
+        over a smooth background tells no opacity)."""
+        if not self.params.headwear or face is None or face.landmarks is None or n < 2:
+            return None
+        lm = np.asarray(face.landmarks, np.float64)
+        if len(lm) < 5:
+            return None
+        x0, y0, x1, y1 = np.asarray(face.box, np.float64)
+        half = np.array([x1 - x0, y1 - y0]) / 2
+        if half.min() < 2:
+            return None
+        changed = cv2.erode((_peak(residual) > EDITED_LEVEL).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ys, xs = np.nonzero((labels > 0) & changed)  # judged inside, off the parts' edges
+        off = ((xs - (x0 + half[0])) / half[0]) ** 2 + ((ys - (y0 + half[1])) / half[1]) ** 2 > 1
+        eyes, mouth = lm[:2].mean(0), lm[3:5].mean(0)
+        axis = mouth - eyes
+        if np.linalg.norm(axis) < 1:
+            return None
+        down = ((xs - eyes[0]) * axis[0] + (ys - eyes[1]) * axis[1]) / float(axis @ axis)  # 0 at the eyes, 1 the mouth
+        src = base.astype(np.float32).mean(-1)
+        out = src + residual.mean(-1)
+
+        def detail(x: np.ndarray) -> np.ndarray:
+            return (x - cv2.GaussianBlur(x, (0, 0), 2.0))[ys, xs].astype(np.float64)
+
+        a, b = detail(src), detail(out)
+        part = labels[ys, xs]
+
+        def mean(v: np.ndarray) -> np.ndarray:
+            return np.bincount(part, v, n) / np.maximum(np.bincount(part, minlength=n), 1)
+
+        ma, mb = mean(a), mean(b)
+        cov = mean(a * b) - ma * mb
+        va, vb = np.maximum(mean(a * a) - ma * ma, 0), np.maximum(mean(b * b) - mb * mb, 0)
+        keeps = cov / np.sqrt(np.maximum(va * vb, 1e-6))  # a flat source under a flat edit: 0 (told by neither)
+        worn = (mean(off.astype(np.float64)) >= HEADWEAR_OFF) & (keeps < HEADWEAR_KEEPS) & (mean(down) < 1.0)
+        worn &= np.bincount(part, minlength=n) > 0
+        worn[0] = False
+        if not worn.any():
+            return None
+        return worn[labels]
 
     def _aligned(self, frame: np.ndarray, carried: list, scale: float = 1.0) -> list:
         """The two keyframes' edits carried to ``frame``, moved onto each other in proportion to the
@@ -887,6 +957,10 @@ class Layered(Propagator):
         resid = [edited[j].astype(np.float32) - b for j, b in enumerate(base)]
         parts = [self._parts(r) for r in resid]
         opacity = list(each(lambda j: self._opacity(base[j], edited[j], resid[j]), range(len(keys))))
+        worn = [self._headwear(*parts[j], resid[j], base[j], faces[keys[j]]) for j in range(len(keys))]
+        for j, (a, w) in enumerate(zip(opacity, worn)):
+            if a is not None and w is not None:  # an object drawn over the frame hides it, however flat it was
+                a[w & (_peak(resid[j]) > EDITED_LEVEL)] = 1.0
         # what is carried per keyframe: the residual plus, where the edit hides the source, the hidden part
         # (so a frame gets residual + a (keyframe's source - its own): the edit's colour, not the difference)
         lifted = [r if a is None else r + a * b for r, a, b in zip(resid, opacity, base)]
@@ -903,7 +977,7 @@ class Layered(Propagator):
                     points = self._landmarks(faces[k])
                     move = self._motion(src[k], src[ko], boxes[k], self._scale(boxes[ko]), prior, points)
                 rigidity[(j, o)] = self._rigidity(
-                    resid[j], None if o is None else resid[o], move, *parts[j], width(k), faces[k]
+                    resid[j], None if o is None else resid[o], move, *parts[j], width(k), faces[k], worn[j]
                 )
             return rigidity[(j, o)]
 
