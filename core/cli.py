@@ -1007,7 +1007,7 @@ def finetune(
     default="paint+glasses,lips,smile",
     show_default=True,
     help="--ground-truth: synthetic edits, comma-separated; each one layer or several joined with + "
-    "(paint, glasses, sunglasses, lips, smile, hair).",
+    "(paint, glasses, sunglasses, lips, smile, hair, hat).",
 )
 @click.option(
     "--baselines",

@@ -11,6 +11,8 @@ fade where the light changes, and an edit of nothing gives the source byte for b
 
 from __future__ import annotations
 
+import importlib
+
 import cv2
 import numpy as np
 import pytest
@@ -814,12 +816,12 @@ def _head_over_a_still_background(frame, det, frames: int = 17):
     return np.stack(src), np.stack(gt), np.stack(where), face
 
 
-def test_a_hat_drawn_on_one_keyframe_moves_with_the_head_not_the_background(catalog, d0_face68):
+def test_a_hat_drawn_on_one_keyframe_moves_with_the_head_not_the_background(catalog, d0_face68, monkeypatch):
     """A hat on the first frame alone, over the hair and the background, while the head drifts over a still
-    background: an opaque part of the edit that lies mostly off the face and above the mouth is headwear
-    (``headwear``) and moves with the head; moved with the skin's motion (the background's, under the
-    brim's ends) it tears. A hair colour (the hair's own strands kept) and a patch below the mouth are not
-    headwear."""
+    background: a part of the edit that lies mostly off the face and above the mouth is headwear
+    (``headwear``: earrings too) and moves with the head; moved with the skin's motion (the background's,
+    under the brim's ends) it tears. A hair colour (the hair's own strands kept), a patch below the mouth and a new
+    sky over the head are not headwear."""
     frame, _, det = d0_face68
     src, gt, hat, face = _head_over_a_still_background(frame, det)
 
@@ -833,6 +835,7 @@ def test_a_hat_drawn_on_one_keyframe_moves_with_the_head_not_the_background(cata
     assert worn > skin + 10.0
 
     layered = catalog.build("propagator", "layered", {})
+    layered_module = importlib.import_module(type(layered).__module__)
     x0, y0, x1, y1 = np.asarray(det.box)
     w = x1 - x0
 
@@ -855,3 +858,16 @@ def test_a_hat_drawn_on_one_keyframe_moves_with_the_head_not_the_background(cata
     bx, by = int(lm[3:5, 0].mean()), int(lm[3:5, 1].max() + 0.15 * w)
     cv2.ellipse(beard, (bx, by), (int(0.3 * w), int(0.3 * w)), 0, 0, 360, (60, 40, 30), -1)
     assert headwear(beard) is None
+    ears = frame.copy()  # earrings: a gold drop under each ear lobe, just off the jaw (dlib's points 2 and 14)
+    for point, side in ((d0_face68[1][2], -6), (d0_face68[1][14], 6)):
+        x, y = int(point[0] + side), int(point[1] + 10)
+        cv2.line(ears, (x, y - 12), (x, y), (200, 170, 40), 2, cv2.LINE_AA)
+        cv2.circle(ears, (x, y), 7, (220, 180, 40), -1, cv2.LINE_AA)
+    drops = (ears != frame).any(-1)
+    assert headwear(ears) is not None and headwear(ears)[drops].mean() > 0.9
+    backdrop = frame.copy()  # the frame above the eyes painted one colour (a new sky): larger than any hat
+    top = int(lm[:2, 1].mean())
+    backdrop[:top] = (40, 90, 200)
+    assert top * frame.shape[1] > 1.5 * w * (y1 - y0) and headwear(backdrop) is None
+    monkeypatch.setattr(layered_module, "HEADWEAR_AREA", 100.0)  # it is told by its size alone
+    assert headwear(backdrop) is not None

@@ -1,8 +1,8 @@
 """The independent ground truth of ``bench --ground-truth`` (dlib's 68 landmarks): each layer moves
 by its own motion. On a real face (d0's first frame, its dlib landmarks) with landmark motion made by
-hand: the spline reproduces a similarity, eyeglasses (and sunglasses) do not bend when the eyes close, blonde hair
-keeps to the frame's own hair, paint never lands in an opening mouth, the smile changes the mouth alone; and the
-benchmark end to end."""
+hand: the spline reproduces a similarity, eyeglasses (and sunglasses) do not bend when the eyes close, a
+hat sits above the brows and follows the head, blonde hair keeps to the frame's own hair, paint never
+lands in an opening mouth, the smile changes the mouth alone; and the benchmark end to end."""
 
 from __future__ import annotations
 
@@ -93,6 +93,31 @@ def test_eyeglasses_follow_the_head_by_its_similarity(face):
     inter = (rims_then & where["glasses"][1]).sum()
     union = (rims_then | where["glasses"][1]).sum()
     assert inter / union > 0.85  # thin rims: within a pixel of the similarity-moved ones
+
+
+def test_a_hat_sits_above_the_brows_off_the_face_opaque_and_follows_the_head(face):
+    """The ``hat`` layer: opaque, above the brows and mostly off the face (its brim at the top of the
+    forehead, its crown over the hair and the background), square to the face, carried by the head's
+    similarity like eyeglasses (closing the eyes does not move it)."""
+    from ipfacediff.jobs.bench.truth68 import BROWS, face_mask, ground_truth
+
+    frame, lms = face
+    m = _similarity()
+    moved = cv2.warpAffine(frame, m, frame.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    closed = _move(lms, m)
+    for up, low in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        closed[up] = closed[low] - [0, 1]
+    gt, where = ground_truth(np.stack([frame, moved]), np.stack([lms, closed]), "hat")
+    hat = where["hat"][0]
+    ys, xs = np.nonzero(hat)
+    assert hat.sum() > 5000 and ys.max() < lms[BROWS][:, 1].min()  # all of it above the brows
+    assert (hat & face_mask(lms, frame.shape[:2])).sum() < 0.2 * hat.sum()  # mostly off the face
+    inside = cv2.erode(hat.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert np.abs(gt[0][inside].astype(int) - frame[inside]).mean() > 60  # opaque: the frame does not show
+    assert len({tuple(c) for c in gt[0][inside]}) <= 40  # flat colours (crown, band, brim; their seams blended)
+    then = cv2.warpAffine(hat.astype(np.float32), m, frame.shape[1::-1]) > 0.5
+    assert (then & where["hat"][1]).sum() / (then | where["hat"][1]).sum() > 0.95  # moved by the similarity
+    assert (gt[0] != frame).any(-1)[ys, xs].mean() > 0.9
 
 
 def test_blonde_hair_recolours_the_frames_own_hair_and_follows_the_head(face):
@@ -206,5 +231,5 @@ def test_ground_truth_benchmark_grades_no_propagator_against_its_own_landmarks(t
     table = (tmp_path / "b" / "groundtruth.md").read_text()
     assert "truth: dlib's 68 landmarks (independent), keyframes the first frame only" in table
     assert "glasses PSNR" in table and "grades itself" not in table
-    r = run_main("bench", "--ground-truth", "--edits", "paint+hat", "-o", str(tmp_path / "c"))
-    assert r.returncode == 2 and "layers paint, glasses, sunglasses, lips, smile" in r.stderr
+    r = run_main("bench", "--ground-truth", "--edits", "paint+cape", "-o", str(tmp_path / "c"))
+    assert r.returncode == 2 and "layers paint, glasses, sunglasses, lips, smile, hair, hat" in r.stderr

@@ -132,6 +132,8 @@ EYEWEAR_BOUNDED = 0.5
 #: near 1; an object drawn over the frame has its own, near 0)
 HEADWEAR_OFF = 0.5
 HEADWEAR_KEEPS = 0.5
+#: headwear: the most pixels a part may change, in face boxes (a wide hat, about 1; a new background, many)
+HEADWEAR_AREA = 1.5
 
 #: face widths: the neighbourhood over which a displacement must explain most of what the edit changed to be
 #: carried as one (``geometric``); 0: wherever it explains the pixel
@@ -368,9 +370,10 @@ class Layered(Propagator):
         headwear: bool = field(
             default=True,
             metadata={
-                "help": "as eyewear: an opaque part of the edit that lies mostly off the face (outside the ellipse "
-                "in the face box) and above the mouth (a hat, a headband, earrings) moves with the head; the skin's "
-                "motion there is the hair's or the background's, which bends it"
+                "help": "as eyewear: a part of the edit that lies mostly off the face (outside the ellipse in the "
+                "face box), above the mouth, with fine detail of its own rather than the source's under it (a hat, a "
+                "headband, earrings; a hair colour keeps the strands) moves with the head and hides the frame under "
+                "it; the skin's motion there is the hair's or the background's, which bends it"
             },
         )
         opacity: bool = field(
@@ -827,12 +830,13 @@ class Layered(Propagator):
         """Where a keyframe's edit (``labels``: its ``n - 1`` connected parts; ``residual``: the edit, over
         ``base``, the keyframe's source) is headwear: the parts that lie mostly off the face (``HEADWEAR_OFF``
         of the pixels they changed outside the ellipse inscribed in ``face``'s box), whose fine detail is
-        their own, not the source's under them (``HEADWEAR_KEEPS``), and that lie above the mouth (their
-        centre, along the line from the eyes to the mouth by ``face``'s landmarks): a hat, a headband,
-        earrings. A beard or a paint is on the face or below the mouth, a hair colour keeps the hair's
-        strands. None where no part is, without a face box and landmarks, or with ``headwear`` off. Headwear
-        moves with the head and hides the frame under it where it changed it (its opacity 1: a flat colour
-        over a smooth background tells no opacity)."""
+        their own, not the source's under them (``HEADWEAR_KEEPS``), that lie above the mouth (their centre,
+        along the line from the eyes to the mouth by ``face``'s landmarks) and that change no more than
+        ``HEADWEAR_AREA`` face boxes of pixels: a hat, a headband, earrings, not a new background. A beard or
+        a paint is on the face or below the mouth, a hair colour keeps the hair's strands. None where no part
+        is, without a face box and landmarks, or with ``headwear`` off. Headwear moves with the head and
+        hides the frame under it where it changed it (its opacity 1: a flat colour over a smooth background
+        tells no opacity)."""
         if not self.params.headwear or face is None or face.landmarks is None or n < 2:
             return None
         lm = np.asarray(face.landmarks, np.float64)
@@ -867,7 +871,8 @@ class Layered(Propagator):
         va, vb = np.maximum(mean(a * a) - ma * ma, 0), np.maximum(mean(b * b) - mb * mb, 0)
         keeps = cov / np.sqrt(np.maximum(va * vb, 1e-6))  # a flat source under a flat edit: 0 (told by neither)
         worn = (mean(off.astype(np.float64)) >= HEADWEAR_OFF) & (keeps < HEADWEAR_KEEPS) & (mean(down) < 1.0)
-        worn &= np.bincount(part, minlength=n) > 0
+        count = np.bincount(part, minlength=n)
+        worn &= (count > 0) & (count <= HEADWEAR_AREA * 4 * half[0] * half[1])  # a new background is no hat
         worn[0] = False
         if not worn.any():
             return None

@@ -273,8 +273,9 @@ def _truth(job: dict, frames: np.ndarray, track) -> dict:
         lms = truth68.smooth_landmarks(raw)
         gt, where = truth68.ground_truth(frames, lms, job["edit"], seed=job["seed"])
         faces = [truth68.face_mask(lm, shape) for lm in lms]
-        if "hair" in where:  # the hair lies round the face: scored over the face and the hair
-            faces = [f | grow(h, np.ones_like(f)) for f, h in zip(faces, where["hair"])]
+        for off in ("hair", "hat"):  # they lie round the face: scored over the face and them
+            if off in where:
+                faces = [f | grow(h, np.ones_like(f)) for f, h in zip(faces, where[off])]
         layers = {name: [grow(m, f) for m, f in zip(w, faces)] for name, w in where.items()}
     else:
         lms = track_landmarks(frames, track)

@@ -21,6 +21,8 @@ each carried to every frame by its own motion:
   recoloured (:func:`blonde`: the pixel's brightness on a golden ramp, the texture kept) where the
   frame's own pixel has hair's colour (a colour model of the reference frame's hair against the rest
   of the zone round the head), so background the head uncovers stays as it is;
+* ``hat`` (rigid, off the face): an opaque felt hat, its brim at the top of the forehead and its crown
+  over the hair and the background, carried as ``glasses`` are (:func:`_hat`);
 * ``smile`` (geometric): no colour at all: the mouth corners pulled out and up by a displacement field
   built on each frame's own landmarks; the truth is each source frame warped by it.
 
@@ -34,7 +36,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-LAYERS = ("paint", "glasses", "sunglasses", "lips", "smile", "hair")
+LAYERS = ("paint", "glasses", "sunglasses", "lips", "smile", "hair", "hat")
 JAW, BROWS, NOSE_BRIDGE = list(range(0, 17)), list(range(17, 27)), [27, 28, 29, 30]
 EYES = (list(range(36, 42)), list(range(42, 48)))
 OUTER_LIPS, INNER_LIPS = list(range(48, 60)), list(range(60, 68))
@@ -262,6 +264,42 @@ def _glasses(lms: np.ndarray, shape, lenses: bool = False) -> np.ndarray:
     return rgba((22, 20, 24), cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA) * 0.95)
 
 
+def _hat(lms: np.ndarray, shape) -> np.ndarray:
+    """RGBA: an opaque felt hat square to the face (tilted with the line of the eye corners). Its brim, 1.5
+    jaw widths wide, sits 0.38 face heights (brows to chin) above the brows, about the top of the forehead;
+    its crown rises 0.55 face heights above it, a dark band at its foot. Anti-aliased edges (drawn at twice
+    the size)."""
+    h, w = shape[:2]
+    ss = 2
+    d = lms[45] - lms[36]
+    right = d / max(float(np.linalg.norm(d)), 1e-6)
+    up = np.array([right[1], -right[0]])
+    jaw_w = float(np.linalg.norm(lms[16] - lms[0]))
+    brows = lms[BROWS]
+    height = float(np.linalg.norm(lms[8] - brows.mean(0)))
+    base = brows.mean(0) + up * 0.38 * height  # the brim's middle
+
+    def at(x: float, y: float) -> np.ndarray:  # px from the brim's middle: x along the eyes, y up
+        return np.rint((base + right * x + up * y) * ss).astype(np.int32)
+
+    alpha = np.zeros((h * ss, w * ss), np.float32)
+    paint = np.zeros((h * ss, w * ss, 3), np.float32)  # premultiplied by alpha
+    shapes = [  # back to front: crown, band, brim
+        ([(-0.47, 0.0), (0.47, 0.0), (0.42, 0.55), (-0.42, 0.55)], (128, 32, 38)),
+        ([(-0.47, 0.0), (0.47, 0.0), (0.465, 0.08), (-0.465, 0.08)], (34, 26, 28)),
+        ([(-0.75, -0.04), (0.75, -0.04), (0.75, 0.03), (-0.75, 0.03)], (112, 28, 34)),
+    ]
+    for corners, colour in shapes:
+        poly = np.stack([at(x * jaw_w, y * height) for x, y in corners])
+        mask = np.zeros_like(alpha)
+        cv2.fillPoly(mask, [poly], 1.0, cv2.LINE_AA)
+        paint = paint * (1 - mask[..., None]) + np.float32(colour) * mask[..., None]
+        alpha = alpha * (1 - mask) + mask
+    small = cv2.resize(np.concatenate([paint, alpha[..., None]], -1), (w, h), interpolation=cv2.INTER_AREA)
+    a = small[..., 3]
+    return np.concatenate([small[..., :3] / np.maximum(a, 1e-6)[..., None], a[..., None]], -1).astype(np.float32)
+
+
 def head_zone(lms: np.ndarray, shape) -> np.ndarray:
     """Where hair can be round one face: an ellipse over the top and the sides of the head (as wide as
     1.7 jaw widths, reaching 0.9 face heights above the brows and down to the chin), less the face."""
@@ -358,8 +396,8 @@ def ground_truth(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The edited clip (``uint8 [T, H, W, 3]``) and, per layer, where it is in each frame (``bool
     [T, H, W]``): the layers drawn on frame ``ref``, each carried by its motion, composited in the
-    order hair, paint, lips, glasses, sunglasses (eyewear on top); ``smile`` warps each source frame
-    first."""
+    order hair, paint, lips, glasses, sunglasses, hat (eyewear and the hat on top); ``smile`` warps each
+    source frame first."""
     shape = frames.shape[1:3]
     layers = parse_edit(edit)
     hair = None
@@ -375,6 +413,7 @@ def ground_truth(
         "lips": _lips(lms[ref], shape) if "lips" in layers else None,
         "glasses": _glasses(lms[ref], shape) if "glasses" in layers else None,
         "sunglasses": _glasses(lms[ref], shape, lenses=True) if "sunglasses" in layers else None,
+        "hat": _hat(lms[ref], shape) if "hat" in layers else None,
     }
     out = np.empty_like(frames)
     where = {name: np.zeros(frames.shape[:3], bool) for name in layers}
@@ -393,11 +432,11 @@ def ground_truth(
             img = img * (1 - a) + blonde(img) * a
             where["hair"][t] = a[..., 0] > 0.02
         surface = tps_map(lms[t], lms[ref], shape) if drawn["paint"] is not None or drawn["lips"] is not None else None
-        for name in ("paint", "lips", "glasses", "sunglasses"):
+        for name in ("paint", "lips", "glasses", "sunglasses", "hat"):
             layer = drawn[name]
             if layer is None:
                 continue
-            mp = similarity_map(lms[t], lms[ref], shape) if name in ("glasses", "sunglasses") else surface
+            mp = similarity_map(lms[t], lms[ref], shape) if name in ("glasses", "sunglasses", "hat") else surface
             lt = cv2.remap(
                 layer, np.ascontiguousarray(mp, np.float32), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
             )
