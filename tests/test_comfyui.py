@@ -294,13 +294,19 @@ def test_any_edit_workflow_carries_a_stock_node_edit_through_the_clip(pack, samp
 
 
 @needs_models
-def test_frame_cap_cuts_long_batches(pack, sample_clip):
+def test_frame_cap_cuts_long_batches(pack, sample_clip, tmp_path, monkeypatch):
+    """``max_frames`` cuts the batch; the node leaves no temporary folder behind (a ComfyUI server runs
+    it again and again: it created one empty ``ipfacediff-run-*`` folder per run before)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     load = pack.NODE_CLASS_MAPPINGS["IPFaceDiffLoadVideo"]()
     images, fps, audio = load.load(str(sample_clip), 24)
     model, summary = pack.NODE_CLASS_MAPPINGS["IPFaceDiffLoadBackbone"]().load("tiny", "cpu")
     assert "random weights" in summary
     faces, said = pack.NODE_CLASS_MAPPINGS["IPFaceDiffDetectAlignFaces"]().detect(images, model, "retinaface", 10, 5)
     assert faces.n == 10 and "cut at 10 of 24 frames" in said and fps == 24.0
+    assert not list(tmp_path.glob("ipfacediff-run-*"))
 
 
 @needs_models

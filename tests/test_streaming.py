@@ -308,3 +308,29 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
     ):
         r = run_main(*args, env=env)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def test_a_private_stage_folder_goes_when_closed_or_when_the_cache_is_dropped(tmp_path, monkeypatch):
+    """``--no-cache`` keeps a run's stages in a private temporary folder: removed by ``close``, and by the
+    cache's garbage collection when an integration keeps a job open and drops it without closing it
+    (the ComfyUI edit node hands its job to the propagate node)."""
+    import gc
+    import tempfile
+
+    from ipfacediff.runtime.cache import StageCache
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    closed, dropped = StageCache(enabled=False), StageCache(enabled=False)
+    for cache in (closed, dropped):
+        cache.save_npz("tracks", "k", a=np.zeros(3))
+        assert cache.path("tracks", "k", ".npz").exists()
+    roots = [closed.root, dropped.root]
+    closed.close()
+    closed.close()  # twice is harmless
+    assert not roots[0].exists() and roots[1].exists()
+    del dropped, cache
+    gc.collect()
+    assert not roots[1].exists() and not list(tmp_path.iterdir())
+    kept = StageCache(enabled=True)  # the user's cache is never removed
+    kept.close()
+    assert kept.root.exists()

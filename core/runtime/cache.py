@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,12 +118,14 @@ def _touch(path: Path) -> None:
 
 class StageCache:
     """Finished stages of one run. ``enabled=False``: nothing is read or kept (entries go to a
-    private temporary folder removed by :meth:`close`)."""
+    private temporary folder removed by :meth:`close`, or when the cache is garbage-collected or the
+    process exits: a job an integration keeps open, or never closes, leaves nothing behind)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.root = cache_dir() if enabled else Path(tempfile.mkdtemp(prefix="ipfacediff-run-"))
         self.used: set[Path] = set()
+        self._remove = None if enabled else weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True)
 
     def path(self, category: str, key: str, suffix: str = "") -> Path:
         return self.root / category / f"{key}{suffix}"
@@ -201,8 +204,8 @@ class StageCache:
         self.used.add(target)
 
     def close(self) -> None:
-        if not self.enabled:
-            shutil.rmtree(self.root, ignore_errors=True)
+        if self._remove is not None:
+            self._remove()  # once: the folder is removed, the finalizer detached
 
 
 @dataclass

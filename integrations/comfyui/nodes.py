@@ -268,11 +268,13 @@ class DetectAlignFaces:
 
         frames = TensorFrames(images, max_frames)
         sets = {"settings": {"landmark_smoothing": int(smoothing)}}
-        job = ClipJob(_registry().pipeline(PIPELINE), sets, frames=frames, device=model.device, show_progress=False)
-        job.check_request()
-        job.open_source()
-        proc = get_catalog().build("face_processor", face_processor).to(model.device)
-        face_frames = job.detect(proc)  # the CLI's detection and its checks (a face in enough frames)
+        with ClipJob(
+            _registry().pipeline(PIPELINE), sets, frames=frames, device=model.device, show_progress=False
+        ) as job:  # closed: its private stage folder goes
+            job.check_request()
+            job.open_source()
+            proc = get_catalog().build("face_processor", face_processor).to(model.device)
+            face_frames = job.detect(proc)  # the CLI's detection and its checks (a face in enough frames)
         zoom = float(getattr(proc.params, "zoom", 0.45))
         cut = (
             f"; cut at {len(frames)} of {images.shape[0]} frames (max_frames)" if len(frames) < images.shape[0] else ""
