@@ -785,13 +785,10 @@ class Layered(Propagator):
         prior = 1.0 if self.params.prior == "rigid" else 0.0
         rho = np.full(residual.shape[:2], prior, np.float32)
         if other is None:
-            eyewear = self._eyewear(labels > 0, residual, face)
-            if eyewear is not None or headwear is not None:
-                for worn in (eyewear, headwear):
-                    if worn is not None:
-                        rho[worn] = 1.0
-                return cv2.GaussianBlur(rho, (0, 0), 1.5) if rho.min() < 1 else rho
-            return rho
+            for worn in (self._eyewear(labels > 0, residual, face), headwear):
+                if worn is not None:
+                    rho[worn] = 1.0
+            return cv2.GaussianBlur(rho, (0, 0), 1.5) if 0 < rho.max() and rho.min() < 1 else rho
         e_r = _mean_abs(to_other.move_rigidly(other) - residual)
         e_s = _mean_abs(warp_back(other, to_other.surface) - residual)
         sigma = self.params.region * size
@@ -819,11 +816,9 @@ class Layered(Propagator):
                 if gain < -EYEWEAR_DOUBT:
                     skin |= where
         if EYEWEAR_DOUBT >= 0 and not skin[labels > 0].all():  # eyewear, unless the keyframes say skin
-            eyewear = self._eyewear(labels > 0, residual, face)
-            if eyewear is not None:
-                rho[eyewear & ~skin] = 1.0
-            if headwear is not None:
-                rho[headwear & ~skin] = 1.0
+            for worn in (self._eyewear(labels > 0, residual, face), headwear):
+                if worn is not None:
+                    rho[worn & ~skin] = 1.0
         return cv2.GaussianBlur(rho, (0, 0), 1.5) if 0 < rho.max() and rho.min() < 1 else rho
 
     def _headwear(self, labels: np.ndarray, n: int, residual: np.ndarray, base: np.ndarray, face) -> np.ndarray | None:
