@@ -33,6 +33,32 @@ def _move(lms, m):
     return (lms @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
+def test_the_landmarks_are_fitted_in_the_box_dlibs_own_detector_draws(d0_face68):
+    """dlib's shape predictor was trained on its detector's boxes, so the truth fits it in those: a frame
+    where the detector finds the tracked face gets the detector's box; a frame where it finds none (here
+    blank) gets the clip's usual shape of that box, placed on the tracker's (moved) box; a clip where it
+    never finds the face gets ``DLIB_BOX``'s shape; a frame without a tracked face gets none."""
+    import dlib
+
+    from ipfacediff.interfaces import FaceDetection
+    from ipfacediff.jobs.bench.truth68 import DLIB_BOX, dlib_boxes
+
+    frame, _, det = d0_face68
+    found = dlib.get_frontal_face_detector()(frame, 0)
+    assert len(found) == 1
+    r = found[0]
+    want = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64)
+    shifted = FaceDetection(np.asarray(det.box) + [20, 10, 20, 10], det.score, det.landmarks)
+    blank = np.zeros_like(frame)
+    got = dlib_boxes(np.stack([frame, blank, frame]), [det, shifted, None])
+    assert np.abs(got[0] - want).max() < 1e-6
+    assert np.abs(got[1] - (want + [20, 10, 20, 10])).max() < 1e-6
+    assert got[2] is None
+    x0, y0, x1, y1 = (float(v) for v in det.box)
+    never = dlib_boxes(blank[None], [det])[0]
+    assert np.allclose(never, [x0, y0, x0, y0] + np.asarray(DLIB_BOX) * [x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+
+
 def test_the_spline_is_exact_on_a_similarity_and_the_identity(face):
     from ipfacediff.jobs.bench.truth68 import tps_map
 
