@@ -310,6 +310,56 @@ def test_cache_list_limit_and_clear(long_clip, sample_clip, tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no file locks to tell a live run's folder")
+def test_a_killed_runs_private_folder_is_swept_by_the_next_run_and_a_live_runs_is_kept(tmp_path):
+    """A run killed with SIGKILL cannot remove its private stage folder; the next private folder made
+    removes it (its lock is free), but never one whose run is alive, nor one made in the last
+    ``PRIVATE_GRACE`` seconds, nor a folder of the same name without the lock (not made by a run)."""
+    import tempfile
+
+    from ipfacediff.runtime.cache import PRIVATE_LOCK, StageCache
+
+    code = (
+        "import sys, tempfile, time; tempfile.tempdir = sys.argv[1]\n"
+        "from ipfacediff.runtime.cache import StageCache\n"
+        "c = StageCache(enabled=False); c.save_npz('tracks', 'k', a=__import__('numpy').zeros(3))\n"
+        "print(c.root, flush=True); time.sleep(120)\n"
+    )
+
+    def start() -> tuple[subprocess.Popen, Path]:
+        p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        return p, Path(p.stdout.readline().strip())
+
+    killed, gone = start()
+    alive, kept = start()
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        stranger = tmp_path / "ipfacediff-run-stranger"
+        stranger.mkdir()
+        for folder in (gone, kept, stranger):
+            assert folder.exists()
+        tempfile.tempdir, before = str(tmp_path), tempfile.tempdir
+        try:
+            first = StageCache(enabled=False)
+            assert gone.exists()  # its lock is free, but younger than the grace
+            old = time.time() - 3600
+            for folder in (gone, kept):
+                os.utime(folder / PRIVATE_LOCK, (old, old))
+            second = StageCache(enabled=False)
+        finally:
+            tempfile.tempdir = before
+        assert not gone.exists() and kept.exists() and stranger.exists()
+        assert (kept / "tracks" / "k.npz").exists() and first.root.exists() and second.root.exists()
+        first.close()
+        second.close()
+    finally:
+        alive.kill()
+        alive.wait(30)
+        killed.stdout.close()
+        alive.stdout.close()
+
+
 def test_a_private_stage_folder_goes_when_closed_or_when_the_cache_is_dropped(tmp_path, monkeypatch):
     """``--no-cache`` keeps a run's stages in a private temporary folder: removed by ``close``, and by the
     cache's garbage collection when an integration keeps a job open and drops it without closing it

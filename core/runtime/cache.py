@@ -116,16 +116,74 @@ def _touch(path: Path) -> None:
         pass
 
 
+PRIVATE_PREFIX = "ipfacediff-run-"
+PRIVATE_LOCK = ".held"  # a private folder's lock file, locked while its process lives
+PRIVATE_GRACE = 60.0  # s: a lock file younger than this may not be locked yet (its folder is being made)
+
+
+def _hold(folder: Path):
+    """A lock on ``folder``'s lock file, held until the returned file is closed or the process ends (however
+    it ends: the system drops the lock of a killed process). None where the system has no such locks."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no sweep of folders left by killed runs
+        return None
+    fh = open(folder / PRIVATE_LOCK, "w")  # noqa: SIM115 - held for the folder's life
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: no lock file, so no sweep ever takes this folder
+        fh.close()
+        (folder / PRIVATE_LOCK).unlink(missing_ok=True)
+        return None
+    return fh
+
+
+def sweep_private_folders(parent: Path | None = None) -> list[Path]:
+    """Remove the private stage folders (``ipfacediff-run-*`` in the temporary directory) whose process is
+    gone: their lock is free, and older than ``PRIVATE_GRACE``. A run removes its own when it ends; this
+    takes those of runs that were killed (SIGKILL, a power cut) and could not. Returns what it removed."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob(PRIVATE_PREFIX + "*"):
+        lock = folder / PRIVATE_LOCK
+        try:
+            if time.time() - lock.stat().st_mtime < PRIVATE_GRACE:
+                continue
+            with open(lock, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its run holds it
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # no lock file (not ours, or an older version's), held, or gone meanwhile
+            continue
+        removed.append(folder)
+    return removed
+
+
+def _release(fh, folder: str) -> None:
+    if fh is not None:
+        fh.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 class StageCache:
     """Finished stages of one run. ``enabled=False``: nothing is read or kept (entries go to a
     private temporary folder removed by :meth:`close`, or when the cache is garbage-collected or the
-    process exits: a job an integration keeps open, or never closes, leaves nothing behind)."""
+    process exits: a job an integration keeps open, or never closes, leaves nothing behind). The folder
+    is locked while the process lives; making one also removes those of killed runs
+    (:func:`sweep_private_folders`)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.root = cache_dir() if enabled else Path(tempfile.mkdtemp(prefix="ipfacediff-run-"))
         self.used: set[Path] = set()
-        self._remove = None if enabled else weakref.finalize(self, shutil.rmtree, str(self.root), ignore_errors=True)
+        self._remove = None
+        if enabled:
+            self.root = cache_dir()
+            return
+        self.root = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
+        self._remove = weakref.finalize(self, _release, _hold(self.root), str(self.root))
+        sweep_private_folders(self.root.parent)
 
     def path(self, category: str, key: str, suffix: str = "") -> Path:
         return self.root / category / f"{key}{suffix}"
