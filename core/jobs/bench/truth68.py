@@ -26,9 +26,10 @@ each carried to every frame by its own motion:
 * ``smile`` (geometric): no colour at all: the mouth corners pulled out and up by a displacement field
   built on each frame's own landmarks; the truth is each source frame warped by it.
 
-An edit is one layer or several joined with ``+`` (``paint+glasses``). The landmarks are smoothed in
-time where the head is still (:func:`smooth_landmarks`: dlib's jitter would otherwise be part of the
-truth) and kept as they are where it moves.
+An edit is one layer or several joined with ``+`` (``paint+glasses``). The landmarks are fitted in the
+box dlib's own face detector draws (:func:`dlib_boxes`), smoothed in time where the head is still
+(:func:`smooth_landmarks`: dlib's jitter would otherwise be part of the truth) and kept as they are where
+it moves.
 """
 
 from __future__ import annotations
