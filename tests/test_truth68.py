@@ -34,9 +34,10 @@ def _move(lms, m):
 
 
 def test_the_landmarks_are_fitted_in_the_box_dlibs_own_detector_draws(d0_face68):
-    """dlib's shape predictor was trained on its detector's boxes, so the truth fits it in those: a frame
-    where the detector finds the tracked face gets the detector's box; a frame where it finds none (here
-    blank) gets the clip's usual shape of that box, placed on the tracker's (moved) box; a clip where it
+    """dlib's shape predictor was trained on its detector's boxes, so the truth fits it in boxes of their
+    shape: the clip's median of the detector's box relative to the tracker's, placed on each frame's
+    tracker box. Here the detector finds the face on one frame: that frame gets the detector's box, and a
+    frame where it finds none (blank) gets the same shape on its own (moved) tracker box; a clip where it
     never finds the face gets ``DLIB_BOX``'s shape; a frame without a tracked face gets none."""
     import dlib
 
