@@ -95,6 +95,8 @@ def dlib_boxes(frames: np.ndarray, track, probes: int = DLIB_PROBES) -> list[np.
     8 px cells, it steps from frame to frame)."""
     import dlib
 
+    from ipfacediff.runtime.face import box_iou
+
     detector = dlib.get_frontal_face_detector()
     have = [t for t, d in enumerate(track) if d is not None]
     rel = []
@@ -106,10 +108,9 @@ def dlib_boxes(frames: np.ndarray, track, probes: int = DLIB_PROBES) -> list[np.
             b = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64)
             if not (x0 <= (b[0] + b[2]) / 2 <= x1 and y0 <= (b[1] + b[3]) / 2 <= y1):
                 continue  # another face
-            inter = max(0.0, min(b[2], x1) - max(b[0], x0)) * max(0.0, min(b[3], y1) - max(b[1], y0))
-            union = (b[2] - b[0]) * (b[3] - b[1]) + (x1 - x0) * (y1 - y0) - inter
-            if inter / union > overlap:
-                best, overlap = (b - [x0, y0, x0, y0]) / [x1 - x0, y1 - y0, x1 - x0, y1 - y0], inter / union
+            iou = box_iou(b, track[t].box)
+            if iou > overlap:
+                best, overlap = (b - [x0, y0, x0, y0]) / [x1 - x0, y1 - y0, x1 - x0, y1 - y0], iou
         if best is not None:
             rel.append(best)
     shape = np.median(rel, 0) if rel else np.asarray(DLIB_BOX, np.float64)
